@@ -1,0 +1,3 @@
+from billfold.cli import main
+
+main()

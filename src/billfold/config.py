@@ -1,0 +1,33 @@
+"""Settings, all from ``BILLFOLD_*`` environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billfold.kit.db import DEFAULT_DATABASE_URL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLFOLD_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_token: str | None = None
+    key_prefix: str = "xai-"
+    default_hard_limit_cents: int = Field(default=100_000, ge=0)
+    topup_min_cents: int = Field(default=500, ge=1)
+    topup_max_cents: int = Field(default=1_000_000, ge=1)
+    auto_close_cycles: bool = False
+    close_grace_hours: int = Field(default=24, ge=0)
+    usage_retention_days: int = Field(default=400, ge=1)
+    vat_rates: str = ""
+    """VAT by billing country, e.g. ``"DE=19,FR=20,GB=20"`` (percent, decimals allowed)."""
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = "info"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

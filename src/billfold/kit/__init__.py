@@ -1,0 +1,1 @@
+"""Shared plumbing: database, errors, money, time and wire schemas."""

@@ -1,0 +1,147 @@
+"""Errors that carry their HTTP status and a stable machine code.
+
+Services raise these; one set of handlers (:func:`install_error_handlers`) turns every error,
+expected or not, into the body both APIs share: ``{"code": "...", "error": "..."}`` plus optional
+fields such as ``field`` for validation errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("billfold")
+
+
+class BillfoldError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+        self.headers: dict[str, str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "error": self.message, **self.extra}
+
+
+class BadRequest(BillfoldError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidField(BadRequest):
+    """A field of the request is missing or wrong; ``field`` names it (dotted path)."""
+
+    code = "invalid_argument"
+
+    def __init__(self, field: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", code=code, field=field)
+
+
+class Unauthorized(BillfoldError):
+    status_code = 401
+    code = "unauthenticated"
+
+
+class PaymentFailed(BillfoldError):
+    status_code = 402
+    code = "payment_failed"
+
+
+class Forbidden(BillfoldError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class ResourceNotFound(BillfoldError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(BillfoldError):
+    status_code = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(BillfoldError):
+    status_code = 503
+    code = "unavailable"
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _loc_to_field(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return {"code": "invalid_json", "error": "request body is not valid JSON", "field": "body"}
+    field = _loc_to_field(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing":
+        message = "is required"
+    body: dict[str, Any] = {
+        "code": "invalid_argument",
+        "error": f"{field}: {message}",
+        "field": field,
+    }
+    if len(errors) > 1:
+        body["details"] = [
+            {"field": _loc_to_field(tuple(e.get("loc", ()))), "error": str(e.get("msg", ""))}
+            for e in errors
+        ]
+    return body
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BillfoldError)
+    async def _billfold_error(request: Request, exc: BillfoldError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error_body(exc), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return JSONResponse(
+            {"code": code, "error": message},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"code": "internal", "error": "internal error; the request changed nothing"},
+            status_code=500,
+        )

@@ -1,0 +1,53 @@
+"""HTTP plumbing shared by every router: the per-request session and bearer tokens."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from billfold.kit.errors import BadRequest, Unauthorized
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The one place a request's transaction is opened, committed and rolled back.
+
+    ``scope="function"`` makes FastAPI run the code after ``yield`` when the endpoint returns,
+    before the response is sent, so a failed commit is answered as an error, never as a success
+    that did not persist.
+    """
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "missing or malformed Authorization header; send 'Authorization: Bearer <key>'",
+            code="missing_credentials",
+        )
+    return token.strip()
+
+
+def parse_uuid(value: str, field: str = "team_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest(
+            f"invalid uuid: {field} {value!r} is not a UUID", code="invalid_uuid", field=field
+        ) from None

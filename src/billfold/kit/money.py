@@ -1,0 +1,88 @@
+"""Money: integer cents on the wire and in the ledger, integer pico-dollars inside rating.
+
+Units
+-----
+* :data:`Cents` -- integer USD cents. Every stored or billed amount (ledger entries, invoice line
+  amounts, limits, balances) is in cents.
+* :data:`Pico` -- integer 10^-12 USD. Unit prices are decimals with up to 12 places, so a unit price
+  is an exact integer number of pico-dollars, and ``quantity * unit_price`` is an exact integer too.
+  Rated usage is carried in pico-dollars until it becomes an invoice line.
+* Wire "price units" (``unitPrice`` of invoice lines) are 10^-10 USD (1/100,000,000 of a cent).
+
+Rounding happens in exactly one place: :func:`round_to_cents`, applied once per invoice line (the
+exact pico total of one SKU at one price version in one cycle). Totals are sums of rounded lines,
+so lines always add up to totals. No float ever carries an amount that is stored or billed; the
+only floats are the dollar values of usage analytics, which the wire format defines as JSON numbers.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import NewType
+
+Cents = NewType("Cents", int)
+Pico = NewType("Pico", int)
+
+PICO_PER_CENT = 10**10
+PICO_PER_USD = 10**12
+PICO_PER_PRICE_UNIT = 100  # wire price unit = 10^-10 USD
+PRICE_DECIMALS = 12
+INT64_MAX = 2**63 - 1
+
+
+def round_to_cents(amount: Pico) -> Cents:
+    """The one rounding rule: pico-dollars to cents, half up (amounts are never negative here).
+
+    Half up is what customers and accountants expect on an invoice line ($0.005 -> $0.01).
+    """
+    quotient, remainder = divmod(int(amount), PICO_PER_CENT)
+    if remainder * 2 >= PICO_PER_CENT:
+        quotient += 1
+    return Cents(quotient)
+
+
+def cents_to_pico(amount: Cents) -> Pico:
+    return Pico(int(amount) * PICO_PER_CENT)
+
+
+def parse_usd_price(text: str) -> Pico:
+    """Parse a decimal USD unit price with at most 12 decimals into exact pico-dollars.
+
+    Raises ``ValueError`` with a sentence fit for an API error.
+    """
+    if not isinstance(text, str):
+        raise ValueError('must be a decimal string such as "0.000003"')
+    stripped = text.strip()
+    try:
+        value = Decimal(stripped)
+    except InvalidOperation:
+        raise ValueError('must be a decimal string such as "0.000003"') from None
+    if not value.is_finite() or "e" in stripped.lower():
+        raise ValueError('must be a plain decimal string such as "0.000003"')
+    if value < 0:
+        raise ValueError("must not be negative")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
+        raise ValueError(f"has more than {PRICE_DECIMALS} decimals")
+    pico = int(value * PICO_PER_USD)
+    if pico > INT64_MAX:
+        raise ValueError("is too large")
+    return Pico(pico)
+
+
+def format_usd_price(amount: Pico) -> str:
+    """Pico-dollars back to the canonical decimal USD string (no trailing zeros, no exponent)."""
+    value = Decimal(int(amount)) / PICO_PER_USD
+    text = format(value.normalize(), "f")
+    return text
+
+
+def pico_to_price_units(amount: Pico) -> int:
+    """Pico-dollars to the wire's price unit (10^-10 USD), rounded half up for display only."""
+    quotient, remainder = divmod(int(amount), PICO_PER_PRICE_UNIT)
+    return quotient + (1 if remainder * 2 >= PICO_PER_PRICE_UNIT else 0)
+
+
+def pico_to_usd_float(amount: int) -> float:
+    """Dollars as a float, for usage analytics values only (the wire defines them as numbers)."""
+    return float(Decimal(amount) / PICO_PER_USD)

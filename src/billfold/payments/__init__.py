@@ -1,0 +1,1 @@
+"""Payment methods and the payment provider interface (sandbox embedded, Stripe-shaped)."""

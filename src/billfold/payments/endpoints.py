@@ -1,0 +1,81 @@
+"""HTTP surface of payment methods (customer listing/default; operator adds sandbox cards)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from billfold.kit.http import DbSession, parse_uuid
+from billfold.kit.schemas import WireRouter
+from billfold.payments.models import PaymentMethod
+from billfold.payments.provider import CardInput, PaymentProvider
+from billfold.payments.schemas import (
+    AddCardRequest,
+    CardDetails,
+    PaymentMethodList,
+    PaymentMethodOut,
+    SetDefaultRequest,
+)
+from billfold.payments.service import payment_method_service
+from billfold.teams.auth import BillingRead, BillingWrite, Operator
+from billfold.teams.schemas import BillingInfoBody, Empty
+from billfold.teams.service import team_service
+
+billing_router = WireRouter()
+admin_router = WireRouter(dependencies=[Operator])
+
+
+def get_provider(request: Request) -> PaymentProvider:
+    provider: PaymentProvider = request.app.state.payment_provider
+    return provider
+
+
+Provider = Annotated[PaymentProvider, Depends(get_provider)]
+
+
+def method_out(method: PaymentMethod, default_id: str | None) -> PaymentMethodOut:
+    return PaymentMethodOut(
+        payment_method_id=method.id,
+        billing_info=BillingInfoBody.model_validate(method.billing_info),
+        card_details=CardDetails(
+            brand=method.brand,
+            exp_month=str(method.exp_month),
+            exp_year=str(method.exp_year),
+            last4=method.last4,
+        ),
+        payment_type=method.payment_type,
+        added_ts=method.created_at,
+        is_default=method.id == default_id,
+    )
+
+
+@billing_router.get("/v1/billing/teams/{team_id}/payment-method", response_model=PaymentMethodList)
+def list_payment_methods(scope: BillingRead, session: DbSession) -> PaymentMethodList:
+    team = team_service.get(session, scope.team_id)
+    methods = payment_method_service.list(session, team)
+    return PaymentMethodList(
+        payment_methods=[method_out(m, team.default_payment_method_id) for m in methods]
+    )
+
+
+@billing_router.post("/v1/billing/teams/{team_id}/payment-method/default", response_model=Empty)
+def set_default_payment_method(
+    body: SetDefaultRequest, scope: BillingWrite, session: DbSession
+) -> Empty:
+    payment_method_service.set_default(session, scope.team_id, body.payment_method_id)
+    return Empty()
+
+
+@admin_router.post(
+    "/admin/v1/teams/{team_id}/payment-methods", status_code=201, response_model=PaymentMethodOut
+)
+def add_payment_method(
+    team_id: str, body: AddCardRequest, session: DbSession, provider: Provider
+) -> PaymentMethodOut:
+    team = team_service.get(session, parse_uuid(team_id), for_update=True)
+    card = CardInput(body.card_number, body.exp_month, body.exp_year, body.cvc)
+    method = payment_method_service.add_card(
+        session, provider, team, card, make_default=body.make_default
+    )
+    return method_out(method, team.default_payment_method_id)

@@ -1,0 +1,104 @@
+"""The payment provider interface.
+
+It is shaped after Stripe's API so that a Stripe adapter is a thin translation:
+
+* ``create_customer``      ~ ``POST /v1/customers``
+* ``setup_card``           ~ a confirmed SetupIntent / ``POST /v1/payment_methods`` + attach
+* ``list_cards``           ~ ``GET /v1/customers/{id}/payment_methods?type=card``
+* ``charge``               ~ ``POST /v1/payment_intents`` (confirm=true, off_session=true) with an
+                             ``Idempotency-Key`` header; the key is Billfold's ledger entry id
+* ``find_charge``          ~ ``GET /v1/payment_intents/search`` by ``metadata['billfold_ref']``,
+                             used to resolve a charge whose answer was lost (timeout)
+* ``refund``               ~ ``POST /v1/refunds`` with an idempotency key
+
+Amounts are integer cents. A provider raises :class:`ProviderUnavailable` when it cannot tell
+whether an operation happened (timeout, network): callers keep their state pending and resolve it
+later with ``find_charge``; they never charge again blindly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from billfold.kit.money import Cents
+
+
+class ProviderError(Exception):
+    """The provider refused the request (bad card data and the like); safe to report as 4xx."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ProviderUnavailable(Exception):
+    """The provider did not answer; the outcome of the operation is unknown."""
+
+
+@dataclass(frozen=True)
+class CardInput:
+    number: str
+    exp_month: int
+    exp_year: int
+    cvc: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderCard:
+    provider_ref: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+class ChargeStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    status: ChargeStatus
+    charge_id: str
+    amount: Cents
+    failure_code: str = ""
+    failure_message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is ChargeStatus.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    refund_id: str
+    charge_id: str
+    amount: Cents
+
+
+class PaymentProvider(Protocol):
+    name: str
+
+    def create_customer(self, reference: str, email: str) -> str: ...
+
+    def setup_card(self, customer_ref: str, card: CardInput) -> ProviderCard: ...
+
+    def list_cards(self, customer_ref: str) -> list[ProviderCard]: ...
+
+    def charge(
+        self,
+        customer_ref: str,
+        payment_method_ref: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        description: str,
+    ) -> ChargeResult: ...
+
+    def find_charge(self, idempotency_key: str) -> ChargeResult | None: ...
+
+    def refund(self, charge_id: str, amount: Cents, *, idempotency_key: str) -> RefundResult: ...

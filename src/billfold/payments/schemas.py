@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from billfold.kit.schemas import UtcDateTime, WireModel
+from billfold.teams.schemas import BillingInfoBody
+
+
+class CardDetails(WireModel):
+    brand: str
+    exp_month: str
+    exp_year: str
+    last4: str
+
+
+class PaymentMethodOut(WireModel):
+    payment_method_id: str
+    billing_info: BillingInfoBody
+    card_details: CardDetails
+    payment_type: str = "card"
+    added_ts: UtcDateTime
+    is_default: bool
+
+
+class PaymentMethodList(WireModel):
+    payment_methods: list[PaymentMethodOut]
+
+
+class SetDefaultRequest(WireModel):
+    payment_method_id: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class AddCardRequest(WireModel):
+    card_number: Annotated[str, StringConstraints(min_length=12, max_length=23)]
+    exp_month: int = Field(ge=1, le=12)
+    exp_year: int = Field(ge=2000, le=2200)
+    cvc: Annotated[str, StringConstraints(max_length=4)] = ""
+    make_default: bool = True

@@ -1,0 +1,1 @@
+"""Teams, their management keys, their billing info, and the operator token."""

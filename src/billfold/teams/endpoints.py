@@ -1,0 +1,131 @@
+"""HTTP surface of teams: key validation, billing info, and the operator's teams and keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Query, Response
+
+from billfold.kit.errors import BadRequest
+from billfold.kit.http import DbSession, parse_uuid
+from billfold.kit.schemas import WireRouter
+from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
+from billfold.teams.models import ManagementKey, Team
+from billfold.teams.schemas import (
+    CreatedKey,
+    CreateKeyRequest,
+    CreateTeamRequest,
+    Empty,
+    GetBillingInfoResponse,
+    KeyList,
+    KeyOut,
+    SetBillingInfoRequest,
+    TeamList,
+    TeamOut,
+    ValidateKeyResponse,
+)
+from billfold.teams.service import team_service
+
+billing_router = WireRouter()
+admin_router = WireRouter(dependencies=[Operator])
+
+
+@billing_router.get("/auth/management-keys/validation", response_model=ValidateKeyResponse)
+def validate_management_key(key: AuthenticatedKey) -> ValidateKeyResponse:
+    return ValidateKeyResponse(
+        api_key_id=str(key.id),
+        team_id=str(key.team_id),
+        scope_id=str(key.team_id),
+        owner_user_id=key.owner_user_id,
+        create_time=key.created_at,
+        modify_time=key.modified_at,
+        name=key.name,
+        acls=list(key.acls),
+        redacted_api_key=key.redacted,
+    )
+
+
+@billing_router.get(
+    "/v1/billing/teams/{team_id}/billing-info", response_model=GetBillingInfoResponse
+)
+def get_billing_info(scope: BillingRead, session: DbSession) -> GetBillingInfoResponse:
+    return GetBillingInfoResponse(
+        billing_info=team_service.get_billing_info(session, scope.team_id)
+    )
+
+
+@billing_router.post("/v1/billing/teams/{team_id}/billing-info", response_model=Empty)
+def set_billing_info(body: SetBillingInfoRequest, scope: BillingWrite, session: DbSession) -> Empty:
+    team_service.set_billing_info(session, scope.team_id, body.billing_info)
+    return Empty()
+
+
+# --- operator ------------------------------------------------------------------------------
+
+
+def team_out(team: Team) -> TeamOut:
+    return TeamOut(team_id=str(team.id), name=team.name, create_time=team.created_at)
+
+
+def key_out(key: ManagementKey) -> KeyOut:
+    return KeyOut(
+        key_id=str(key.id),
+        team_id=str(key.team_id),
+        name=key.name,
+        acls=list(key.acls),
+        redacted_api_key=key.redacted,
+        create_time=key.created_at,
+        revoked=key.revoked_at is not None,
+    )
+
+
+@admin_router.post("/admin/v1/teams", status_code=201, response_model=TeamOut)
+def create_team(body: CreateTeamRequest, session: DbSession) -> TeamOut:
+    return team_out(team_service.create(session, body.name, body.team_id))
+
+
+@admin_router.get("/admin/v1/teams", response_model=TeamList)
+def list_teams(
+    session: DbSession,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
+    page_token: Annotated[str, Query(alias="pageToken")] = "",
+) -> TeamList:
+    after: uuid.UUID | None = None
+    if page_token:
+        try:
+            after = uuid.UUID(page_token)
+        except ValueError:
+            raise BadRequest(
+                "pageToken is not a token this API issued", field="pageToken"
+            ) from None
+    teams = team_service.list(session, limit=page_size + 1, after=after)
+    more = len(teams) > page_size
+    teams = teams[:page_size]
+    return TeamList(
+        teams=[team_out(t) for t in teams],
+        next_page_token=str(teams[-1].id) if more else "",
+    )
+
+
+@admin_router.post(
+    "/admin/v1/teams/{team_id}/management-keys", status_code=201, response_model=CreatedKey
+)
+def create_management_key(
+    team_id: str, body: CreateKeyRequest, session: DbSession, keys: Keys
+) -> CreatedKey:
+    team = team_service.get(session, parse_uuid(team_id))
+    issued = keys.issue(session, team, body.name, body.acls)
+    return CreatedKey(**key_out(issued.key).model_dump(), api_key=issued.plaintext)
+
+
+@admin_router.get("/admin/v1/teams/{team_id}/management-keys", response_model=KeyList)
+def list_management_keys(team_id: str, session: DbSession, keys: Keys) -> KeyList:
+    team = team_service.get(session, parse_uuid(team_id))
+    return KeyList(keys=[key_out(k) for k in keys.list(session, team.id)])
+
+
+@admin_router.delete("/admin/v1/management-keys/{key_id}", status_code=204)
+def revoke_management_key(key_id: str, session: DbSession, keys: Keys) -> Response:
+    keys.revoke(session, parse_uuid(key_id, "key_id"))
+    return Response(status_code=204)

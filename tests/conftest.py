@@ -1,0 +1,151 @@
+"""Test harness: every API test runs against the app on SQLite and on PostgreSQL.
+
+Each test session migrates one fresh SQLite file and one fresh PostgreSQL database (created here,
+dropped at the end); tests isolate themselves by creating their own teams. PostgreSQL's URL comes
+from ``BILLFOLD_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+When PostgreSQL is unreachable its tests are skipped locally, but under ``CI=true`` the run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from billfold.app import create_app
+from billfold.config import Settings
+from billfold.kit.db import make_engine, normalize_database_url
+from billfold.migrate import upgrade
+from billfold.payments.sandbox import SandboxProvider
+
+warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+from fastapi.testclient import TestClient  # noqa: E402
+
+POSTGRES_URL = os.environ.get(
+    "BILLFOLD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+OPERATOR_TOKEN = "test-operator-token"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _postgres_admin_engine() -> Engine:
+    return create_engine(normalize_database_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    admin = _postgres_admin_engine()
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        admin.dispose()
+        message = f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)", pytrace=False)
+        pytest.skip(message)
+    name = f"billfold_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base = normalize_database_url(POSTGRES_URL)
+    url = base.rsplit("/", 1)[0] + "/" + name
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("db") / "billfold.db"
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+class Api:
+    """The app through HTTP, with helpers that build real objects through the operator API."""
+
+    def __init__(self, client: TestClient, backend: str, url: str) -> None:
+        self.client = client
+        self.backend = backend
+        self.url = url
+        self.operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("headers", self.operator)
+        return self.client.request(method, path, **kwargs)
+
+    def create_team(self, name: str = "Acme") -> str:
+        response = self.admin("POST", "/admin/v1/teams", json={"name": name})
+        assert response.status_code == 201, response.text
+        return str(response.json()["teamId"])
+
+    def create_key(self, team_id: str, acls: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": "test"}
+        if acls is not None:
+            body["acls"] = acls
+        response = self.admin("POST", f"/admin/v1/teams/{team_id}/management-keys", json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def team_with_key(self, acls: list[str] | None = None) -> tuple[str, dict[str, str]]:
+        team_id = self.create_team()
+        key = self.create_key(team_id, acls)
+        return team_id, {"Authorization": f"Bearer {key['apiKey']}"}
+
+    def create_key_headers(self, team_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.create_key(team_id)['apiKey']}"}
+
+    def add_card(
+        self, team_id: str, number: str = "4242424242424242", default: bool = True
+    ) -> dict[str, Any]:
+        response = self.admin(
+            "POST",
+            f"/admin/v1/teams/{team_id}/payment-methods",
+            json={"cardNumber": number, "expMonth": 12, "expYear": 2035, "makeDefault": default},
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+def _make_api(url: str, backend: str) -> Iterator[Api]:
+    settings = Settings(database_url=url, admin_token=OPERATOR_TOKEN)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, backend, url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_api(sqlite_url: str) -> Iterator[Api]:
+    yield from _make_api(sqlite_url, "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_api(postgres_url: str) -> Iterator[Api]:
+    yield from _make_api(postgres_url, "postgresql")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest) -> Api:
+    """The app on each database in turn."""
+    fixture: Api = request.getfixturevalue(f"{request.param}_api")
+    return fixture
+
+
+@pytest.fixture
+def sandbox(api: Api) -> SandboxProvider:
+    provider: SandboxProvider = api.client.app.state.payment_provider  # type: ignore[attr-defined]
+    return provider

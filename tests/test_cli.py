@@ -1,0 +1,140 @@
+"""The ``billfold`` command, in-process (CliRunner) and as a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from billfold.cli import app
+from billfold.config import get_settings
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cli_db(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    monkeypatch.setenv("BILLFOLD_DATABASE_URL", url)
+    monkeypatch.delenv("BILLFOLD_ADMIN_TOKEN", raising=False)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_team_and_key_lifecycle(cli_db: str) -> None:
+    team = json.loads(run("team", "create", "CLI team", "--json"))
+    assert team["name"] == "CLI team"
+    assert team["teamId"] in run("team", "list")
+    key = json.loads(run("key", "create", team["teamId"], "--name", "ci", "--json"))
+    assert key["apiKey"].startswith("xai-")
+    listed = json.loads(run("key", "list", team["teamId"], "--json"))
+    assert [k["keyId"] for k in listed] == [key["keyId"]]
+    assert key["apiKey"] not in json.dumps(listed)
+    run("key", "revoke", key["keyId"])
+    assert json.loads(run("key", "list", team["teamId"], "--json"))[0]["revoked"] is True
+    table = run("key", "list", team["teamId"])
+    assert "ci" in table
+
+
+def test_cli_errors_are_clean(cli_db: str) -> None:
+    result = CliRunner().invoke(app, ["key", "create", "00000000-0000-4000-8000-000000000001"])
+    assert result.exit_code == 1
+    assert "team_not_found" in result.output
+    bad = CliRunner().invoke(app, ["key", "create", "not-a-uuid"])
+    assert bad.exit_code != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_serve_real_http(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``billfold serve`` migrates, prints a generated operator token once, and serves."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'served.db'}"
+        workers = "1"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        workers = "2"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env["BILLFOLD_DATABASE_URL"] = url
+    env["BILLFOLD_LOG_LEVEL"] = "warning"
+    # A fresh token store for this run: the PostgreSQL database is shared by the test session.
+    if backend == "postgres":
+        env["BILLFOLD_ADMIN_TOKEN"] = "served-operator-token"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "billfold", "serve", "--port", str(port), "--workers", workers],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if backend == "sqlite":
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            while "Operator token" not in line:
+                line = process.stdout.readline()
+                assert line, "no operator token printed"
+            match = re.search(r"(bfop_\S+)", line)
+            assert match
+            token = match.group(1)
+        else:
+            token = "served-operator-token"
+        _wait_healthy(base, process)
+        operator = {"Authorization": f"Bearer {token}"}
+        team = httpx.post(base + "/admin/v1/teams", json={"name": "served"}, headers=operator)
+        assert team.status_code == 201, team.text
+        team_id = team.json()["teamId"]
+        key = httpx.post(
+            base + f"/admin/v1/teams/{team_id}/management-keys",
+            json={"name": "k"},
+            headers=operator,
+        ).json()["apiKey"]
+        for _ in range(4):  # several requests, so both workers answer on PostgreSQL
+            validation = httpx.get(
+                base + "/auth/management-keys/validation",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert validation.status_code == 200
+            assert validation.json()["teamId"] == team_id
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
