@@ -106,6 +106,32 @@ class Api:
         key = self.create_key(team_id, acls)
         return team_id, {"Authorization": f"Bearer {key['apiKey']}"}
 
+    def set_price(
+        self,
+        sku: str,
+        unit_price: str,
+        effective_from: str = "2026-01-01T00:00:00Z",
+        description: str | None = None,
+        unit_type: str = "Prompt text tokens",
+    ) -> dict[str, Any]:
+        response = self.admin(
+            "PUT",
+            f"/admin/v1/prices/{sku}",
+            json={
+                "description": description or f"Chat {sku}",
+                "unitType": unit_type,
+                "unitPrice": unit_price,
+                "effectiveFrom": effective_from,
+            },
+        )
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json())
+
+    def ingest(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        response = self.admin("POST", "/admin/v1/usage-events", json={"events": events})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
     def create_key_headers(self, team_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.create_key(team_id)['apiKey']}"}
 
@@ -143,6 +169,29 @@ def api(request: pytest.FixtureRequest) -> Api:
     """The app on each database in turn."""
     fixture: Api = request.getfixturevalue(f"{request.param}_api")
     return fixture
+
+
+def unique_sku(prefix: str = "sku") -> str:
+    """SKUs are global: each test prices its own so tests stay independent."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def event(
+    team_id: str,
+    sku: str,
+    quantity: int | str,
+    timestamp: str,
+    event_id: str | None = None,
+    **properties: str,
+) -> dict[str, Any]:
+    return {
+        "eventId": event_id or f"evt-{uuid.uuid4().hex}",
+        "teamId": team_id,
+        "sku": sku,
+        "quantity": str(quantity),
+        "timestamp": timestamp,
+        "properties": properties,
+    }
 
 
 @pytest.fixture

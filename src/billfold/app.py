@@ -12,11 +12,15 @@ from sqlalchemy import Engine, text
 
 from billfold import __version__
 from billfold.config import Settings, get_settings
+from billfold.invoicing import endpoints as invoicing
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.kit.errors import install_error_handlers
+from billfold.ledger import endpoints as ledger
+from billfold.metering import endpoints as metering
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.sandbox import SandboxProvider
+from billfold.pricing import endpoints as pricing
 from billfold.teams import endpoints as teams
 
 log = logging.getLogger("billfold")
@@ -65,7 +69,7 @@ def create_app(
             )
         return JSONResponse({"status": "ok", "version": __version__})
 
-    for module in (teams, payments):
+    for module in (teams, payments, pricing, metering, ledger, invoicing):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     return app

@@ -1,24 +1,25 @@
-"""The ``billfold`` command: serve, migrate, and the operator's everyday tasks."""
+"""The ``billfold`` command: serve, migrate, and the operator's everyday tasks.
+
+Each domain contributes its own command group (``billfold price``, ``billfold usage``, ...) from
+its ``cli.py``; this module holds serving, the schema, the demo, teams and keys.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.orm import Session
 
 from billfold.config import Settings, get_settings
-from billfold.kit.db import make_engine, make_sessionmaker
+from billfold.invoicing.cli import cycle_app, limit_app
+from billfold.kit.cli import JsonOpt, console, emit, parse_team_id, transaction
+from billfold.kit.db import make_engine
 from billfold.kit.errors import BillfoldError
-from billfold.kit.schemas import WireModel
+from billfold.ledger.cli import credits_app
+from billfold.metering.cli import usage_app
+from billfold.pricing.cli import price_app
 from billfold.teams.schemas import KNOWN_ACLS
 
 app = typer.Typer(no_args_is_help=True, help="Billfold: usage billing for API platforms.")
@@ -30,38 +31,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(team_app, name="team")
 app.add_typer(key_app, name="key")
 app.add_typer(token_app, name="operator-token")
-
-# Ids must never be cut with an ellipsis: off a terminal (pipes, CI) the table is laid out wide.
-console = Console(width=None if sys.stdout.isatty() else 240)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+app.add_typer(price_app, name="price")
+app.add_typer(usage_app, name="usage")
+app.add_typer(credits_app, name="credits")
+app.add_typer(cycle_app, name="cycle")
+app.add_typer(limit_app, name="limit")
 
 
 def main() -> None:
     app()
-
-
-# --- plumbing ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def transaction(settings: Settings | None = None) -> Iterator[Session]:
-    """One transaction for one CLI command, like one request of the API."""
-    settings = settings or get_settings()
-    engine = make_engine(settings.database_url, pool_size=2)
-    session = make_sessionmaker(engine)()
-    try:
-        yield session
-        session.commit()
-    except BillfoldError as exc:
-        session.rollback()
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-        raise typer.Exit(code=1) from None
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-        engine.dispose()
 
 
 def migrate(settings: Settings) -> None:
@@ -72,38 +50,6 @@ def migrate(settings: Settings) -> None:
         upgrade(engine)
     finally:
         engine.dispose()
-
-
-def emit(model: WireModel | Sequence[WireModel], as_json: bool, columns: Sequence[str]) -> None:
-    rows: list[dict[str, Any]] = [
-        m.model_dump(mode="json", by_alias=True, exclude_none=True)
-        for m in (model if isinstance(model, Sequence) else [model])
-    ]
-    if as_json:
-        payload: Any = rows if isinstance(model, Sequence) else rows[0]
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table()
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict) and "val" in value:
-        return str(value["val"])
-    return "" if value is None else str(value)
-
-
-def parse_team_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a UUID") from None
 
 
 # --- serve and the schema ---------------------------------------------------------------------

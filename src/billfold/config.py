@@ -24,8 +24,24 @@ class Settings(BaseSettings):
     usage_retention_days: int = Field(default=400, ge=1)
     vat_rates: str = ""
     """VAT by billing country, e.g. ``"DE=19,FR=20,GB=20"`` (percent, decimals allowed)."""
+    groupable_properties: str = "apiKeyId,model,clusterName"
+    """Event properties kept in rollups, so analytics can group and filter by them."""
+    max_batch_events: int = Field(default=10_000, ge=1)
+    future_tolerance_minutes: int = Field(default=60, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "info"
+
+    def groupable(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.groupable_properties.split(",") if p.strip())
+
+    def vat_table(self) -> dict[str, str]:
+        """Country code -> VAT percent (as a decimal string)."""
+        table: dict[str, str] = {}
+        for item in self.vat_rates.split(","):
+            if item.strip():
+                country, _, rate = item.partition("=")
+                table[country.strip().upper()] = rate.strip()
+        return table
 
 
 @lru_cache(maxsize=1)

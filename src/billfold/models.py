@@ -1,6 +1,34 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
+from billfold.invoicing.models import (
+    BillingCycle,
+    ClosedPeriod,
+    Invoice,
+    InvoiceCounter,
+    InvoiceLine,
+)
+from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
 from billfold.payments.models import PaymentMethod
+from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
 
-__all__ = ["BillingInfo", "ManagementKey", "OperatorToken", "PaymentMethod", "Team"]
+__all__ = [
+    "BillingCycle",
+    "BillingInfo",
+    "ClosedPeriod",
+    "CreditAccount",
+    "CycleLine",
+    "Invoice",
+    "InvoiceCounter",
+    "InvoiceLine",
+    "LedgerEntry",
+    "ManagementKey",
+    "OperatorToken",
+    "PaymentMethod",
+    "PriceVersion",
+    "Team",
+    "Topup",
+    "UsageEvent",
+    "UsageRollup",
+]

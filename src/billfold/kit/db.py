@@ -72,6 +72,7 @@ class Base(DeclarativeBase):
         uuid.UUID: Uuid(),
         dict[str, Any]: JSONType,
         list[str]: JSONType,
+        list[dict[str, Any]]: JSONType,
         int: BigInteger(),
     }
 
@@ -114,3 +115,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(session: Session) -> Any:
+    """The dialect's ``insert`` (PostgreSQL's or SQLite's), for ON CONFLICT clauses."""
+    if is_postgres(session):
+        return postgresql.insert
+    return sqlite.insert

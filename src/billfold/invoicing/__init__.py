@@ -1,0 +1,1 @@
+"""Postpaid: billing cycles, spending limits, invoice preview, invoices and the spend check."""

@@ -1,0 +1,1 @@
+"""Prepaid credits: the append-only ledger, top-ups and grants, and the balance."""

@@ -1,0 +1,84 @@
+"""The prepaid ledger.
+
+``ledger_entries`` is append-only: a row is inserted once and never updated or deleted (on
+PostgreSQL a trigger enforces it). Amounts are signed *credit* in cents: a purchase or grant is
+positive, spend and expiry are negative. The wire shows the opposite sign (spec: credit negative).
+
+``credit_accounts`` caches each team's posted credit (the sum of its entries) and is updated in the
+same transaction as every entry, under a row lock; tests re-derive it from the entries.
+
+``topups`` is the state machine of a purchase that waits on the payment provider (two-phase, as
+TigerBeetle's pending transfers): it is committed as ``TO_CHARGE`` before the card is charged, with
+its id as the provider's idempotency key, then settled: ``SUCCEEDED`` appends the PURCHASE entry;
+``FAILED_TO_CHARGE`` appends nothing. A crash or a provider timeout leaves ``TO_CHARGE``, which is
+resolved by asking the provider, never by charging again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billfold.kit.db import Base
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("team_id", "idempotency_key"),
+        Index("ix_ledger_entries_team_created", "team_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    # purchase | grant | spend | refund | expiry | adjustment
+    kind: Mapped[str] = mapped_column(String(16))
+    credit_cents: Mapped[int]  # signed: + adds credit, - consumes it
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    reference: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(500))
+    cycle_year: Mapped[int | None]
+    cycle_month: Mapped[int | None]
+    expires_at: Mapped[datetime | None]
+    topup_id: Mapped[uuid.UUID | None]
+    invoice_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+
+
+class CreditAccount(Base):
+    __tablename__ = "credit_accounts"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="RESTRICT"), primary_key=True
+    )
+    balance_cents: Mapped[int]  # sum of credit_cents of the team's ledger entries
+    entries: Mapped[int]
+    updated_at: Mapped[datetime]
+
+
+class Topup(Base):
+    __tablename__ = "topups"
+    __table_args__ = (
+        UniqueConstraint("team_id", "idempotency_key"),
+        Index("ix_topups_team_status", "team_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    amount_cents: Mapped[int]
+    # TO_CHARGE | SUCCEEDED | FAILED_TO_CHARGE (the spec's topupStatus names)
+    status: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    payment_method_id: Mapped[str] = mapped_column(String(40))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_charge_id: Mapped[str] = mapped_column(String(200))
+    failure_code: Mapped[str] = mapped_column(String(64))
+    failure_message: Mapped[str] = mapped_column(String(500))
+    ledger_entry_id: Mapped[uuid.UUID | None]
+    invoice_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]

@@ -1,0 +1,76 @@
+"""The credit position of a team: what credit it has and how its open cycles draw on it.
+
+Usage is rated into billing cycles (``billing_cycles.spend_cents``); credit pays each open cycle's
+spend first, oldest cycle first, and what credit does not cover is postpaid. Nothing here is cached
+beyond the ledger's own balance row, so the position is exact as of the last committed batch:
+
+    credit_used(c)  = min(credit available to c, spend(c))
+    credit_left     = posted credit - sum of credit_used over open cycles
+
+At cycle close the cycle's ``credit_used`` becomes an immutable SPEND ledger entry and its postpaid
+rest becomes the invoice, so closed cycles no longer appear here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billfold.invoicing.models import BillingCycle
+from billfold.kit.money import Cents
+from billfold.ledger.models import CreditAccount
+
+
+@dataclass(frozen=True)
+class CyclePosition:
+    year: int
+    month: int
+    spend: Cents  # whole spend of the cycle (sum of its rounded lines)
+    credit_available: Cents  # credit there was for this cycle before its own spend
+    credit_used: Cents  # the part of spend paid by credit
+    postpaid: Cents  # spend - credit_used: what the cycle's invoice will bill
+
+
+@dataclass(frozen=True)
+class CreditPosition:
+    team_id: uuid.UUID
+    posted_credit: Cents  # sum of the ledger entries
+    cycles: tuple[CyclePosition, ...]  # open cycles, oldest first; the current one always present
+    credit_left: Cents
+
+    def cycle(self, year: int, month: int) -> CyclePosition:
+        for cycle in self.cycles:
+            if (cycle.year, cycle.month) == (year, month):
+                return cycle
+        return CyclePosition(year, month, Cents(0), self.credit_left, Cents(0), Cents(0))
+
+
+def posted_credit(session: Session, team_id: uuid.UUID) -> Cents:
+    balance = session.scalar(
+        select(CreditAccount.balance_cents).where(CreditAccount.team_id == team_id)
+    )
+    return Cents(balance or 0)
+
+
+def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> CreditPosition:
+    credit = posted_credit(session, team_id)
+    rows = session.execute(
+        select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
+        .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
+        .order_by(BillingCycle.year, BillingCycle.month)
+    ).all()
+    spends = {(r.year, r.month): r.spend_cents for r in rows}
+    spends.setdefault((now.year, now.month), 0)
+    available = credit
+    cycles = []
+    for (year, month), spend in sorted(spends.items()):
+        used = Cents(min(max(available, 0), spend))
+        cycles.append(
+            CyclePosition(year, month, Cents(spend), Cents(available), used, Cents(spend - used))
+        )
+        available = Cents(available - used)
+    return CreditPosition(team_id, credit, tuple(cycles), Cents(available))

@@ -1,0 +1,1 @@
+"""Usage events: ingestion (exactly once), rating, rollups, and usage analytics."""

@@ -1,0 +1,61 @@
+"""HTTP surface of metering: the operator's ingestion and the customer's usage analytics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+
+from billfold.kit.errors import BadRequest, BillfoldError
+from billfold.kit.http import DbSession
+from billfold.kit.schemas import WireRouter
+from billfold.metering.schemas import IngestResponse, RejectedEvent
+from billfold.metering.service import metering_service
+from billfold.teams.auth import AppSettings, Operator
+
+billing_router = WireRouter()
+admin_router = WireRouter(dependencies=[Operator])
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class PayloadTooLarge(BillfoldError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+async def event_batch(request: Request) -> list[Any]:
+    """The ``events`` array of the body, parsed with orjson (no per-event pydantic cost)."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body exceeds {MAX_BODY_BYTES} bytes; send smaller batches")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "request body is not valid JSON", code="invalid_json", field="body"
+        ) from None
+    events = payload.get("events") if isinstance(payload, dict) else None
+    if not isinstance(events, list):
+        raise BadRequest(
+            "events: must be an array of events", code="invalid_argument", field="events"
+        )
+    return events
+
+
+@admin_router.post("/admin/v1/usage-events", response_model=IngestResponse)
+def ingest_usage(
+    events: Annotated[list[Any], Depends(event_batch)],
+    session: DbSession,
+    settings: AppSettings,
+) -> IngestResponse:
+    result = metering_service.ingest(session, settings, events)
+    return IngestResponse(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=[
+            RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
+            for r in result.rejected
+        ],
+    )

@@ -1,0 +1,1 @@
+"""The versioned price book: SKUs and their unit prices over time."""

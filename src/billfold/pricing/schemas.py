@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, StringConstraints
+
+from billfold.kit.schemas import UtcDateTime, WireModel
+
+
+def _price_text(value: Any) -> str:
+    # A float has already lost the exact price; only decimal strings (or whole numbers) are taken.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('must be a decimal string such as "0.000003"')
+    return str(value)
+
+
+Sku = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/ -]*$")
+]
+
+
+class SetPriceRequest(WireModel):
+    description: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)
+    ]
+    unit_type: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
+    unit_price: Annotated[str, BeforeValidator(_price_text)]
+    effective_from: datetime | None = None
+
+
+class PriceVersionOut(WireModel):
+    version_id: str
+    sku: str
+    description: str
+    unit_type: str
+    unit_price: str
+    effective_from: UtcDateTime
+    create_time: UtcDateTime
+
+
+class SkuOut(WireModel):
+    sku: str
+    versions: list[PriceVersionOut]
+
+
+class PriceList(WireModel):
+    skus: list[SkuOut]
