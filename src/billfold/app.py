@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from billfold import __version__
 from billfold.config import Settings, get_settings
 from billfold.invoicing import endpoints as invoicing
+from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.kit.errors import install_error_handlers
 from billfold.ledger import endpoints as ledger
@@ -41,8 +42,9 @@ def create_app(
         provider = sandbox
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with background_tasks(app):
+            yield
         engine.dispose()
 
     app = FastAPI(

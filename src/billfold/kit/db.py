@@ -13,6 +13,8 @@ SQLite is run so that its traps do not bite:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,3 +124,18 @@ def dialect_insert(session: Session) -> Any:
     if is_postgres(session):
         return postgresql.insert
     return sqlite.insert
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A short transaction of its own, for work that must commit before the outside world is
+    called (a card charge): commit on success, roll back on any error."""
+    session = sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

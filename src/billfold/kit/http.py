@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit.errors import BadRequest, Unauthorized
 
@@ -31,6 +31,16 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+    """For the few flows that must commit in steps around a call to the outside world (a top-up
+    commits its pending state, charges the card, then settles in a second transaction)."""
+    sessions: sessionmaker[Session] = request.app.state.sessionmaker
+    return sessions
+
+
+Sessions = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 
 
 def bearer_token(request: Request) -> str:
