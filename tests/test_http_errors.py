@@ -53,3 +53,16 @@ def test_non_json_body_is_400(api: Api) -> None:
         content=b"name=x",
     )
     assert response.status_code == 400
+
+
+def test_oversized_body_is_413(api: Api) -> None:
+    from billfold.kit.limits import MAX_BODY_BYTES
+
+    team_id, headers = api.team_with_key()
+    response = api.client.post(
+        f"/v1/billing/teams/{team_id}/billing-info",
+        headers={**headers, "Content-Type": "application/json"},
+        content=b" " * (MAX_BODY_BYTES + 1),
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"

@@ -16,6 +16,7 @@ from billfold.invoicing import endpoints as invoicing
 from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.kit.errors import install_error_handlers
+from billfold.kit.limits import BodySizeLimit
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
 from billfold.payments import endpoints as payments
@@ -58,6 +59,7 @@ def create_app(
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.payment_provider = provider
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:
