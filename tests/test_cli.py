@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from billfold.cli import app
@@ -138,3 +139,20 @@ def test_serve_real_http(backend: str, request: pytest.FixtureRequest, tmp_path:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_demo_sets_up_a_working_team_and_is_rerunnable(cli_db: str) -> None:
+    first = run("demo", "--no-serve")
+    second = run("demo", "--no-serve")
+    key = re.search(r"management key\s+(\S+)", second)
+    team = re.search(r"demo team id\s+(\S+)", first)
+    assert key and team
+    from billfold.app import create_app
+    from billfold.config import Settings
+
+    with TestClient(create_app(Settings(database_url=cli_db))) as client:
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        validation = client.get("/auth/management-keys/validation", headers=headers)
+        assert validation.json()["teamId"] == team.group(1)
+        methods = client.get(f"/v1/billing/teams/{team.group(1)}/payment-method", headers=headers)
+        assert methods.json()["paymentMethods"][0]["cardDetails"]["last4"] == "4242"

@@ -127,6 +127,7 @@ def demo(
     from billfold.payments.provider import CardInput
     from billfold.payments.sandbox import CARD_ALWAYS_SUCCEEDS, SandboxProvider
     from billfold.payments.service import payment_method_service
+    from billfold.teams.schemas import BillingInfoInput
     from billfold.teams.service import KeyService, OperatorTokenService, team_service
 
     settings = get_settings()
@@ -137,6 +138,17 @@ def demo(
             team = team_service.get(session, demo_team_id)
         except BillfoldError:
             team = team_service.create(session, "Demo team", demo_team_id)
+            team_service.set_billing_info(
+                session,
+                team.id,
+                BillingInfoInput.model_validate(
+                    {
+                        "name": "Demo team",
+                        "email": "billing@demo.example",
+                        "address": {"country": "US"},
+                    }
+                ),
+            )
             provider = SandboxProvider.for_database(settings.database_url)
             provider.install()
             payment_method_service.add_card(
@@ -148,6 +160,7 @@ def demo(
             )
         issued = KeyService(settings.key_prefix).issue(session, team, "demo", list(KNOWN_ACLS))
         operator_token = settings.admin_token or OperatorTokenService(None).generate(session)
+    _seed_demo_usage(settings, team.id)
     base = f"http://{host}:{port}"
     console.print("[bold green]Billfold demo[/bold green]")
     console.print(f"  database         {settings.database_url}")
@@ -161,6 +174,57 @@ def demo(
     if run_server:
         os.environ.setdefault("BILLFOLD_LOG_LEVEL", settings.log_level)
         serve(host=host, port=port, workers=1, migrate_first=False)
+
+
+def _seed_demo_usage(settings: Settings, team_id: uuid.UUID) -> None:
+    """Prices and a week of usage for the demo team, so every endpoint has something to show.
+
+    Event ids are fixed, so running the demo again adds nothing (they are duplicates).
+    """
+    from datetime import timedelta
+
+    from billfold.kit.clock import utc_now
+    from billfold.metering.service import metering_service
+    from billfold.pricing.service import pricing_service
+
+    now = utc_now()
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    skus = {
+        "grok-4-prompt": ("Chat grok-4-0709", "Prompt text tokens", "0.000003"),
+        "grok-4-completion": ("Chat grok-4-0709", "Completion text tokens", "0.000015"),
+    }
+    with transaction(settings) as session:
+        for sku, (description, unit_type, price) in skus.items():
+            if not pricing_service.book_for(session, [sku]).versions:
+                pricing_service.set_price(
+                    session,
+                    sku,
+                    description=description,
+                    unit_type=unit_type,
+                    unit_price=price,
+                    effective_from=month_start,
+                )
+    events = []
+    for hours_ago in range(0, 24 * 7, 3):
+        at = now - timedelta(hours=hours_ago)
+        if at < month_start:
+            break
+        for sku, quantity in (
+            ("grok-4-prompt", 12_000 + hours_ago * 37),
+            ("grok-4-completion", 900),
+        ):
+            events.append(
+                {
+                    "eventId": f"demo-{sku}-{at:%Y%m%d%H}",
+                    "teamId": str(team_id),
+                    "sku": sku,
+                    "quantity": str(quantity),
+                    "timestamp": at.isoformat(),
+                    "properties": {"model": "grok-4", "apiKeyId": "demo"},
+                }
+            )
+    with transaction(settings) as session:
+        metering_service.ingest(session, settings, events)
 
 
 # --- teams and keys ---------------------------------------------------------------------------
