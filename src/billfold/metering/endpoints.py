@@ -6,13 +6,21 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.responses import Response
 
+from billfold.kit.clock import rfc3339
 from billfold.kit.errors import BadRequest, BillfoldError
 from billfold.kit.http import DbSession
 from billfold.kit.schemas import WireRouter
-from billfold.metering.schemas import IngestResponse, RejectedEvent
+from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
+from billfold.metering.schemas import (
+    IngestResponse,
+    RejectedEvent,
+    UsageAnalyticsRequest,
+    UsageAnalyticsResponse,
+)
 from billfold.metering.service import metering_service
-from billfold.teams.auth import AppSettings, Operator
+from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
@@ -59,3 +67,48 @@ def ingest_usage(
             for r in result.rejected
         ],
     )
+
+
+@billing_router.post(
+    "/v1/billing/teams/{team_id}/usage",
+    response_model=None,
+    responses={200: {"model": UsageAnalyticsResponse}},
+)
+def usage_analytics_endpoint(
+    body: UsageAnalyticsRequest,
+    scope: BillingRead,
+    session: DbSession,
+    settings: AppSettings,
+) -> Response:
+    """Analytics over the team's rated usage (billing-api §13)."""
+    query = parse_query(body.analytics_request, settings, scope.team_id)
+    return analytics_response(usage_analytics.run(session, settings, query))
+
+
+def analytics_response(result: AnalyticsResult) -> Response:
+    """The wire answer, serialized with orjson straight from the result.
+
+    An answer may hold up to MAX_DATA_POINTS points; building and re-validating a pydantic model
+    per point would cost more than the query. The shape is UsageAnalyticsResponse's (declared
+    above for the OpenAPI document, and checked against it in the tests).
+    """
+    # every series has the same buckets: format their timestamps once
+    stamps = {at: rfc3339(at) for series in result.series[:1] for at, _ in series.points}
+    payload = {
+        "timeSeries": [
+            {
+                "group": series.group,
+                "groupLabels": series.labels,
+                "dataPoints": [
+                    {
+                        "timestamp": stamps[at],
+                        "values": values,
+                    }
+                    for at, values in series.points
+                ],
+            }
+            for series in result.series
+        ],
+        "limitReached": result.limit_reached,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")

@@ -1,6 +1,10 @@
+"""Wire models of metering: the operator's ingestion and the customer's usage analytics (§13)."""
+
 from __future__ import annotations
 
-from billfold.kit.schemas import WireModel
+from pydantic import Field
+
+from billfold.kit.schemas import UtcDateTime, WireModel
 
 
 class RejectedEvent(WireModel):
@@ -14,3 +18,51 @@ class IngestResponse(WireModel):
     accepted: int
     duplicates: int
     rejected: list[RejectedEvent]
+
+
+# --- usage analytics (POST /v1/billing/teams/{team_id}/usage) ----------------------------------
+#
+# The shapes are the JSON transcoding of xai.shared.analytics (AnalyticsRequest/-Response).
+# Only types are checked here; the meaning of every field (time formats, zones, units, fields,
+# filter syntax) is validated by metering.analytics.parse_query, which names the field in its 400.
+# Enums are accepted as their names or their proto numbers, as proto3 JSON parsers do.
+
+
+class AnalyticsTimeRange(WireModel):
+    start_time: str
+    end_time: str
+    timezone: str = ""  # proto3 default; Billfold reads "" as UTC
+
+
+class AnalyticsValue(WireModel):
+    name: str
+    aggregation: str | int = "AGGREGATION_NONE"
+
+
+class AnalyticsRequest(WireModel):
+    time_range: AnalyticsTimeRange
+    time_unit: str | int = "TIME_UNIT_INVALID"
+    values: list[AnalyticsValue] = Field(default_factory=list, max_length=8)
+    group_by: list[str] = Field(default_factory=list, max_length=8)
+    filters: list[str] = Field(default_factory=list, max_length=32)
+
+
+class UsageAnalyticsRequest(WireModel):
+    analytics_request: AnalyticsRequest
+
+
+class AnalyticsDataPoint(WireModel):
+    timestamp: UtcDateTime
+    # usd is a float (dollars); num_units and requests are whole numbers. All are JSON numbers.
+    values: list[int | float]
+
+
+class AnalyticsTimeSeries(WireModel):
+    group: list[str]
+    group_labels: list[str]
+    data_points: list[AnalyticsDataPoint]
+
+
+class UsageAnalyticsResponse(WireModel):
+    time_series: list[AnalyticsTimeSeries]
+    limit_reached: bool

@@ -1,0 +1,932 @@
+"""Usage analytics (billing-api §13): time series of one team's rated usage.
+
+What is read
+    ``usage_rollups`` (per 15-minute UTC bucket, price version and groupable properties) and the
+    price versions they name. The database sums rollups into *partitions* that are never wider
+    than a requested bucket (a local hour, or a local day, at a constant UTC offset); Python
+    attributes each partition to its bucket, filters, groups, and computes dollars exactly:
+    ``usd = sum(quantity * unit_price_pico)`` in Python ints, turned into a float only for the
+    wire. The cost of a query grows with buckets x price versions x property combinations, never
+    with the number of events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than the
+    rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only inside the
+    retention window, and the point cap bounds their range (about 6.9 days of minutes, 2.8 hours of
+    seconds).
+
+Resolution (the rule clients see; docs/api-decisions.md)
+    The rollups' resolution is 15 minutes, so for every unit but MINUTE and SECOND the range is
+    widened to whole 15-minute UTC intervals: ``startTime`` rounded down, ``endTime`` rounded up.
+    "now minus 30 days" therefore starts at the quarter hour before, and an inclusive-looking end
+    such as ``23:59:59`` counts the whole last day. MINUTE and SECOND ranges are exact.
+
+Buckets
+    Aligned to the unit's boundaries in the request's IANA zone: DAY at local midnight (23 or 25
+    hours on DST days), CALENDAR_WEEK at local Monday 00:00, MONTH at the local first of the month,
+    HOUR at each local wall-clock hour (a repeated fall-back hour is two buckets, one per offset),
+    QUARTER_HOUR / MINUTE / SECOND at UTC multiples (equal to local ones in every zone whose offset
+    is a multiple of 15 minutes -- all zones in use today), NONE one bucket for the whole range.
+    Points are dense; a point's timestamp is the UTC start of its bucket, and for the first bucket
+    that is the aligned start even when the range begins inside it. A wall time that does not
+    exist (DST gap) is read with the offset before the gap; an ambiguous one as its first
+    occurrence.
+
+Fields, filters, series
+    groupBy and filters take ``description``, ``unit_type``, ``sku`` (of the price version) and
+    every groupable property in snake_case (``api_key_id``, ``model``, ``cluster_name``; the
+    property's own camelCase name is accepted too). An event without the property has the value
+    "". Labels are the values, except ``api_key_id``: ``"<key name> (<redacted key>)"`` for the
+    team's own keys. A filter is ``field:value`` (equality), ``NOT field:value``, or a numeric
+    comparison ``field:>n`` (also ``>=``, ``<``, ``<=``; values that are not numbers never match);
+    conditions join with `` AND `` inside alternatives joined with `` OR ``; filters are ANDed.
+    Per-event amounts (usd, num_units, requests) cannot be filtered on: rollups do not keep them.
+    Series are ordered by dollars, then units, then requests (all descending), then group values.
+
+Caps
+    ``MAX_POINTS`` buckets per series (more is a 400 ``too_many_buckets``: a clearly absurd
+    request, answered with nothing rather than a silently cut chart); at most ``MAX_SERIES``
+    series and ``MAX_DATA_POINTS`` points in all: the series with the most dollars are kept and
+    ``limitReached`` is true.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import BigInteger, ColumnElement, Select, case, cast, func, literal, select
+from sqlalchemy.orm import Session
+
+from billfold.config import Settings
+from billfold.kit.clock import utc_now
+from billfold.kit.errors import InvalidField
+from billfold.kit.money import pico_to_usd_float
+from billfold.metering.models import UsageEvent, UsageRollup
+from billfold.metering.schemas import AnalyticsRequest
+from billfold.pricing.models import PriceVersion
+from billfold.teams.models import ManagementKey
+
+MAX_POINTS = 10_000
+MAX_SERIES = 1_000
+MAX_DATA_POINTS = 250_000
+MIN_YEAR, MAX_YEAR = 1900, 2999
+
+ROLLUP_SECONDS = 900
+QUARTER = timedelta(seconds=ROLLUP_SECONDS)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Added to epoch seconds before integer division in SQL, so the division never sees a negative
+# number (SQL truncates toward zero, we want floor). A multiple of every partition width.
+_EPOCH_SHIFT = 86_400 * 10**6
+# Offsets are sampled this often over the data's span to find DST transitions (they are months
+# apart in every real zone; a miss would only cost a slower, still exact, re-read).
+_OFFSET_SAMPLE = timedelta(hours=6)
+
+REQUEST = "analyticsRequest"
+
+
+class TimeUnit(StrEnum):
+    MONTH = "TIME_UNIT_MONTH"
+    CALENDAR_WEEK = "TIME_UNIT_CALENDAR_WEEK"
+    DAY = "TIME_UNIT_DAY"
+    HOUR = "TIME_UNIT_HOUR"
+    QUARTER_HOUR = "TIME_UNIT_QUARTER_HOUR"
+    MINUTE = "TIME_UNIT_MINUTE"
+    SECOND = "TIME_UNIT_SECOND"
+    NONE = "TIME_UNIT_NONE"
+
+
+# proto numbers (xai.shared.analytics.TimeUnit), accepted as proto3 JSON parsers do
+_UNIT_NUMBERS = {
+    1: TimeUnit.MONTH,
+    2: TimeUnit.CALENDAR_WEEK,
+    3: TimeUnit.DAY,
+    4: TimeUnit.HOUR,
+    5: TimeUnit.QUARTER_HOUR,
+    6: TimeUnit.MINUTE,
+    7: TimeUnit.SECOND,
+    8: TimeUnit.NONE,
+}
+_FIXED_STEP = {TimeUnit.QUARTER_HOUR: 900, TimeUnit.MINUTE: 60, TimeUnit.SECOND: 1}
+_RAW_UNITS = (TimeUnit.MINUTE, TimeUnit.SECOND)
+
+SUM, COUNT = "AGGREGATION_SUM", "AGGREGATION_COUNT"
+_AGGREGATION_NUMBERS = {1: SUM, 11: COUNT}
+VALUE_KINDS = {("usd", SUM), ("num_units", SUM), ("requests", COUNT)}
+_VALUE_NAMES = {name for name, _ in VALUE_KINDS}
+
+
+# --- the query ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field to group or filter by: a price version attribute or a groupable event property."""
+
+    name: str  # as the client wrote it
+    kind: Literal["price", "property"]
+    key: str  # PriceVersion attribute, or the property name as sent in events (camelCase)
+
+    @property
+    def is_api_key(self) -> bool:
+        return self.kind == "property" and self.key == "apiKeyId"
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: Field
+    op: Literal["=", ">", ">=", "<", "<="]
+    operand: str
+    number: Decimal | None
+    negated: bool
+
+    def matches(self, value: str) -> bool:
+        return self._holds(value) != self.negated
+
+    def _holds(self, value: str) -> bool:
+        if self.op == "=":
+            return value == self.operand
+        assert self.number is not None
+        number = _decimal(value)
+        if number is None:  # a non-numeric value never satisfies a numeric comparison
+            return False
+        if self.op == ">":
+            return number > self.number
+        if self.op == ">=":
+            return number >= self.number
+        if self.op == "<":
+            return number < self.number
+        return number <= self.number
+
+
+# One filter string: alternatives joined by " OR ", each a conjunction joined by " AND ".
+Filter = tuple[tuple[Condition, ...], ...]
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    name: str
+    aggregation: str
+
+
+@dataclass(frozen=True)
+class AnalyticsQuery:
+    team_id: uuid.UUID
+    zone: ZoneInfo
+    unit: TimeUnit
+    start: datetime  # UTC, as asked (inclusive)
+    end: datetime  # UTC, as asked (exclusive)
+    values: tuple[ValueSpec, ...]
+    group_by: tuple[Field, ...]
+    filters: tuple[Filter, ...]
+
+    @property
+    def fields(self) -> list[Field]:
+        used = list(self.group_by)
+        for one in self.filters:
+            used.extend(c.field for alternative in one for c in alternative)
+        return used
+
+
+@dataclass
+class Series:
+    group: list[str]
+    labels: list[str]
+    points: list[tuple[datetime, list[int | float]]]
+
+
+@dataclass
+class AnalyticsResult:
+    series: list[Series]
+    limit_reached: bool
+
+
+# --- parsing the wire request ------------------------------------------------------------------
+
+
+def available_fields(settings: Settings) -> dict[str, Field]:
+    """Fields by the names clients use: price attributes, then groupable properties in snake_case
+    (``apiKeyId`` -> ``api_key_id``) and, as an alias, as declared."""
+    fields = {
+        "description": Field("description", "price", "description"),
+        "unit_type": Field("unit_type", "price", "unit_type"),
+        "sku": Field("sku", "price", "sku"),
+    }
+    for prop in settings.groupable():
+        for name in (_snake(prop), prop):
+            fields.setdefault(name, Field(name, "property", prop))
+    return fields
+
+
+def parse_query(
+    request: AnalyticsRequest, settings: Settings, team_id: uuid.UUID
+) -> AnalyticsQuery:
+    """Validate the request into a query; every problem is a 400 naming its field."""
+    time_range = request.time_range
+    zone = _parse_zone(time_range.timezone)
+    start = _parse_local_time(time_range.start_time, zone, f"{REQUEST}.timeRange.startTime")
+    end = _parse_local_time(time_range.end_time, zone, f"{REQUEST}.timeRange.endTime")
+    if end <= start:
+        raise InvalidField(
+            f"{REQUEST}.timeRange",
+            "endTime must be after startTime (start inclusive, end exclusive)",
+            code="invalid_time_range",
+        )
+    unit = _parse_unit(request.time_unit)
+    values = tuple(_parse_value(i, v.name, v.aggregation) for i, v in enumerate(request.values))
+    if not values:
+        raise InvalidField(
+            f"{REQUEST}.values",
+            'at least one value is required, e.g. {"name": "usd", "aggregation": '
+            '"AGGREGATION_SUM"}',
+        )
+    fields = available_fields(settings)
+    group_by: list[Field] = []
+    for i, name in enumerate(request.group_by):
+        field = _lookup_field(fields, name.strip(), f"{REQUEST}.groupBy.{i}")
+        if any(g.kind == field.kind and g.key == field.key for g in group_by):
+            raise InvalidField(f"{REQUEST}.groupBy.{i}", f"{name!r} is grouped by twice")
+        group_by.append(field)
+    filters = tuple(
+        parsed
+        for i, text in enumerate(request.filters)
+        if (parsed := parse_filter(text, fields, f"{REQUEST}.filters.{i}"))
+    )
+    return AnalyticsQuery(team_id, zone, unit, start, end, values, tuple(group_by), filters)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _parse_zone(name: str) -> ZoneInfo:
+    key = name.strip() or "UTC"  # proto3 sends "" for an unset string
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidField(
+            f"{REQUEST}.timeRange.timezone",
+            f"unknown time zone {name!r}; use an IANA name such as America/New_York or UTC",
+            code="unknown_timezone",
+        ) from None
+
+
+_LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+def _parse_local_time(text: str, zone: ZoneInfo, field: str) -> datetime:
+    match = _LOCAL_TIME.fullmatch(text.strip())
+    if match is None:
+        raise InvalidField(
+            field,
+            f'{text!r} is not "YYYY-MM-DD HH:MM:SS" (local to timeRange.timezone)',
+            code="invalid_time",
+        )
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidField(
+            field, f"the year must be between {MIN_YEAR} and {MAX_YEAR}", code="invalid_time"
+        )
+    try:
+        # fold=0: a wall time repeated by a DST fall-back is its first occurrence; one skipped
+        # by a spring-forward gap is read with the offset in force before the gap.
+        local = datetime(year, month, day, hour, minute, second, tzinfo=zone)
+    except ValueError as exc:
+        raise InvalidField(
+            field, f"{text!r} is not a valid time: {exc}", code="invalid_time"
+        ) from None
+    return local.astimezone(UTC)
+
+
+def _parse_unit(value: str | int) -> TimeUnit:
+    unit: TimeUnit | None
+    if isinstance(value, int):
+        unit = _UNIT_NUMBERS.get(value)
+    else:
+        try:
+            unit = TimeUnit(value.strip())
+        except ValueError:
+            unit = None
+    if unit is None:
+        raise InvalidField(
+            f"{REQUEST}.timeUnit",
+            f"{value!r} is not a time unit; one of {', '.join(u.value for u in TimeUnit)}",
+            code="invalid_time_unit",
+        )
+    return unit
+
+
+def _parse_value(index: int, name: str, aggregation: str | int) -> ValueSpec:
+    agg = _AGGREGATION_NUMBERS.get(aggregation, "") if isinstance(aggregation, int) else aggregation
+    spec = ValueSpec(name.strip(), agg.strip())
+    if (spec.name, spec.aggregation) not in VALUE_KINDS:
+        raise InvalidField(
+            f"{REQUEST}.values.{index}",
+            f"unsupported value {name!r} with {aggregation!r}; supported: usd with "
+            "AGGREGATION_SUM, num_units with AGGREGATION_SUM, requests with AGGREGATION_COUNT",
+            code="unsupported_value",
+        )
+    return spec
+
+
+def _lookup_field(fields: dict[str, Field], name: str, path: str) -> Field:
+    field = fields.get(name)
+    if field is not None:
+        return field
+    if name in _VALUE_NAMES:
+        raise InvalidField(
+            path,
+            f"{name!r} is a value, not a field: filters and groups apply to description, "
+            "unit_type, sku and the groupable properties (per-event amounts are not kept)",
+            code="unsupported_field",
+        )
+    known = ", ".join(sorted({f.name for f in fields.values() if f.name == _snake(f.name)}))
+    raise InvalidField(path, f"unknown field {name!r}; known fields: {known}", code="unknown_field")
+
+
+def parse_filter(text: str, fields: dict[str, Field], path: str) -> Filter:
+    """``[NOT ]field:[op]value`` conditions; ``op`` is one of ``> >= < <=`` (numeric) or none
+    (equality). Conditions join with `` AND `` inside alternatives joined with `` OR `` (AND binds
+    tighter). A value may be double-quoted to hold spaces, `` OR `` or `` AND `` (``\\"`` escapes a
+    quote). An empty filter string is ignored."""
+    if not text.strip():
+        return ()
+    alternatives: list[tuple[Condition, ...]] = []
+    for alternative in _split_outside_quotes(text, " OR ", path):
+        alternatives.append(
+            tuple(
+                _parse_condition(c, fields, path)
+                for c in _split_outside_quotes(alternative, " AND ", path)
+            )
+        )
+    return tuple(alternatives)
+
+
+def _split_outside_quotes(text: str, separator: str, path: str) -> list[str]:
+    parts: list[str] = []
+    quoted = False
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quoted and char == "\\" and i + 1 < len(text):
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and text.startswith(separator, i):
+            parts.append("".join(current))
+            current = []
+            i += len(separator)
+            continue
+        current.append(char)
+        i += 1
+    if quoted:
+        raise InvalidField(path, f"unterminated quote in {text!r}", code="invalid_filter")
+    parts.append("".join(current))
+    if any(not p.strip() for p in parts):
+        raise InvalidField(
+            path, f"empty condition around {separator.strip()!r} in {text!r}", code="invalid_filter"
+        )
+    return parts
+
+
+def _parse_condition(text: str, fields: dict[str, Field], path: str) -> Condition:
+    condition = text.strip()
+    negated = condition.startswith("NOT ")
+    if negated:
+        condition = condition[4:].lstrip()
+    name, colon, rest = condition.partition(":")
+    if not colon or not name.strip() or " " in name.strip():
+        raise InvalidField(
+            path,
+            f"{text.strip()!r} is not a condition; write field:value, NOT field:value or "
+            "field:>number",
+            code="invalid_filter",
+        )
+    field = _lookup_field(fields, name.strip(), path)
+    rest = rest.strip()
+    op: Literal["=", ">", ">=", "<", "<="] = "="
+    for candidate in (">=", "<=", ">", "<"):
+        if rest.startswith(candidate):
+            op = candidate
+            rest = rest[len(candidate) :].strip()
+            break
+    operand = _unquote(rest, path)
+    number = None
+    if op != "=":
+        number = _decimal(operand)
+        if number is None:
+            raise InvalidField(path, f"{op} needs a number, not {operand!r}", code="invalid_filter")
+    return Condition(field, op, operand, number, negated)
+
+
+def _unquote(text: str, path: str) -> str:
+    if not text.startswith('"'):
+        return text
+    if len(text) < 2 or not text.endswith('"'):
+        raise InvalidField(path, f"bad quoting in {text!r}", code="invalid_filter")
+    return re.sub(r"\\(.)", r"\1", text[1:-1])
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+# --- the time grid -----------------------------------------------------------------------------
+
+
+class TooManyBuckets(Exception):
+    pass
+
+
+def floor_to(at: datetime, seconds: int) -> datetime:
+    step = timedelta(seconds=seconds)
+    return EPOCH + ((at - EPOCH) // step) * step
+
+
+def ceil_to(at: datetime, seconds: int) -> datetime:
+    floored = floor_to(at, seconds)
+    return floored if floored == at else floored + timedelta(seconds=seconds)
+
+
+def bucket_starts(
+    unit: TimeUnit, zone: ZoneInfo, start: datetime, end: datetime, limit: int = MAX_POINTS
+) -> list[datetime]:
+    """UTC starts of the buckets covering [start, end), the first aligned at or before start.
+
+    Raises TooManyBuckets when more than ``limit`` would be needed (without building them).
+    """
+    if unit is TimeUnit.NONE:
+        return [start]
+    if unit in _FIXED_STEP:
+        seconds = _FIXED_STEP[unit]
+        first = floor_to(start, seconds)
+        if (end - first) / timedelta(seconds=seconds) > limit:
+            raise TooManyBuckets
+        step = timedelta(seconds=seconds)
+        return [first + i * step for i in range(-(-(end - first) // step))]
+    if unit is TimeUnit.HOUR:
+        return _hour_starts(zone, start, end, limit)
+    return _calendar_starts(unit, zone, start, end, limit)
+
+
+def _hour_key(at: datetime, zone: ZoneInfo) -> tuple[int, int, int, int, timedelta | None]:
+    local = at.astimezone(zone)
+    return (local.year, local.month, local.day, local.hour, local.utcoffset())
+
+
+def _hour_starts(zone: ZoneInfo, start: datetime, end: datetime, limit: int) -> list[datetime]:
+    # A bucket is a run of quarter hours with the same local wall hour *and* offset: so the hour
+    # repeated at a fall-back is two buckets, and a half-hour DST shift (Australia/Lord_Howe)
+    # gives a half-hour bucket, as a wall clock shows them.
+    if (end - start) > 2 * limit * timedelta(hours=1):
+        raise TooManyBuckets
+    at = floor_to(start, ROLLUP_SECONDS)
+    key = _hour_key(at, zone)
+    for _ in range(8):
+        if _hour_key(at - QUARTER, zone) != key:
+            break
+        at -= QUARTER
+    starts: list[datetime] = []
+    last_key = None
+    while at < end:
+        key = _hour_key(at, zone)
+        if key != last_key:
+            if len(starts) == limit:
+                raise TooManyBuckets
+            starts.append(at)
+            last_key = key
+        at += QUARTER
+    return starts
+
+
+def _calendar_starts(
+    unit: TimeUnit, zone: ZoneInfo, start: datetime, end: datetime, limit: int
+) -> list[datetime]:
+    day = start.astimezone(zone).date()
+    if unit is TimeUnit.CALENDAR_WEEK:
+        day -= timedelta(days=day.weekday())
+    elif unit is TimeUnit.MONTH:
+        day = day.replace(day=1)
+    starts: list[datetime] = []
+    while True:
+        # Local midnight (fold=0: where midnight falls in a DST gap this is the first instant
+        # of the day; where it repeats, its first occurrence).
+        begin = datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+        if starts and begin >= end:
+            break
+        if not starts or begin > starts[-1]:  # a skipped day (Pacific/Apia 2011) is no bucket
+            if len(starts) == limit:
+                raise TooManyBuckets
+            starts.append(begin)
+        day = _next_period(day, unit)
+    return starts
+
+
+def _next_period(day: date, unit: TimeUnit) -> date:
+    if unit is TimeUnit.DAY:
+        return day + timedelta(days=1)
+    if unit is TimeUnit.CALENDAR_WEEK:
+        return day + timedelta(days=7)
+    return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
+
+
+def offset_segments(zone: ZoneInfo, first: datetime, last: datetime) -> list[tuple[datetime, int]]:
+    """``(from, UTC offset in seconds)`` for each stretch of constant offset in [first, last],
+    to the quarter hour (rollup buckets start on quarter hours; so do all of today's offsets)."""
+
+    def offset(at: datetime) -> int:
+        delta = at.astimezone(zone).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    segments = [(first, offset(first))]
+    at = first
+    while at < last:
+        following = min(at + _OFFSET_SAMPLE, last)
+        if offset(following) != segments[-1][1]:
+            low, high = at, following  # offset(low) is the current one, offset(high) is not
+            while high - low > QUARTER:
+                middle = low + ((high - low) // QUARTER // 2) * QUARTER
+                if offset(middle) == segments[-1][1]:
+                    low = middle
+                else:
+                    high = middle
+            segments.append((high, offset(high)))
+            if offset(following) != segments[-1][1]:  # two changes within one sample
+                segments.append((following, offset(following)))
+        at = following
+    return segments
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """How the database pre-sums rollups. ``local``: one partition per (UTC offset, local hour or
+    day), which a requested bucket of that unit always contains whole."""
+
+    kind: Literal["none", "bucket", "local"]
+    seconds: int = 0
+
+
+# A pre-summed slice of usage: first and last 15-minute bucket (or event second) in it, price
+# version, a hashable key of its property values and the values, quantity, event count.
+_Slice = tuple[datetime, datetime, int, Any, dict[str, str], int, int]
+
+
+class _Straddles(Exception):
+    """A partition spans two requested buckets (a DST transition the sampling missed)."""
+
+
+class UsageAnalytics:
+    def run(self, session: Session, settings: Settings, query: AnalyticsQuery) -> AnalyticsResult:
+        """The time series of ``query``; reads only, so any transaction will do."""
+        raw = query.unit in _RAW_UNITS
+        if raw:
+            self._check_raw_window(settings, query)
+            start, end = query.start, query.end
+        else:
+            start = floor_to(query.start, ROLLUP_SECONDS)
+            end = ceil_to(query.end, ROLLUP_SECONDS)
+        try:
+            starts = bucket_starts(query.unit, query.zone, start, end)
+        except TooManyBuckets:
+            raise InvalidField(
+                f"{REQUEST}.timeUnit",
+                f"the range needs more than {MAX_POINTS} {query.unit.value} buckets; "
+                "use a coarser timeUnit or a shorter range",
+                code="too_many_buckets",
+            ) from None
+        properties = sorted({f.key for f in query.fields if f.kind == "property"})
+        if raw:
+            slices = self._event_slices(session, query, starts, properties)
+        else:
+            slices = self._rollup_slices(session, query, start, end, starts, bool(properties))
+        return self._shape(session, query, starts, slices)
+
+    @staticmethod
+    def _check_raw_window(settings: Settings, query: AnalyticsQuery) -> None:
+        oldest = utc_now() - timedelta(days=settings.usage_retention_days)
+        if query.start < oldest:
+            raise InvalidField(
+                f"{REQUEST}.timeUnit",
+                f"{query.unit.value} is answered from raw events, which are kept "
+                f"{settings.usage_retention_days} days; start after "
+                f"{oldest:%Y-%m-%d %H:%M:%S} UTC or use TIME_UNIT_QUARTER_HOUR or coarser",
+                code="outside_raw_retention",
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _rollup_slices(
+        self,
+        session: Session,
+        query: AnalyticsQuery,
+        start: datetime,
+        end: datetime,
+        starts: list[datetime],
+        with_dims: bool,
+    ) -> list[tuple[int, _Slice]]:
+        span = self._data_span(session, query.team_id, start, end)
+        if span is None:
+            return []
+        if query.unit is TimeUnit.NONE:
+            partition = _Partition("none")
+        elif query.unit is TimeUnit.QUARTER_HOUR:
+            partition = _Partition("bucket")
+        else:
+            partition = _Partition("local", 3600 if query.unit is TimeUnit.HOUR else 86_400)
+        try:
+            return self._attribute(
+                starts, self._read_rollups(session, query, start, end, partition, span, with_dims)
+            )
+        except _Straddles:
+            # Exact whatever the zone does: re-read at the rollups' own 15-minute resolution.
+            return self._attribute(
+                starts,
+                self._read_rollups(
+                    session, query, start, end, _Partition("bucket"), span, with_dims
+                ),
+            )
+
+    @staticmethod
+    def _data_span(
+        session: Session, team_id: uuid.UUID, start: datetime, end: datetime
+    ) -> tuple[datetime, datetime] | None:
+        # Two index probes on the primary key (team_id, bucket_start, ...), not one min/max scan.
+        base = select(UsageRollup.bucket_start).where(
+            UsageRollup.team_id == team_id,
+            UsageRollup.bucket_start >= start,
+            UsageRollup.bucket_start < end,
+        )
+        first = session.scalar(base.order_by(UsageRollup.bucket_start).limit(1))
+        last = session.scalar(base.order_by(UsageRollup.bucket_start.desc()).limit(1))
+        return None if first is None or last is None else (first, last)
+
+    @staticmethod
+    def _read_rollups(
+        session: Session,
+        query: AnalyticsQuery,
+        start: datetime,
+        end: datetime,
+        partition: _Partition,
+        span: tuple[datetime, datetime],
+        with_dims: bool,
+    ) -> list[_Slice]:
+        r = UsageRollup
+        columns: list[ColumnElement[Any]] = [
+            r.bucket_start.label("bucket_start"),
+            r.price_version_id.label("version"),
+            r.quantity.label("quantity"),
+            r.events.label("events"),
+        ]
+        if with_dims:
+            columns += [r.dims_key.label("dims_key"), r.dims.label("dims")]
+        if partition.kind == "local":
+            segments = offset_segments(query.zone, *span)
+            offset: ColumnElement[Any] = (
+                literal(segments[0][1], BigInteger)
+                if len(segments) == 1
+                else case(
+                    *[
+                        (r.bucket_start < segments[i + 1][0], segments[i][1])
+                        for i in range(len(segments) - 1)
+                    ],
+                    else_=segments[-1][1],
+                )
+            )
+            local_part = (_epoch_seconds(session, r.bucket_start) + offset + _EPOCH_SHIFT) // (
+                partition.seconds
+            )
+            columns += [offset.label("utc_offset"), local_part.label("part")]
+        inner = (
+            select(*columns)
+            .where(r.team_id == query.team_id, r.bucket_start >= start, r.bucket_start < end)
+            .subquery()
+        )
+        keys: list[Any] = [inner.c.version]
+        if partition.kind == "bucket":
+            keys.append(inner.c.bucket_start)
+        elif partition.kind == "local":
+            keys += [inner.c.utc_offset, inner.c.part]
+        if with_dims:
+            keys += [inner.c.dims_key, inner.c.dims]
+        stmt: Select[Any] = select(
+            func.min(inner.c.bucket_start),
+            func.max(inner.c.bucket_start),
+            inner.c.version,
+            inner.c.dims_key if with_dims else literal(""),
+            inner.c.dims if with_dims else literal(""),
+            func.sum(inner.c.quantity),
+            func.sum(inner.c.events),
+        ).group_by(*keys)
+        return [
+            (first, last, int(version), dims_key, dict(dims or {}), int(qty), int(events))
+            for first, last, version, dims_key, dims, qty, events in session.execute(stmt)
+        ]
+
+    @staticmethod
+    def _event_slices(
+        session: Session, query: AnalyticsQuery, starts: list[datetime], properties: list[str]
+    ) -> list[tuple[int, _Slice]]:
+        e = UsageEvent
+        step = _FIXED_STEP[query.unit]
+        second = _epoch_seconds(session, e.ts)
+        props = [e.properties[p].as_json().label(f"p{i}") for i, p in enumerate(properties)]
+        inner = (
+            select(
+                (second // step if step > 1 else second).label("part"),
+                e.price_version_id.label("version"),
+                e.quantity.label("quantity"),
+                *props,
+            )
+            .where(e.team_id == query.team_id, e.ts >= query.start, e.ts < query.end)
+            .subquery()
+        )
+        prop_columns = [inner.c[f"p{i}"] for i in range(len(properties))]
+        stmt: Select[Any] = select(
+            inner.c.part,
+            inner.c.version,
+            func.sum(inner.c.quantity),
+            func.count(),
+            *prop_columns,
+        ).group_by(inner.c.part, inner.c.version, *prop_columns)
+        slices: list[tuple[int, _Slice]] = []
+        for part, version, qty, events, *values in session.execute(stmt):
+            at = EPOCH + timedelta(seconds=int(part) * step)
+            # The same text as ingestion puts into rollup dims: str() of the JSON value.
+            dims = {p: str(v) for p, v in zip(properties, values, strict=True) if v is not None}
+            key = tuple(dims.get(p) for p in properties)
+            slices.append(
+                (_bucket_index(starts, at), (at, at, int(version), key, dims, int(qty), events))
+            )
+        return slices
+
+    @staticmethod
+    def _attribute(starts: list[datetime], slices: list[_Slice]) -> list[tuple[int, _Slice]]:
+        attributed = []
+        for piece in slices:
+            index = _bucket_index(starts, piece[0])
+            if _bucket_index(starts, piece[1]) != index:
+                raise _Straddles
+            attributed.append((index, piece))
+        return attributed
+
+    # -- shaping -------------------------------------------------------------------------------
+
+    def _shape(
+        self,
+        session: Session,
+        query: AnalyticsQuery,
+        starts: list[datetime],
+        slices: list[tuple[int, _Slice]],
+    ) -> AnalyticsResult:
+        versions = _versions(session, {piece[2] for _, piece in slices})
+        # Filters and groups depend only on (price version, properties): decided once per pair.
+        decided: dict[tuple[int, Any], tuple[str, ...] | None] = {}
+        # group -> bucket index -> [quantity, pico-dollars, events], all exact ints
+        sums: dict[tuple[str, ...], dict[int, list[int]]] = {}
+        for index, (_, _, version_id, dims_key, dims, quantity, events) in slices:
+            context = (version_id, dims_key)
+            if context not in decided:
+                decided[context] = _group_of(query, versions[version_id], dims)
+            group = decided[context]
+            if group is None:
+                continue
+            cell = sums.setdefault(group, {}).setdefault(index, [0, 0, 0])
+            cell[0] += quantity
+            cell[1] += quantity * versions[version_id].unit_price_pico
+            cell[2] += events
+        if not query.group_by and not sums:
+            sums[()] = {}  # groupBy [] always answers one (here all-zero) series
+
+        def total(group: tuple[str, ...]) -> tuple[int, int, int]:
+            cells = sums[group].values()
+            return (
+                sum(c[1] for c in cells),
+                sum(c[0] for c in cells),
+                sum(c[2] for c in cells),
+            )
+
+        totals = {group: total(group) for group in sums}
+        ordered = sorted(sums, key=lambda g: (-totals[g][0], -totals[g][1], -totals[g][2], g))
+        max_series = max(1, min(MAX_SERIES, MAX_DATA_POINTS // len(starts)))
+        kept = ordered[:max_series]
+        labels = _labels(session, query, kept)
+        series = []
+        for group in kept:
+            cells = sums[group]
+            points = []
+            for index, at in enumerate(starts):
+                sums_at: Sequence[int] = cells.get(index) or _ZERO
+                points.append((at, [_value(spec, sums_at) for spec in query.values]))
+            series.append(
+                Series(
+                    list(group),
+                    [
+                        labels.get((field.key, value), value)
+                        for field, value in zip(query.group_by, group, strict=True)
+                    ],
+                    points,
+                )
+            )
+        return AnalyticsResult(series, limit_reached=len(ordered) > len(kept))
+
+
+_ZERO = (0, 0, 0)
+
+
+def _value(spec: ValueSpec, cell: Sequence[int]) -> int | float:
+    if spec.name == "usd":
+        return pico_to_usd_float(cell[1])
+    if spec.name == "num_units":
+        return cell[0]
+    return cell[2]
+
+
+def _bucket_index(starts: list[datetime], at: datetime) -> int:
+    # Usage before the first aligned start can only come from a zone whose historical offset is
+    # not a multiple of 15 minutes; it is counted in the first bucket.
+    return max(0, bisect.bisect_right(starts, at) - 1)
+
+
+def _epoch_seconds(session: Session, column: Any) -> ColumnElement[int]:
+    """Whole seconds since 1970 (floored) of a UTC timestamp column, per dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", column)), BigInteger)
+    # SQLite stores naive UTC text; strftime('%s') floors to whole seconds.
+    return cast(func.strftime("%s", column), BigInteger)
+
+
+def _versions(session: Session, ids: set[int]) -> dict[int, PriceVersion]:
+    if not ids:
+        return {}
+    return {v.id: v for v in session.scalars(select(PriceVersion).where(PriceVersion.id.in_(ids)))}
+
+
+def _field_value(field: Field, version: PriceVersion, dims: dict[str, str]) -> str:
+    if field.kind == "price":
+        return str(getattr(version, field.key))
+    return dims.get(field.key, "")  # an event without the property groups under ""
+
+
+def _group_of(
+    query: AnalyticsQuery, version: PriceVersion, dims: dict[str, str]
+) -> tuple[str, ...] | None:
+    """The group of a (version, properties) pair, or None when the filters exclude it."""
+
+    def value(field: Field) -> str:
+        return _field_value(field, version, dims)
+
+    for one in query.filters:
+        if not any(all(c.matches(value(c.field)) for c in alternative) for alternative in one):
+            return None
+    return tuple(value(field) for field in query.group_by)
+
+
+def _labels(
+    session: Session, query: AnalyticsQuery, groups: list[tuple[str, ...]]
+) -> dict[tuple[str, str], str]:
+    """Labels that differ from the raw value: ``"<key name> (<redacted key>)"`` for the team's own
+    management keys (revoked ones too: their usage stays). Other values label themselves."""
+    positions = [i for i, field in enumerate(query.group_by) if field.is_api_key]
+    written: dict[uuid.UUID, set[str]] = {}  # key id -> the texts events wrote it as
+    for group in groups:
+        for i in positions:
+            key_id = _as_uuid(group[i])
+            if key_id is not None:
+                written.setdefault(key_id, set()).add(group[i])
+    if not written:
+        return {}
+    keys = session.scalars(
+        select(ManagementKey).where(
+            ManagementKey.team_id == query.team_id, ManagementKey.id.in_(sorted(written))
+        )
+    )
+    return {
+        ("apiKeyId", text): f"{key.name} ({key.redacted})"
+        for key in keys
+        for text in written[key.id]
+    }
+
+
+def _as_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+usage_analytics = UsageAnalytics()

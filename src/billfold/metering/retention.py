@@ -1,0 +1,93 @@
+"""Retention of raw usage events: ``billfold usage compact``.
+
+Raw ``usage_events`` exist for two reasons: exactly-once ingestion (the primary key
+``(team_id, event_id)``) and MINUTE/SECOND analytics. Everything billed or charted at 15 minutes and
+coarser lives in ``usage_rollups`` and ``cycle_lines``, which compaction never touches. So events
+older than ``BILLFOLD_USAGE_RETENTION_DAYS`` (default 400) may be deleted.
+
+Why deleting them cannot double-count: ingestion rejects events older than the same window
+(``timestamp_too_old``), so an event id that compaction removed can never be accepted again as new.
+Compaction deletes only events older than the window *plus* :data:`GRACE`: an ingestion batch
+compares timestamps with the ``now`` it read when it started, and another host's clock may lag, so
+a batch in flight may still accept an event slightly older than this host's window; the grace
+keeps that event's twin (if any) in place until no such batch can exist.
+
+Deletes go per team through the index ``(team_id, ts)`` in batches of at most ``batch_size`` rows,
+so each statement is short and bounded; the CLI commits after every batch, so a long compaction
+never holds locks (or SQLite's write lock) for long and can be stopped and resumed at any time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from billfold.config import Settings
+from billfold.metering.models import UsageEvent
+from billfold.teams.models import Team
+
+GRACE = timedelta(days=1)
+DEFAULT_BATCH = 10_000
+_TEAM_PAGE = 1_000
+
+
+@dataclass
+class Compaction:
+    cutoff: datetime
+    deleted: int = 0
+
+
+def cutoff(settings: Settings, now: datetime) -> datetime:
+    """Events strictly older than this may be deleted."""
+    return now - timedelta(days=settings.usage_retention_days) - GRACE
+
+
+def team_ids(session: Session) -> Iterator[uuid.UUID]:
+    """Every team id, in pages (usage_events has no team index of its own to scan)."""
+    after: uuid.UUID | None = None
+    while True:
+        stmt = select(Team.id).order_by(Team.id).limit(_TEAM_PAGE)
+        if after is not None:
+            stmt = stmt.where(Team.id > after)
+        page = list(session.scalars(stmt))
+        yield from page
+        if len(page) < _TEAM_PAGE:
+            return
+        after = page[-1]
+
+
+def compact_batch(
+    session: Session, team_id: uuid.UUID, older_than: datetime, batch_size: int = DEFAULT_BATCH
+) -> int:
+    """Delete at most ``batch_size`` of one team's events older than ``older_than``; the count."""
+    doomed = (
+        select(UsageEvent.event_id)
+        .where(UsageEvent.team_id == team_id, UsageEvent.ts < older_than)
+        .limit(batch_size)
+        .scalar_subquery()
+    )
+    result = session.execute(
+        delete(UsageEvent).where(UsageEvent.team_id == team_id, UsageEvent.event_id.in_(doomed))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def compact(
+    session: Session, settings: Settings, now: datetime, *, batch_size: int = DEFAULT_BATCH
+) -> Compaction:
+    """Delete every raw event past the retention window, in batches, within ``session``'s
+    transaction (the caller commits; the CLI uses :func:`compact_batch` to commit per batch).
+    Rollups, cycle lines and billing cycles are kept."""
+    done = Compaction(cutoff(settings, now))
+    for team_id in list(team_ids(session)):
+        while True:
+            deleted = compact_batch(session, team_id, done.cutoff, batch_size)
+            done.deleted += deleted
+            if deleted < batch_size:
+                break
+    return done

@@ -1,0 +1,174 @@
+"""Compaction of raw usage events past the retention window, on SQLite and PostgreSQL.
+
+The test databases are shared by the whole session, and compaction works on every team: so these
+tests live in 2020-2021 (the clock frozen there), far older than any other test's usage.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from billfold.cli import app
+from billfold.config import Settings, get_settings
+from billfold.invoicing.models import BillingCycle
+from billfold.kit.clock import frozen
+from billfold.metering import retention
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from tests.conftest import Api, event, unique_sku
+from tests.metering.test_analytics import post_usage, request_body
+
+INGESTED_AT = datetime(2021, 5, 1, tzinfo=UTC)
+# Events at these times; with a 400-day window and one day of grace, compaction at COMPACT_AT
+# deletes what is older than 2020-06-25 00:00.
+COMPACT_AT = datetime(2021, 7, 31, tzinfo=UTC)
+OLD = ["2020-06-01T10:00:00Z", "2020-06-20T10:00:00Z", "2020-06-24T23:59:59Z"]
+IN_GRACE = "2020-06-25T12:00:00Z"  # past the window, within the day of grace: kept
+RECENT = ["2021-01-15T10:00:00Z", "2021-04-30T10:00:00Z"]
+
+
+def _events(team_id: str, sku: str) -> list[dict[str, Any]]:
+    times = [*OLD, IN_GRACE, *RECENT]
+    return [event(team_id, sku, 1000 * (i + 1), ts, f"r{i}") for i, ts in enumerate(times)]
+
+
+def _snapshot(api: Api, team_id: str) -> tuple[Any, ...]:
+    tid = uuid.UUID(team_id)
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        events = sorted(
+            session.scalars(select(UsageEvent.event_id).where(UsageEvent.team_id == tid))
+        )
+        rollups = sorted(
+            (r.bucket_start, r.quantity, r.events)
+            for r in session.scalars(select(UsageRollup).where(UsageRollup.team_id == tid))
+        )
+        lines = sorted(
+            (c.year, c.month, c.quantity, c.amount_cents)
+            for c in session.scalars(select(CycleLine).where(CycleLine.team_id == tid))
+        )
+        cycles = sorted(
+            (c.year, c.month, c.spend_cents)
+            for c in session.scalars(select(BillingCycle).where(BillingCycle.team_id == tid))
+        )
+    return events, rollups, lines, cycles
+
+
+@pytest.fixture
+def old_usage(api: Api) -> Iterator[tuple[str, dict[str, str], str]]:
+    sku = unique_sku()
+    with frozen(INGESTED_AT):
+        api.set_price(sku, "0.001", "2020-01-01T00:00:00Z")
+        team_id, headers = api.team_with_key()
+        result = api.ingest(_events(team_id, sku))
+        assert result["accepted"] == 6, result
+    yield team_id, headers, sku
+
+
+def test_compact_deletes_only_raw_events_past_the_window(
+    api: Api, old_usage: tuple[str, dict[str, str], str]
+) -> None:
+    team_id, headers, sku = old_usage
+    events, rollups, lines, cycles = _snapshot(api, team_id)
+    with frozen(COMPACT_AT):
+        daily_before = post_usage(
+            api, team_id, headers, request_body("2020-06-01 00:00:00", "2021-05-01 00:00:00")
+        ).json()
+
+    settings = Settings(database_url=api.url)
+    assert retention.cutoff(settings, COMPACT_AT) == datetime(2020, 6, 25, tzinfo=UTC)
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        done = retention.compact(session, settings, COMPACT_AT, batch_size=2)
+        session.commit()
+    assert done.deleted >= 3  # other teams' events of that age (none exist) would count too
+
+    after_events, after_rollups, after_lines, after_cycles = _snapshot(api, team_id)
+    assert after_events == ["r3", "r4", "r5"]
+    assert events == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    # what billing and analytics read is untouched
+    assert (after_rollups, after_lines, after_cycles) == (rollups, lines, cycles)
+    with frozen(COMPACT_AT):
+        daily_after = post_usage(
+            api, team_id, headers, request_body("2020-06-01 00:00:00", "2021-05-01 00:00:00")
+        ).json()
+        assert daily_after == daily_before
+        # a compacted event can never come back as new: it is older than the window
+        again = api.ingest(_events(team_id, sku)[:1])
+        assert again["accepted"] == 0
+        assert again["rejected"][0]["code"] == "timestamp_too_old"
+        # and minute analytics, answered from raw events, refuse that old range
+        minutes = post_usage(
+            api,
+            team_id,
+            headers,
+            request_body("2020-06-01 10:00:00", "2020-06-01 11:00:00", unit="TIME_UNIT_MINUTE"),
+        )
+        assert minutes.status_code == 400
+        assert minutes.json()["code"] == "outside_raw_retention"
+
+    # running it again finds nothing more to delete for this team
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        retention.compact(session, settings, COMPACT_AT)
+        session.commit()
+    assert _snapshot(api, team_id)[0] == ["r3", "r4", "r5"]
+
+
+def test_compact_batch_is_bounded(api: Api, old_usage: tuple[str, dict[str, str], str]) -> None:
+    team_id, _, _ = old_usage
+    older_than = datetime(2020, 6, 25, tzinfo=UTC)
+    counts = []
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        for _ in range(3):
+            counts.append(retention.compact_batch(session, uuid.UUID(team_id), older_than, 2))
+            session.commit()
+    assert counts == [2, 1, 0]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cli_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    api: Api = request.getfixturevalue(f"{request.param}_api")
+    monkeypatch.setenv("BILLFOLD_DATABASE_URL", api.url)
+    monkeypatch.setenv("BILLFOLD_USAGE_RETENTION_DAYS", "400")
+    get_settings.cache_clear()
+    yield api
+    get_settings.cache_clear()
+
+
+def test_cli_compact(cli_env: Api) -> None:
+    api = cli_env
+    sku = unique_sku()
+    with frozen(INGESTED_AT):
+        api.set_price(sku, "0.001", "2020-01-01T00:00:00Z")
+        team_id = api.create_team()
+        assert api.ingest(_events(team_id, sku))["accepted"] == 6
+    runner = CliRunner()
+    with frozen(COMPACT_AT):
+        dry = runner.invoke(app, ["usage", "compact", "--dry-run", "--json"])
+        assert dry.exit_code == 0, dry.output
+        counted = json.loads(dry.stdout)
+        assert counted["dryRun"] is True and counted["deleted"] >= 3
+        assert counted["cutoff"].startswith("2020-06-25T00:00:00")
+        assert _snapshot(api, team_id)[0] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+
+        real = runner.invoke(app, ["usage", "compact", "--batch-size", "2", "--json"])
+        assert real.exit_code == 0, real.output
+        assert json.loads(real.stdout)["deleted"] == counted["deleted"]
+        assert _snapshot(api, team_id)[0] == ["r3", "r4", "r5"]
+
+        table = runner.invoke(app, ["usage", "compact"])
+        assert table.exit_code == 0 and "deleted 0 raw usage events" in table.output
+
+
+def test_window_boundaries_match_ingestion() -> None:
+    """Compaction never deletes what ingestion would still accept."""
+    settings = Settings(usage_retention_days=30)
+    now = datetime(2021, 3, 1, tzinfo=UTC)
+    oldest_accepted = now - timedelta(days=settings.usage_retention_days)
+    assert retention.cutoff(settings, now) < oldest_accepted
+    assert oldest_accepted - retention.cutoff(settings, now) == retention.GRACE
