@@ -66,3 +66,20 @@ def test_oversized_body_is_413(api: Api) -> None:
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+def test_unset_optional_fields_are_left_out_not_null(api: Api) -> None:
+    from billfold.kit.schemas import WireModel, WireRouter
+
+    class Thing(WireModel):
+        name: str
+        maybe: str | None = None
+
+    router = WireRouter()
+
+    @router.get(f"/test-optional-{api.backend}", response_model=Thing)
+    def thing() -> Thing:
+        return Thing(name="x")
+
+    api.client.app.include_router(router)  # type: ignore[attr-defined]
+    assert api.client.get(f"/test-optional-{api.backend}").json() == {"name": "x"}

@@ -65,5 +65,6 @@ class WireRouter(APIRouter):
     """A router whose responses leave unset optional fields out instead of sending ``null``."""
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        kwargs.setdefault("response_model_exclude_none", True)
+        # Assigned, not defaulted: the route decorators pass False explicitly.
+        kwargs["response_model_exclude_none"] = True
         super().add_api_route(path, endpoint, **kwargs)
