@@ -1,9 +1,127 @@
-"""HTTP surface (routes are added by this domain's work)."""
+"""HTTP surface of the prepaid ledger: balance and top-up (customer), credit grants (operator)."""
 
 from __future__ import annotations
 
-from billfold.kit.schemas import WireRouter
-from billfold.teams.auth import Operator
+from typing import Annotated
 
+from fastapi import Header, Response
+from sqlalchemy.orm import Session
+
+from billfold.kit.errors import PaymentFailed
+from billfold.kit.http import DbSession, Sessions, parse_uuid
+from billfold.kit.schemas import WireRouter
+from billfold.ledger.models import LedgerEntry
+from billfold.ledger.schemas import (
+    FAILED_TO_CHARGE,
+    TO_CHARGE,
+    CreditEntryOut,
+    GrantCreditsRequest,
+    PrepaidBalance,
+    TopUpRequest,
+    TopUpResponse,
+)
+from billfold.ledger.service import CREDIT_KEY_PREFIX, ledger_service, topup_service
+from billfold.payments.endpoints import Provider
+from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
+
+# Each route repeats ``response_model_exclude_none=True``: WireRouter's default does not reach
+# routes added through the decorators (they pass the flag explicitly as False).
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def end_request_transaction(session: Session) -> None:
+    """Top-up and balance run their own step transactions (``Sessions``) around provider calls.
+
+    The request's transaction only served authentication (reads): end it first, so it holds
+    neither a pooled connection nor, on SQLite, the database's single write lock (every
+    transaction there is BEGIN IMMEDIATE) while the steps run.
+    """
+    session.commit()
+
+
+@billing_router.get(
+    "/v1/billing/teams/{team_id}/prepaid/balance",
+    response_model=PrepaidBalance,
+    response_model_exclude_none=True,
+)
+def get_prepaid_balance(
+    scope: BillingRead, session: DbSession, sessions: Sessions, provider: Provider
+) -> PrepaidBalance:
+    end_request_transaction(session)
+    return topup_service.balance(sessions, provider, scope.team_id)
+
+
+@billing_router.post(
+    "/v1/billing/teams/{team_id}/prepaid/top-up",
+    response_model=TopUpResponse,
+    response_model_exclude_none=True,
+    responses={202: {"model": TopUpResponse}, 402: {"description": "the card was declined"}},
+)
+def top_up(
+    body: TopUpRequest,
+    scope: BillingWrite,
+    session: DbSession,
+    sessions: Sessions,
+    provider: Provider,
+    settings: AppSettings,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> TopUpResponse:
+    """200 charged; 402 declined (the body carries the FAILED_TO_CHARGE change); 202 the provider
+    did not answer and the purchase is pending (TO_CHARGE), resolved on a later call."""
+    end_request_transaction(session)
+    outcome = topup_service.top_up(
+        sessions, provider, settings, scope.team_id, body.amount.val, idempotency_key
+    )
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+    if outcome.status == FAILED_TO_CHARGE:
+        error = PaymentFailed(
+            outcome.failure_message or "the card was declined",
+            code=outcome.failure_code or "card_declined",
+            change=outcome.change.wire(),
+        )
+        error.headers = headers or None
+        raise error
+    response.status_code = 202 if outcome.status == TO_CHARGE else 200
+    response.headers.update(headers)
+    return TopUpResponse(change=outcome.change)
+
+
+def entry_out(entry: LedgerEntry) -> CreditEntryOut:
+    return CreditEntryOut(
+        entry_id=str(entry.id),
+        team_id=str(entry.team_id),
+        kind=entry.kind,
+        amount=entry.credit_cents,
+        reason=entry.description,
+        idempotency_key=entry.idempotency_key.removeprefix(CREDIT_KEY_PREFIX),
+        expires_at=entry.expires_at,
+        create_time=entry.created_at,
+    )
+
+
+@admin_router.post(
+    "/admin/v1/teams/{team_id}/credits",
+    status_code=201,
+    response_model=CreditEntryOut,
+    response_model_exclude_none=True,
+)
+def grant_credits(
+    team_id: str, body: GrantCreditsRequest, session: DbSession, response: Response
+) -> CreditEntryOut:
+    """201 with the entry; a repeated idempotencyKey answers 201 with the first entry again (and
+    ``Idempotent-Replayed: true``); the same key with another request is a 409."""
+    entry, created = ledger_service.grant(
+        session,
+        parse_uuid(team_id),
+        amount=body.amount,
+        reason=body.reason,
+        idempotency_key=body.idempotency_key,
+        expires_at=body.expires_at,
+    )
+    if not created:
+        response.headers[REPLAYED_HEADER] = "true"
+    return entry_out(entry)

@@ -9,6 +9,11 @@ beyond the ledger's own balance row, so the position is exact as of the last com
 
 At cycle close the cycle's ``credit_used`` becomes an immutable SPEND ledger entry and its postpaid
 rest becomes the invoice, so closed cycles no longer appear here.
+
+Promotional credit can expire. Reading the position first books the expiry of any grant that fell
+due (in the caller's transaction; see LedgerService.expire_due), so no position -- the balance, the
+preview, the spend check, cycle close -- ever counts expired credit. When nothing is due that costs
+nothing: the account row read for the posted credit also says when the next grant falls due.
 """
 
 from __future__ import annotations
@@ -56,8 +61,26 @@ def posted_credit(session: Session, team_id: uuid.UUID) -> Cents:
     return Cents(balance or 0)
 
 
+def _posted_credit_at(session: Session, team_id: uuid.UUID, now: datetime) -> Cents:
+    """The posted credit at ``now``, after booking the expiry of grants due by then."""
+    row = session.execute(
+        select(CreditAccount.balance_cents, CreditAccount.next_expiry_at).where(
+            CreditAccount.team_id == team_id
+        )
+    ).one_or_none()
+    if row is None:
+        return Cents(0)
+    if row.next_expiry_at is not None and row.next_expiry_at <= now:
+        # Imported here: the ledger service itself reads positions (this module is its base).
+        from billfold.ledger.service import ledger_service
+
+        ledger_service.expire_due(session, team_id, now)
+        return posted_credit(session, team_id)
+    return Cents(row.balance_cents)
+
+
 def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> CreditPosition:
-    credit = posted_credit(session, team_id)
+    credit = _posted_credit_at(session, team_id, now)
     rows = session.execute(
         select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
         .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
