@@ -57,6 +57,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
     app.state.payment_provider = provider
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)

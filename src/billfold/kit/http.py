@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit.errors import BadRequest, Unauthorized
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def read_only(endpoint: F) -> F:
+    """Mark an endpoint whose transaction only reads.
+
+    Its transaction starts deferred on SQLite (a plain ``BEGIN``: in WAL mode readers neither take
+    nor wait for the write lock, so a long analytics query does not stall ingestion) and read-only
+    on PostgreSQL (a write there is refused by the database, not silently allowed).
+    """
+    endpoint.__billfold_read_only__ = True  # type: ignore[attr-defined]
+    return endpoint
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -19,7 +32,11 @@ def get_session(request: Request) -> Iterator[Session]:
     before the response is sent, so a failed commit is answered as an error, never as a success
     that did not persist.
     """
-    session: Session = request.app.state.sessionmaker()
+    endpoint = request.scope.get("endpoint")
+    if getattr(endpoint, "__billfold_read_only__", False):
+        session: Session = request.app.state.read_sessionmaker()
+    else:
+        session = request.app.state.sessionmaker()
     try:
         yield session
         session.commit()

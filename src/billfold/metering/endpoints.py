@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from billfold.kit.clock import rfc3339
 from billfold.kit.errors import BadRequest, BillfoldError
-from billfold.kit.http import DbSession
+from billfold.kit.http import DbSession, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
 from billfold.metering.schemas import (
@@ -74,6 +74,7 @@ def ingest_usage(
     response_model=None,
     responses={200: {"model": UsageAnalyticsResponse}},
 )
+@read_only
 def usage_analytics_endpoint(
     body: UsageAnalyticsRequest,
     scope: BillingRead,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from billfold.kit.http import DbSession, parse_uuid
+from billfold.kit.http import DbSession, parse_uuid, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import CardInput, PaymentProvider
@@ -51,6 +51,7 @@ def method_out(method: PaymentMethod, default_id: str | None) -> PaymentMethodOu
 
 
 @billing_router.get("/v1/billing/teams/{team_id}/payment-method", response_model=PaymentMethodList)
+@read_only
 def list_payment_methods(scope: BillingRead, session: DbSession) -> PaymentMethodList:
     team = team_service.get(session, scope.team_id)
     methods = payment_method_service.list(session, team)

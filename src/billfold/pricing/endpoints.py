@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Path, Response
 
-from billfold.kit.http import DbSession
+from billfold.kit.http import DbSession, read_only
 from billfold.kit.money import Pico, format_usd_price
 from billfold.kit.schemas import WireRouter
 from billfold.pricing.models import PriceVersion
@@ -48,6 +48,7 @@ def set_price(
 
 
 @admin_router.get("/admin/v1/prices", response_model=PriceList)
+@read_only
 def list_prices(session: DbSession) -> PriceList:
     book = pricing_service.list(session)
     return PriceList(

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Query, Response
 
 from billfold.kit.errors import BadRequest
-from billfold.kit.http import DbSession, parse_uuid
+from billfold.kit.http import DbSession, parse_uuid, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
 from billfold.teams.models import ManagementKey, Team
@@ -32,6 +32,7 @@ admin_router = WireRouter(dependencies=[Operator])
 
 
 @billing_router.get("/auth/management-keys/validation", response_model=ValidateKeyResponse)
+@read_only
 def validate_management_key(key: AuthenticatedKey) -> ValidateKeyResponse:
     return ValidateKeyResponse(
         api_key_id=str(key.id),
@@ -49,6 +50,7 @@ def validate_management_key(key: AuthenticatedKey) -> ValidateKeyResponse:
 @billing_router.get(
     "/v1/billing/teams/{team_id}/billing-info", response_model=GetBillingInfoResponse
 )
+@read_only
 def get_billing_info(scope: BillingRead, session: DbSession) -> GetBillingInfoResponse:
     return GetBillingInfoResponse(
         billing_info=team_service.get_billing_info(session, scope.team_id)
@@ -86,6 +88,7 @@ def create_team(body: CreateTeamRequest, session: DbSession) -> TeamOut:
 
 
 @admin_router.get("/admin/v1/teams", response_model=TeamList)
+@read_only
 def list_teams(
     session: DbSession,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
@@ -120,6 +123,7 @@ def create_management_key(
 
 
 @admin_router.get("/admin/v1/teams/{team_id}/management-keys", response_model=KeyList)
+@read_only
 def list_management_keys(team_id: str, session: DbSession, keys: Keys) -> KeyList:
     team = team_service.get(session, parse_uuid(team_id))
     return KeyList(keys=[key_out(k) for k in keys.list(session, team.id)])
