@@ -8,8 +8,10 @@ as the events, which is what makes the spend check exact within one batch and a 
 closed month are rejected.
 
 Invoices are immutable once finalized: lines and amounts never change; only the payment status and
-the charge attempts move. Invoice numbers are gapless: drawn from ``invoice_counters`` under a row
-lock in the same transaction that creates the invoice.
+the charge attempts move (migration 0003 makes the database refuse anything else: invoice lines are
+append-only and an invoice's number, team, cycle and amounts cannot be updated). Invoice numbers
+are gapless: drawn from ``invoice_counters`` under a row lock in the same transaction that creates
+the invoice.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from billfold.kit.db import Base
 
 class BillingCycle(Base):
     __tablename__ = "billing_cycles"
+    # Cycle close walks one month's cycles of every team; the primary key leads with the team.
+    __table_args__ = (Index("ix_billing_cycles_month", "year", "month"),)
 
     team_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("teams.id", ondelete="RESTRICT"), primary_key=True

@@ -1,0 +1,187 @@
+"""Wire models of the postpaid domain (spec §5, §8-§10 and the operator API)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel
+
+# --- spending limits (§9, §10, operator hard limit) -------------------------------------------
+
+
+class SpendingLimitsOut(WireModel):
+    hard_sl_override: Cent | None = None  # left out when the operator has not set one
+    hard_sl_auto: Cent
+    effective_hard_sl: Cent
+    soft_sl: Cent
+    effective_sl: Cent
+
+
+class SpendingLimitsResponse(WireModel):
+    spending_limits: SpendingLimitsOut
+
+
+class SetSoftLimitRequest(WireModel):
+    desired_soft_spending_limit: Cent
+
+
+class SetSoftLimitResponse(WireModel):
+    this_bp_soft_spending_limit: Cent
+
+
+class SetHardLimitRequest(WireModel):
+    # Required but nullable: ``{"amount": null}`` removes the override, ``{}`` is a 400.
+    amount: Int64 | None
+
+
+# --- invoice lines, preview (§8) -------------------------------------------------------------
+
+
+class BillingCycleOut(WireModel):
+    year: int
+    month: int
+
+
+class InvoiceLineOut(WireModel):
+    cluster_name: str
+    description: str
+    unit_type: str
+    unit_price: Int64  # wire price units: 10^-10 USD per unit
+    num_units: Int64
+    amount: Int64  # cents; the authoritative figure of the line
+
+
+class CoreInvoice(WireModel):
+    lines: list[InvoiceLineOut]
+    amount_before_vat: Int64
+    vat_cost: Int64
+    amount_after_vat: Int64
+    auto_credits_issued: Int64
+    default_credits_issued: Int64
+    total_with_corr: Cent
+    prepaid_credits: Cent
+    prepaid_credits_used: Cent
+    amount_before_vat_limited: Cent
+    amount_before_vat_unlimited: Cent
+    amount_before_vat_limited_and_unlimited: Cent
+
+
+class InvoicePreviewResponse(WireModel):
+    core_invoice: CoreInvoice
+    effective_spending_limit: Int64
+    default_credits: Int64
+    billing_cycle: BillingCycleOut
+
+
+# --- invoices (§5) ---------------------------------------------------------------------------
+
+
+class ChargerAttemptOut(WireModel):
+    ticket: int
+    successful: bool
+    payment_method_id: str
+    # Billfold extras on a failed attempt (clients that do not know them ignore them).
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+class MonthlyFlavour(WireModel):
+    billing_cycle: BillingCycleOut
+    default_credits_issued: Cent
+    auto_credits_issued: Cent
+    prepaid_tokens_to_spend: Cent
+    billing_items_csv_asset_key_suffix: str = ""
+    corrections_csv_asset_key_suffix: str = ""
+
+
+class PrepaidFlavour(WireModel):
+    pass
+
+
+class InvoiceOut(WireModel):
+    team_id: str
+    invoice_id: str
+    invoice_number: str
+    create_time: UtcDateTime
+    invoice_status: str
+    first_desired_next_cycle_ts: UtcDateTime
+    charger_attempts: list[ChargerAttemptOut]
+    lines: list[InvoiceLineOut]
+    subtotal: Int64
+    tax: Int64
+    total: Int64
+    invoice_pdf_asset_key_suffix: str = ""
+    monthly: MonthlyFlavour | None = None
+    prepaid: PrepaidFlavour | None = None
+
+
+class InvoiceList(WireModel):
+    invoices: list[InvoiceOut]
+
+
+# --- operator: spend check, team billing state, cycle close ----------------------------------
+
+
+class SpendStatusOut(WireModel):
+    allowed: bool
+    reason: str
+    prepaid_remaining: Cent
+    postpaid_remaining: Cent
+    cycle_spend: Cent
+    postpaid_spend: Cent
+    effective_spending_limit: Cent
+
+
+class TeamBillingOut(WireModel):
+    team_id: str
+    name: str
+    create_time: UtcDateTime
+    default_payment_method_id: str | None = None
+    billing_country: str
+    billing_cycle: BillingCycleOut
+    # The billing API's prepaid balance ``total`` (credit negative, as §11): ``-creditLeft``.
+    balance: Cent
+    credit_left: Cent
+    cycle_spend: Cent
+    cycle_credit_used: Cent
+    cycle_postpaid: Cent
+    spending_limits: SpendingLimitsOut
+    spend_status: SpendStatusOut
+
+
+class CloseCycleRequest(WireModel):
+    year: int = Field(ge=2000, le=9999)
+    month: int = Field(ge=1, le=12)
+
+
+class ClosedInvoiceOut(WireModel):
+    team_id: str
+    invoice_id: str
+    invoice_number: str
+    invoice_status: str
+    usage: Int64
+    credits_applied: Int64
+    subtotal: Int64
+    tax: Int64
+    total: Int64
+
+
+class CloseTotalsOut(WireModel):
+    invoices: int
+    usage: Int64
+    credits_applied: Int64
+    subtotal: Int64
+    tax: Int64
+    total: Int64
+    paid: Int64
+    failed: Int64
+    pending: Int64
+    by_status: dict[str, int]
+
+
+class CloseSummaryOut(WireModel):
+    year: int
+    month: int
+    closed_at: UtcDateTime
+    invoices: list[ClosedInvoiceOut]
+    totals: CloseTotalsOut
