@@ -147,3 +147,19 @@ def test_card_helpers() -> None:
     assert card_brand("378282246310005") == "amex"
     assert card_brand("6011111111111117") == "discover"
     assert card_brand("3566002020360505") == "jcb"
+
+
+def test_cards_of_a_team_share_one_provider_customer(api: Api) -> None:
+    import uuid as uuid_module
+
+    from billfold.payments.models import PaymentMethod
+    from billfold.teams.models import Team
+
+    team_id = api.create_team()
+    api.add_card(team_id, "4242424242424242")
+    api.add_card(team_id, "5555555555554444")
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        team = session.get(Team, uuid_module.UUID(team_id))
+        assert team is not None and team.payment_customer_ref
+        methods = session.query(PaymentMethod).filter_by(team_id=team.id).all()
+        assert {m.provider_customer_ref for m in methods} == {team.payment_customer_ref}

@@ -894,7 +894,6 @@ class InvoicingService:
             team = team_service.get(session, invoice.team_id)
             method = payment_method_service.default_for(session, team)
             ticket = len(invoice.charge_attempts)
-            email = team_service.get_billing_info(session, team.id).email
             return _ChargePlan(
                 invoice_id=invoice.id,
                 number=invoice.number,
@@ -902,7 +901,7 @@ class InvoicingService:
                 ticket=ticket,
                 amount=Cents(invoice.total_cents),
                 idempotency_key=invoice.id if ticket == 0 else f"{invoice.id}:{ticket}",
-                customer_ref=provider.create_customer(str(team.id), email),
+                customer_ref="" if method is None else method.provider_customer_ref,
                 method_id=None if method is None else method.id,
                 method_ref="" if method is None else method.provider_ref,
             )

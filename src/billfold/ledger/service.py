@@ -728,11 +728,10 @@ class TopupService:
         with transaction(sessions) as session:
             method = session.get(PaymentMethod, topup.payment_method_id)
             card = method.provider_ref if method is not None else ""
+            customer = method.provider_customer_ref if method is not None else ""
         try:
             return provider.charge(
-                # Billfold keeps no provider customer reference (payments stores the card only);
-                # the sandbox derives it from the team, as add_card does.
-                provider.create_customer(str(topup.team_id), ""),
+                customer,
                 card,
                 Cents(topup.amount_cents),
                 idempotency_key=str(topup.id),

@@ -20,6 +20,8 @@ class PaymentMethod(Base):
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     provider: Mapped[str] = mapped_column(String(32))
     provider_ref: Mapped[str] = mapped_column(String(200))
+    # The provider's customer the card is attached to (Stripe charges need both).
+    provider_customer_ref: Mapped[str] = mapped_column(String(200), server_default="")
     payment_type: Mapped[str] = mapped_column(String(16))
     brand: Mapped[str] = mapped_column(String(16))
     last4: Mapped[str] = mapped_column(String(4))

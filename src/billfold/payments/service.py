@@ -27,7 +27,9 @@ class PaymentMethodService:
         make_default: bool,
     ) -> PaymentMethod:
         billing_info = team_service.get_billing_info(session, team.id)
-        customer = provider.create_customer(str(team.id), billing_info.email)
+        if team.payment_customer_ref is None:
+            team.payment_customer_ref = provider.create_customer(str(team.id), billing_info.email)
+        customer = team.payment_customer_ref
         try:
             provider_card = provider.setup_card(customer, card)
         except ProviderError as exc:
@@ -37,6 +39,7 @@ class PaymentMethodService:
             team_id=team.id,
             provider=provider.name,
             provider_ref=provider_card.provider_ref,
+            provider_customer_ref=customer,
             payment_type="card",
             brand=provider_card.brand,
             last4=provider_card.last4,

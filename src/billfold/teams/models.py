@@ -20,6 +20,8 @@ class Team(Base):
     hard_limit_override_cents: Mapped[int | None]
     soft_limit_cents: Mapped[int | None]
     default_payment_method_id: Mapped[str | None] = mapped_column(String(40))
+    # The team's customer at the payment provider, created with its first card and reused after.
+    payment_customer_ref: Mapped[str | None] = mapped_column(String(200))
 
 
 class BillingInfo(Base):
