@@ -42,7 +42,13 @@ from billfold.invoicing.service import (
     invoicing_service,
 )
 from billfold.kit.errors import Unauthorized
-from billfold.kit.http import DbSession, Sessions, bearer_token, parse_uuid
+from billfold.kit.http import (
+    DbSession,
+    Sessions,
+    bearer_token,
+    end_request_transaction,
+    parse_uuid,
+)
 from billfold.kit.money import Pico, pico_to_price_units
 from billfold.kit.schemas import WireRouter, cent
 from billfold.payments.endpoints import Provider
@@ -51,10 +57,6 @@ from billfold.teams.service import OperatorTokenService
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-
-# Every route passes response_model_exclude_none=True itself: FastAPI's route decorators hand
-# add_api_route an explicit False, so WireRouter's setdefault does not take effect for them.
-
 
 # --- shaping -----------------------------------------------------------------------------------
 
@@ -198,7 +200,6 @@ def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
 @billing_router.get(
     "/v1/billing/teams/{team_id}/postpaid/spending-limits",
     response_model=SpendingLimitsResponse,
-    response_model_exclude_none=True,
 )
 def get_spending_limits(
     scope: BillingRead, session: DbSession, settings: AppSettings
@@ -210,7 +211,6 @@ def get_spending_limits(
 @billing_router.post(
     "/v1/billing/teams/{team_id}/postpaid/spending-limits",
     response_model=SetSoftLimitResponse,
-    response_model_exclude_none=True,
 )
 def set_spending_limit(
     body: SetSoftLimitRequest, scope: BillingWrite, session: DbSession, settings: AppSettings
@@ -224,7 +224,6 @@ def set_spending_limit(
 @billing_router.get(
     "/v1/billing/teams/{team_id}/postpaid/invoice/preview",
     response_model=InvoicePreviewResponse,
-    response_model_exclude_none=True,
 )
 def preview_invoice(
     scope: BillingRead, session: DbSession, settings: AppSettings
@@ -257,7 +256,6 @@ def preview_invoice(
 @billing_router.get(
     "/v1/billing/teams/{team_id}/invoices",
     response_model=InvoiceList,
-    response_model_exclude_none=True,
 )
 def list_invoices(
     scope: BillingRead,
@@ -308,7 +306,6 @@ def spend_snapshot(request: Request, team_id: str) -> SpendDecision | None:
 @gateway_router.get(
     "/admin/v1/teams/{team_id}/spend-status",
     response_model=SpendStatusOut,
-    response_model_exclude_none=True,
     tags=["operator"],
 )
 async def spend_status(team_id: str, request: Request) -> Response:
@@ -360,7 +357,6 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
 @admin_router.put(
     "/admin/v1/teams/{team_id}/hard-spending-limit",
     response_model=SpendingLimitsResponse,
-    response_model_exclude_none=True,
 )
 def set_hard_spending_limit(
     team_id: str, body: SetHardLimitRequest, session: DbSession, settings: AppSettings
@@ -372,7 +368,6 @@ def set_hard_spending_limit(
 @admin_router.post(
     "/admin/v1/billing-cycles/close",
     response_model=CloseSummaryOut,
-    response_model_exclude_none=True,
 )
 def close_billing_cycle(
     body: CloseCycleRequest,
@@ -381,9 +376,7 @@ def close_billing_cycle(
     settings: AppSettings,
     provider: Provider,
 ) -> CloseSummaryOut:
-    # Close commits step by step in its own transactions; end the request's (the operator check
-    # may have read in it), or on SQLite it would hold the write lock those steps wait for.
-    session.commit()
+    end_request_transaction(session)  # close commits step by step in its own transactions
     summary = invoicing_service.close_cycle(sessions, settings, provider, body.year, body.month)
     return close_summary_out(summary)
 
@@ -391,12 +384,11 @@ def close_billing_cycle(
 @admin_router.post(
     "/admin/v1/invoices/{invoice_id}/charge",
     response_model=InvoiceOut,
-    response_model_exclude_none=True,
 )
 def charge_invoice(
     invoice_id: str, session: DbSession, sessions: Sessions, provider: Provider
 ) -> InvoiceOut:
     """Charge a PENDING invoice or retry a FAILED one on the team's current default method."""
-    session.commit()  # as in close_billing_cycle
+    end_request_transaction(session)
     invoicing_service.charge_invoice(sessions, provider, invoice_id)
     return invoice_out(invoicing_service.get_invoice(session, invoice_id))

@@ -60,6 +60,16 @@ def get_sessionmaker(request: Request) -> sessionmaker[Session]:
 Sessions = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 
 
+def end_request_transaction(session: Session) -> None:
+    """End the request's transaction before a flow that runs its own step transactions.
+
+    Authentication read through the request's session; commit it so that it holds neither a pooled
+    connection nor, on SQLite, the database's single write lock (every write-capable transaction
+    there is BEGIN IMMEDIATE) while the steps and the provider call run.
+    """
+    session.commit()
+
+
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Header, Response
-from sqlalchemy.orm import Session
 
 from billfold.kit.errors import PaymentFailed
-from billfold.kit.http import DbSession, Sessions, parse_uuid
+from billfold.kit.http import DbSession, Sessions, end_request_transaction, parse_uuid
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.models import LedgerEntry
 from billfold.ledger.schemas import (
@@ -32,20 +31,9 @@ admin_router = WireRouter(dependencies=[Operator])
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def end_request_transaction(session: Session) -> None:
-    """Top-up and balance run their own step transactions (``Sessions``) around provider calls.
-
-    The request's transaction only served authentication (reads): end it first, so it holds
-    neither a pooled connection nor, on SQLite, the database's single write lock (every
-    transaction there is BEGIN IMMEDIATE) while the steps run.
-    """
-    session.commit()
-
-
 @billing_router.get(
     "/v1/billing/teams/{team_id}/prepaid/balance",
     response_model=PrepaidBalance,
-    response_model_exclude_none=True,
 )
 def get_prepaid_balance(
     scope: BillingRead, session: DbSession, sessions: Sessions, provider: Provider
@@ -57,7 +45,6 @@ def get_prepaid_balance(
 @billing_router.post(
     "/v1/billing/teams/{team_id}/prepaid/top-up",
     response_model=TopUpResponse,
-    response_model_exclude_none=True,
     responses={202: {"model": TopUpResponse}, 402: {"description": "the card was declined"}},
 )
 def top_up(
@@ -107,7 +94,6 @@ def entry_out(entry: LedgerEntry) -> CreditEntryOut:
     "/admin/v1/teams/{team_id}/credits",
     status_code=201,
     response_model=CreditEntryOut,
-    response_model_exclude_none=True,
 )
 def grant_credits(
     team_id: str, body: GrantCreditsRequest, session: DbSession, response: Response
