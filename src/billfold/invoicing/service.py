@@ -57,7 +57,11 @@ from billfold.kit.errors import (
     ServiceUnavailable,
 )
 from billfold.kit.money import Cents
-from billfold.ledger.position import CreditPosition, CyclePosition, credit_position
+from billfold.ledger.position import (
+    CreditPosition,
+    allocate_credit,
+    credit_position,
+)
 from billfold.ledger.service import ledger_service
 from billfold.metering.models import CycleLine
 from billfold.payments.provider import (
@@ -339,28 +343,6 @@ _SPEND_CHECK = (
 )
 
 
-def position_from(
-    team_id: uuid.UUID, credit: Cents, spends: dict[tuple[int, int], int], now: datetime
-) -> CreditPosition:
-    """The credit position from already-read rows: ledger.position.credit_position's rule.
-
-    Credit pays open cycles oldest first; the current cycle is always present. Kept equal to the
-    ledger's by tests/invoicing/test_spend_status.py (compared on random states); the ledger could
-    export this as a pure function so that there is one copy.
-    """
-    spends = dict(spends)
-    spends.setdefault((now.year, now.month), 0)
-    available = credit
-    cycles = []
-    for (year, month), spend in sorted(spends.items()):
-        used = Cents(min(max(available, 0), spend))
-        cycles.append(
-            CyclePosition(year, month, Cents(spend), Cents(available), used, Cents(spend - used))
-        )
-        available = Cents(available - used)
-    return CreditPosition(team_id, credit, tuple(cycles), Cents(available))
-
-
 def new_invoice_id() -> str:
     return "inv_" + secrets.token_urlsafe(18)
 
@@ -556,7 +538,7 @@ class InvoicingService:
         if first.next_expiry_at is not None and first.next_expiry_at <= now:
             return None  # credit expires now: the ledger books that before anyone reads it
         spends = {(r.year, r.month): r.spend_cents for r in rows if r.year is not None}
-        position = position_from(team_id, Cents(first.balance_cents or 0), spends, now)
+        position = allocate_credit(team_id, Cents(first.balance_cents or 0), spends, now)
         limits = limits_of(first.soft_limit_cents, first.hard_limit_override_cents, settings)
         return spend_decision(limits, position, now.year, now.month)
 

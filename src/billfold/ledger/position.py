@@ -79,14 +79,13 @@ def _posted_credit_at(session: Session, team_id: uuid.UUID, now: datetime) -> Ce
     return Cents(row.balance_cents)
 
 
-def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> CreditPosition:
-    credit = _posted_credit_at(session, team_id, now)
-    rows = session.execute(
-        select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
-        .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
-        .order_by(BillingCycle.year, BillingCycle.month)
-    ).all()
-    spends = {(r.year, r.month): r.spend_cents for r in rows}
+def allocate_credit(
+    team_id: uuid.UUID, credit: Cents, spends: dict[tuple[int, int], int], now: datetime
+) -> CreditPosition:
+    """The rule itself, on rows already read: credit pays open cycles oldest first; the current
+    cycle is always present. (The spend check reads the same rows in one statement and calls this.)
+    """
+    spends = dict(spends)
     spends.setdefault((now.year, now.month), 0)
     available = credit
     cycles = []
@@ -97,3 +96,13 @@ def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> Cred
         )
         available = Cents(available - used)
     return CreditPosition(team_id, credit, tuple(cycles), Cents(available))
+
+
+def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> CreditPosition:
+    credit = _posted_credit_at(session, team_id, now)
+    rows = session.execute(
+        select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
+        .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
+        .order_by(BillingCycle.year, BillingCycle.month)
+    ).all()
+    return allocate_credit(team_id, credit, {(r.year, r.month): r.spend_cents for r in rows}, now)
