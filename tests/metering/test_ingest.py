@@ -115,3 +115,17 @@ def test_empty_and_oversized_batches(api: Api) -> None:
         headers={**api.operator, "Content-Type": "application/json"},
     )
     assert response.status_code == 400 and response.json()["code"] == "invalid_json"
+
+
+def test_an_event_id_is_unique_per_team_not_globally(api: Api) -> None:
+    sku = unique_sku()
+    api.set_price(sku, "0.01")
+    first, second = api.create_team(), api.create_team()
+    batch = [
+        event(first, sku, 100, "2026-11-20T10:00:00Z", "shared-id"),
+        event(second, sku, 200, "2026-11-20T10:00:00Z", "shared-id"),
+        event(second, sku, 300, "2026-11-20T10:00:00Z", "shared-id"),  # a repeat: second's
+    ]
+    assert api.ingest(batch) == {"accepted": 2, "duplicates": 1, "rejected": []}
+    assert _cycle_spend(api, first, 2026, 11) == 100
+    assert _cycle_spend(api, second, 2026, 11) == 200  # the first occurrence counts
