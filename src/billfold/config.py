@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     groupable_properties: str = "apiKeyId,model,clusterName"
     """Event properties kept in rollups, so analytics can group and filter by them."""
     max_batch_events: int = Field(default=10_000, ge=1)
+    ingest_concurrency: int = Field(default=2, ge=1)
+    """Ingestion batches one process works on at once (bounds its memory)."""
     future_tolerance_minutes: int = Field(default=60, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "info"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -10,7 +12,7 @@ from fastapi.responses import Response
 from pydantic_core import from_json
 
 from billfold.kit.clock import rfc3339
-from billfold.kit.errors import BadRequest, BillfoldError
+from billfold.kit.errors import BadRequest
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
@@ -26,24 +28,34 @@ from billfold.teams.auth import AppSettings, BillingRead, Operator
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+
+async def ingest_slot(request: Request) -> AsyncIterator[None]:
+    """One of the process's few ingestion slots, taken before the body is read.
+
+    A batch in flight holds its body, its parsed events and its rows (~15 MB for 10,000 events);
+    bounding the batches a process works on at once bounds its memory, whatever the number of
+    clients (BILLFOLD_INGEST_CONCURRENCY; more would not be faster: the work is CPU and database
+    bound). Waiting callers queue here, before reading their bodies.
+    """
+    slots: asyncio.Semaphore | None = getattr(request.app.state, "ingest_slots", None)
+    if slots is None:  # created on first use, on the loop that serves the app
+        slots = request.app.state.ingest_slots = asyncio.Semaphore(
+            request.app.state.settings.ingest_concurrency
+        )
+    async with slots:
+        yield
 
 
-class PayloadTooLarge(BillfoldError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-async def event_batch(request: Request) -> list[Any]:
+async def event_batch(
+    request: Request, _: Annotated[None, Depends(ingest_slot, scope="function")]
+) -> list[Any]:
     """The ``events`` array of the body, parsed as plain JSON (no per-event pydantic cost).
 
     The parser is pydantic-core's (jiter): as fast as orjson here, but orjson first builds a
     document of its own (a 10,000-event body peaked at ~40 MB, 4x its result), which set the
     workers' RSS; jiter builds the Python objects directly and shares repeated short strings.
     """
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body exceeds {MAX_BODY_BYTES} bytes; send smaller batches")
+    body = await request.body()  # its size is capped by kit.limits.BodySizeLimit
     try:
         payload = from_json(body, allow_inf_nan=False)
     except ValueError:
