@@ -12,6 +12,8 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from billfold.app import create_app
 from billfold.config import Settings
+from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine, normalize_database_url
 from billfold.migrate import upgrade
 from billfold.payments.sandbox import SandboxProvider
@@ -169,6 +172,18 @@ def api(request: pytest.FixtureRequest) -> Api:
     """The app on each database in turn."""
     fixture: Api = request.getfixturevalue(f"{request.param}_api")
     return fixture
+
+
+def at(text: str) -> datetime:
+    """``"2031-01-20T10:00:00"`` as an aware UTC datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@contextmanager
+def frozen_at(text: str) -> Iterator[None]:
+    """Freeze Billfold's clock (kit.clock) at a UTC time given as text."""
+    with frozen(at(text)):
+        yield
 
 
 def unique_sku(prefix: str = "sku") -> str:

@@ -7,30 +7,15 @@ months of its own (years 2030+, under ``clock.frozen``) and teams of its own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from billfold.config import Settings
-from billfold.kit.clock import frozen
 from billfold.ledger.models import LedgerEntry
 from billfold.ledger.service import ledger_service
-from tests.conftest import Api
-
-
-def at(text: str) -> datetime:
-    """``"2031-01-20T10:00:00"`` as an aware UTC datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@contextmanager
-def frozen_at(text: str) -> Iterator[None]:
-    with frozen(at(text)):
-        yield
+from tests.conftest import Api, at, frozen_at  # noqa: F401 (the tests import them from here)
 
 
 def grant(api: Api, team_id: str, cents: int, key: str | None = None) -> None:

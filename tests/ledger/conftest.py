@@ -7,32 +7,17 @@ years 2035+ (under ``clock.frozen``); every test makes its own teams.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.kit.clock import frozen
 from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
 from billfold.ledger.service import ledger_service
 from billfold.payments.models import PaymentMethod
 from billfold.payments.sandbox import SandboxProvider, sandbox_charges
-from tests.conftest import Api
-
-
-def at(text: str) -> datetime:
-    """``"2035-03-10T12:00:00"`` as an aware UTC datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@contextmanager
-def frozen_at(text: str) -> Iterator[None]:
-    with frozen(at(text)):
-        yield
+from tests.conftest import Api, at, frozen_at  # noqa: F401 (the tests import them from here)
 
 
 def session_of(api: Api) -> Session:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from billfold.config import Settings, get_settings
 from billfold.kit.db import make_engine, make_sessionmaker
+from billfold.kit.db import transaction as db_transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.schemas import WireModel
 
@@ -31,19 +32,13 @@ def transaction(settings: Settings | None = None) -> Iterator[Session]:
     """One transaction for one CLI command, like one request of the API."""
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, pool_size=2)
-    session = make_sessionmaker(engine)()
     try:
-        yield session
-        session.commit()
+        with db_transaction(make_sessionmaker(engine)) as session:
+            yield session
     except BillfoldError as exc:
-        session.rollback()
         console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
         raise typer.Exit(code=1) from None
-    except BaseException:
-        session.rollback()
-        raise
     finally:
-        session.close()
         engine.dispose()
 
 

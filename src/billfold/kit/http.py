@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from billfold.kit.db import transaction
 from billfold.kit.errors import BadRequest, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,18 +34,10 @@ def get_session(request: Request) -> Iterator[Session]:
     that did not persist.
     """
     endpoint = request.scope.get("endpoint")
-    if getattr(endpoint, "__billfold_read_only__", False):
-        session: Session = request.app.state.read_sessionmaker()
-    else:
-        session = request.app.state.sessionmaker()
-    try:
+    read = getattr(endpoint, "__billfold_read_only__", False)
+    state = request.app.state
+    with transaction(state.read_sessionmaker if read else state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
