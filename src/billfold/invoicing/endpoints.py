@@ -71,18 +71,8 @@ def limits_out(limits: SpendingLimits) -> SpendingLimitsOut:
     )
 
 
-def statement_line_out(line: StatementLine) -> InvoiceLineOut:
-    return InvoiceLineOut(
-        cluster_name=line.cluster_name,
-        description=line.description,
-        unit_type=line.unit_type,
-        unit_price=pico_to_price_units(Pico(line.unit_price_pico)),
-        num_units=line.num_units,
-        amount=line.amount_cents,
-    )
-
-
-def invoice_line_out(line: InvoiceLine) -> InvoiceLineOut:
+def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
+    """A running (preview) or a finalized invoice line, in the wire's one line shape."""
     return InvoiceLineOut(
         cluster_name=line.cluster_name,
         description=line.description,
@@ -123,7 +113,7 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
             )
             for index, a in enumerate(invoice.charge_attempts)
         ],
-        lines=[invoice_line_out(line) for line in item.lines],
+        lines=[line_out(line) for line in item.lines],
         subtotal=invoice.subtotal_cents,
         tax=invoice.tax_cents,
         total=invoice.total_cents,
@@ -232,7 +222,7 @@ def preview_invoice(
     st = preview.statement
     return InvoicePreviewResponse(
         core_invoice=CoreInvoice(
-            lines=[statement_line_out(line) for line in st.lines],
+            lines=[line_out(line) for line in st.lines],
             amount_before_vat=st.usage,
             vat_cost=st.vat,
             amount_after_vat=st.usage + st.vat,
