@@ -83,3 +83,95 @@ def test_unset_optional_fields_are_left_out_not_null(api: Api) -> None:
 
     api.client.app.include_router(router)  # type: ignore[attr-defined]
     assert api.client.get(f"/test-optional-{api.backend}").json() == {"name": "x"}
+
+
+def test_no_credentials_is_401_even_with_a_malformed_body(api: Api) -> None:
+    team_id = api.create_team()
+    response = api.client.post(
+        f"/v1/billing/teams/{team_id}/billing-info",
+        content=b"{",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 401
+    response = api.client.post("/admin/v1/teams", content=b"{")
+    assert response.status_code == 401
+
+
+def test_json_is_read_whatever_the_content_type(api: Api) -> None:
+    team_id, headers = api.team_with_key()
+    response = api.client.post(
+        f"/v1/billing/teams/{team_id}/postpaid/spending-limits",
+        headers={**headers, "Content-Type": "text/plain;charset=UTF-8"},
+        content=b'{"desiredSoftSpendingLimit": {"val": "1000"}}',
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"thisBpSoftSpendingLimit": {"val": "1000"}}
+
+
+def test_proto3_json_zero_and_null_are_defaults(api: Api) -> None:
+    team_id, headers = api.team_with_key()
+    response = api.client.post(
+        f"/v1/billing/teams/{team_id}/postpaid/spending-limits",
+        headers=headers,
+        json={"desiredSoftSpendingLimit": {}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"thisBpSoftSpendingLimit": {"val": "0"}}
+    info = {
+        "name": "Acme",
+        "email": "a@acme.example",
+        "address": {"country": "DE", "line2": None},
+        "taxIdType": None,
+    }
+    response = api.client.post(
+        f"/v1/billing/teams/{team_id}/billing-info", headers=headers, json={"billingInfo": info}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_nul_characters_are_400_and_change_nothing(api: Api) -> None:
+    team_id, headers = api.team_with_key()
+    for path, body, field in (
+        (
+            f"/v1/billing/teams/{team_id}/billing-info",
+            {
+                "billingInfo": {
+                    "name": "A\x00",
+                    "email": "a@b.example",
+                    "address": {"country": "US"},
+                }
+            },
+            "billingInfo.name",
+        ),
+        (
+            f"/v1/billing/teams/{team_id}/payment-method/default",
+            {"paymentMethodId": "pm_\x00"},
+            "paymentMethodId",
+        ),
+    ):
+        response = api.client.post(path, headers=headers, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field
+    response = api.admin("POST", "/admin/v1/teams", json={"name": "x\x00"})
+    assert response.status_code == 400
+    info = api.client.get(f"/v1/billing/teams/{team_id}/billing-info", headers=headers).json()
+    assert info["billingInfo"]["name"] == ""
+
+
+def test_times_out_of_range_are_400(api: Api) -> None:
+    from tests.conftest import unique_sku
+
+    body = {"description": "d", "unitType": "u", "unitPrice": "1"}
+    for when in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        response = api.admin(
+            "PUT", f"/admin/v1/prices/{unique_sku()}", json={**body, "effectiveFrom": when}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == "effectiveFrom"
+    team_id, headers = api.team_with_key()
+    response = api.client.get(
+        f"/v1/billing/teams/{team_id}/invoices",
+        headers=headers,
+        params={"since.year": "99999999999999999999", "since.month": "1"},
+    )
+    assert response.status_code == 400

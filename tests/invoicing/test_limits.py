@@ -43,8 +43,6 @@ def test_defaults_then_soft_limit(api: Api) -> None:
         {"desiredSoftSpendingLimit": {"val": 12.5}},
         {"desiredSoftSpendingLimit": {"val": "abc"}},
         {"desiredSoftSpendingLimit": {"val": ""}},
-        {"desiredSoftSpendingLimit": {"val": None}},
-        {"desiredSoftSpendingLimit": {}},
         {"desiredSoftSpendingLimit": "500"},
         {},
         {"desiredSoftSpendingLimit": {"val": "100001"}},  # above effectiveHardSl
@@ -165,3 +163,13 @@ def test_default_hard_limit_setting(api: Api, monkeypatch: pytest.MonkeyPatch) -
     got = limits(api, headers, team_id)
     assert got["hardSlAuto"] == got["effectiveHardSl"] == got["effectiveSl"] == {"val": "2500"}
     assert set_soft_limit(api, headers, team_id, "2501").status_code == 400
+
+
+def test_proto3_zero_and_null_soft_limit_mean_zero(api: Api) -> None:
+    team_id, headers = api.team_with_key()
+    for body in ({"desiredSoftSpendingLimit": {}}, {"desiredSoftSpendingLimit": {"val": None}}):
+        response = api.client.post(
+            f"/v1/billing/teams/{team_id}/postpaid/spending-limits", headers=headers, json=body
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"thisBpSoftSpendingLimit": {"val": "0"}}

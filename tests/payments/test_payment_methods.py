@@ -97,7 +97,7 @@ def test_read_only_key_cannot_set_default(api: Api) -> None:
     [
         ({"cardNumber": "4242424242424241", "expMonth": 12, "expYear": 2035}, "cardNumber"),
         ({"cardNumber": "4242424242424242", "expMonth": 13, "expYear": 2035}, "expMonth"),
-        ({"cardNumber": "4242424242424242", "expMonth": 1, "expYear": 2020}, "cardNumber"),
+        ({"cardNumber": "4242424242424242", "expMonth": 1, "expYear": 2020}, "expYear"),
         ({"cardNumber": "abc", "expMonth": 1, "expYear": 2035}, "cardNumber"),
         ({"expMonth": 1, "expYear": 2035}, "cardNumber"),
     ],

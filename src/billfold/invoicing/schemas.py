@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel
@@ -31,6 +33,7 @@ class SetSoftLimitResponse(WireModel):
 
 class SetHardLimitRequest(WireModel):
     # Required but nullable: ``{"amount": null}`` removes the override, ``{}`` is a 400.
+    keep_nulls: ClassVar[bool] = True
     amount: Int64 | None
 
 

@@ -24,15 +24,28 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Uuid, and_, bindparam, or_, select, text
-from sqlalchemy.engine import Connection
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Uuid,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -212,8 +225,13 @@ def invoice_filter(
         if year is not None and month is not None:
             if not 1 <= month <= 12:
                 raise InvalidField(f"{name}.month", "must be between 1 and 12")
+            if not 1 <= year <= 9999:
+                raise InvalidField(f"{name}.year", "must be between 1 and 9999")
             groups.append(name)
     if invoice_ids:
+        for invoice_id in invoice_ids:
+            if "\x00" in invoice_id or len(invoice_id) > 100:
+                raise InvalidField("invoiceIds.invoiceIds", "is not an invoice id")
         groups.append("invoiceIds")
     if len(groups) > 1:
         raise BadRequest(
@@ -316,20 +334,20 @@ class _ChargePlan:
 
 # The spend check in one statement: the team's limits, its posted credit (and when its next grant
 # expires), and its open cycles -- one row per open cycle, or one row of NULL cycle columns. One
-# statement is one snapshot, so no transaction is needed around it.
+# statement is one snapshot, so no transaction is needed around it. The same text serves
+# SQLAlchemy (SQLite, through _SPEND_CHECK) and psycopg directly (PostgreSQL, _SpendReader).
+_SPEND_CHECK_SQL = """
+    SELECT t.soft_limit_cents, t.hard_limit_override_cents,
+           ca.balance_cents, ca.next_expiry_at,
+           bc.year, bc.month, bc.spend_cents
+    FROM teams t
+    LEFT JOIN credit_accounts ca ON ca.team_id = t.id
+    LEFT JOIN billing_cycles bc ON bc.team_id = t.id AND bc.closed_at IS NULL
+    WHERE t.id = {team_id}
+    ORDER BY bc.year, bc.month
+"""
 _SPEND_CHECK = (
-    text(
-        """
-        SELECT t.soft_limit_cents, t.hard_limit_override_cents,
-               ca.balance_cents, ca.next_expiry_at,
-               bc.year, bc.month, bc.spend_cents
-        FROM teams t
-        LEFT JOIN credit_accounts ca ON ca.team_id = t.id
-        LEFT JOIN billing_cycles bc ON bc.team_id = t.id AND bc.closed_at IS NULL
-        WHERE t.id = :team_id
-        ORDER BY bc.year, bc.month
-        """
-    )
+    text(_SPEND_CHECK_SQL.format(team_id=":team_id"))
     .bindparams(bindparam("team_id", type_=Uuid()))
     .columns(
         soft_limit_cents=BigInteger(),
@@ -341,6 +359,114 @@ _SPEND_CHECK = (
         spend_cents=BigInteger(),
     )
 )
+_SPEND_CHECK_PSYCOPG = _SPEND_CHECK_SQL.format(team_id="%s")
+
+# (soft limit, hard override, balance, next expiry, year, month, spend): one row per open cycle
+SpendRow = tuple[
+    int | None, int | None, int | None, datetime | None, int | None, int | None, int | None
+]
+
+
+_READER_IDLE = 1  # connections kept open per process
+_READER_OVERFLOW = 8  # more, opened while the thread-pool path needs them and closed after
+
+
+class _ConnectionLost(Exception):
+    """A spend check's connection was dropped, or could not be made."""
+
+
+class _SpendReader:
+    """The spend check's own connections to PostgreSQL, per process and per app engine.
+
+    The app's pool pings every connection it hands out (``pool_pre_ping``): a round trip as long
+    as the check's statement itself. This small pool does not ping; a read that fails because its
+    connection was dropped (a PostgreSQL restart, an idle-connection timeout) is retried once on a
+    fresh connection instead -- harmless, the read changes nothing. The pool holds connections
+    only, never an answer, so every worker process still reads the same committed rows.
+
+    The connections are autocommit (one statement, one snapshot: no BEGIN/COMMIT round trips) and
+    the statement is run through psycopg directly, prepared on each connection at its first use
+    (``prepare=True``): later checks send only the team id, and skip SQLAlchemy's execution layer
+    (~50 us of the check's CPU).
+
+    The checks of a process run one at a time on its event loop, so one idle connection is kept;
+    the overflow serves the thread-pool path when the loop is busy with one.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = create_engine(
+            engine.url,
+            pool_size=_READER_IDLE,
+            max_overflow=_READER_OVERFLOW,
+            pool_pre_ping=False,
+            pool_recycle=1800,
+            isolation_level="AUTOCOMMIT",
+        )
+
+    def has_room(self) -> bool:
+        """May a read check out a connection without waiting for one?"""
+        pool = self.engine.pool
+        assert isinstance(pool, QueuePool)
+        return pool.checkedout() < _READER_IDLE + _READER_OVERFLOW
+
+    def read(self, team_id: uuid.UUID) -> list[SpendRow]:
+        try:
+            return self._read(team_id)
+        except _ConnectionLost:
+            pass  # the dead connection is out of the pool; the retry connects anew
+        try:
+            return self._read(team_id)
+        except _ConnectionLost as lost:
+            raise ServiceUnavailable(
+                "the database is unreachable; retry", code="unavailable"
+            ) from lost.__cause__
+
+    def _read(self, team_id: uuid.UUID) -> list[SpendRow]:
+        try:
+            connection = self.engine.raw_connection()
+        except psycopg.OperationalError as error:
+            raise _ConnectionLost from error
+        driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
+        try:
+            cursor = driver.cursor()
+            cursor.execute(_SPEND_CHECK_PSYCOPG, (team_id,), prepare=True)
+            rows: list[SpendRow] = cursor.fetchall()
+            return rows
+        except psycopg.OperationalError as error:
+            if not driver.broken:
+                raise  # the connection is fine (e.g. a statement timeout): no retry
+            connection.invalidate(error)
+            raise _ConnectionLost from error
+        finally:
+            connection.close()  # back to the pool (its reset is a no-op rollback: autocommit)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_spend_readers: weakref.WeakKeyDictionary[Engine, _SpendReader] = weakref.WeakKeyDictionary()
+_spend_readers_lock = threading.Lock()
+
+
+def _spend_reader(engine: Engine) -> _SpendReader:
+    """The reader of ``engine``'s database in this process, created at the first check (each
+    uvicorn worker builds its own app and engine, so each gets its own)."""
+    reader = _spend_readers.get(engine)
+    if reader is None:
+        with _spend_readers_lock:
+            reader = _spend_readers.get(engine)
+            if reader is None:
+                reader = _spend_readers[engine] = _SpendReader(engine)
+                # The app disposes its engine at shutdown: close these connections with it.
+                event.listen(engine, "engine_disposed", _dispose_reader(reader))
+    return reader
+
+
+def _dispose_reader(reader: _SpendReader) -> Callable[[Engine], None]:
+    def dispose(_engine: Engine) -> None:
+        reader.dispose()
+
+    return dispose
 
 
 def new_invoice_id() -> str:
@@ -490,36 +616,34 @@ class InvoicingService:
         return spend_decision(spending_limits(team, settings), position, now.year, now.month)
 
     def reads_inline(self, engine: Engine) -> bool:
-        """May a one-statement read run on the event loop instead of a worker thread?
+        """May the spend check's one-statement read run on the event loop instead of a worker
+        thread?
 
         Only on PostgreSQL (a SQLite read takes the database write lock and may wait for it),
-        and only while the pool has an idle connection (else the checkout would wait).
+        and only while the check's pool has a connection to give without waiting.
         """
-        pool = engine.pool
-        return (
-            engine.dialect.name == "postgresql"
-            and isinstance(pool, QueuePool)
-            and pool.checkedout() < pool.size()
-        )
+        return engine.dialect.name == "postgresql" and _spend_reader(engine).has_room()
 
     def spend_snapshot(
         self, engine: Engine, settings: Settings, team_id: uuid.UUID
     ) -> SpendDecision | None:
         """:meth:`spend_status` in one round trip, for the gateway's per-request check.
 
-        The same answer from the same committed rows, read by one statement on a connection of its
-        own (autocommit on PostgreSQL: no BEGIN/COMMIT round trips; one statement is one snapshot,
-        more consistent than three). ``None`` when a grant's expiry is due: the ledger must book it
-        before the credit is read, in a transaction (:meth:`spend_status_booking_expiry`).
+        The same answer from the same committed rows, read by one statement (one snapshot, more
+        consistent than three) -- on PostgreSQL on an autocommit connection of the check's own
+        pool (:class:`_SpendReader`: no BEGIN/COMMIT, no ping). ``None`` when a grant's expiry is
+        due: the ledger must book it before the credit is read, in a transaction
+        (:meth:`spend_status_booking_expiry`).
         """
         now = utc_now()
-        connection = engine.connect()
-        try:
-            if engine.dialect.name == "postgresql":
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            return self._spend_snapshot(connection, settings, team_id, now)
-        finally:
-            connection.close()
+        rows: Sequence[SpendRow]
+        if engine.dialect.name == "postgresql":
+            rows = _spend_reader(engine).read(team_id)
+        else:
+            with engine.connect() as connection:
+                result = connection.execute(_SPEND_CHECK, {"team_id": team_id})
+                rows = [tuple(row) for row in result]
+        return self._spend_snapshot(rows, settings, team_id, now)
 
     def spend_status_booking_expiry(
         self, sessions: sessionmaker[Session], settings: Settings, team_id: uuid.UUID
@@ -529,17 +653,16 @@ class InvoicingService:
             return self.spend_status(session, settings, team_id)
 
     def _spend_snapshot(
-        self, connection: Connection, settings: Settings, team_id: uuid.UUID, now: datetime
+        self, rows: Sequence[SpendRow], settings: Settings, team_id: uuid.UUID, now: datetime
     ) -> SpendDecision | None:
-        rows = connection.execute(_SPEND_CHECK, {"team_id": team_id}).all()
         if not rows:
             raise ResourceNotFound(f"team {team_id} not found", code="team_not_found")
-        first = rows[0]
-        if first.next_expiry_at is not None and first.next_expiry_at <= now:
+        soft, hard, balance, next_expiry_at = rows[0][:4]
+        if next_expiry_at is not None and next_expiry_at <= now:
             return None  # credit expires now: the ledger books that before anyone reads it
-        spends = {(r.year, r.month): r.spend_cents for r in rows if r.year is not None}
-        position = allocate_credit(team_id, Cents(first.balance_cents or 0), spends, now)
-        limits = limits_of(first.soft_limit_cents, first.hard_limit_override_cents, settings)
+        spends = {(r[4], r[5]): r[6] or 0 for r in rows if r[4] is not None and r[5] is not None}
+        position = allocate_credit(team_id, Cents(balance or 0), spends, now)
+        limits = limits_of(soft, hard, settings)
         return spend_decision(limits, position, now.year, now.month)
 
     def team_billing(self, session: Session, settings: Settings, team_id: uuid.UUID) -> TeamBilling:

@@ -119,6 +119,14 @@ def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
     return body
 
 
+_AUTHENTICATED_PREFIXES = ("/v1/", "/admin/", "/auth/")
+
+
+def _has_bearer(request: Request) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, exc: BillfoldError) -> JSONResponse:
@@ -126,6 +134,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses the body before it runs the auth dependencies; a caller without any
+        # credentials is told that first, not what is wrong with its body.
+        if request.url.path.startswith(_AUTHENTICATED_PREFIXES) and not _has_bearer(request):
+            return JSONResponse(
+                {
+                    "code": "missing_credentials",
+                    "error": "missing or malformed Authorization header",
+                },
+                status_code=401,
+            )
         return JSONResponse(validation_error_body(exc), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

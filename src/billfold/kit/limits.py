@@ -1,4 +1,4 @@
-"""A cap on request body size, so no request can make a process hold an unbounded body."""
+"""Request hygiene at the ASGI edge: a cap on body size, and JSON whatever the Content-Type."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a full batch of 10,000 events is a few MB
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class BodyTooLarge(Exception):
     pass
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 before reading a body whose declared length is too large, and
-    stop reading one that grows past the limit without declaring it."""
+    """Pure ASGI middleware.
+
+    * 413 before reading a body whose declared length is too large, and stop reading one that
+      grows past the limit without declaring it: no request makes a process hold an unbounded body.
+    * Every body is JSON, whatever its Content-Type says: the upstream gateway (grpc-gateway) reads
+      any content type as JSON, and browsers' ``fetch`` sends ``text/plain`` by default.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -26,6 +34,15 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = scope.get("headers", ())
+        if (
+            scope.get("method") in _BODY_METHODS
+            and (b"content-type", b"application/json") not in headers
+        ):
+            scope = dict(scope)
+            scope["headers"] = [(n, v) for n, v in headers if n != b"content-type"] + [
+                (b"content-type", b"application/json")
+            ]
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:

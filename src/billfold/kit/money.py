@@ -28,6 +28,9 @@ PICO_PER_USD = 10**12
 PICO_PER_PRICE_UNIT = 100  # wire price unit = 10^-10 USD
 PRICE_DECIMALS = 12
 INT64_MAX = 2**63 - 1
+# $1,000,000 per unit. With at most 10^12 units per event (metering), one event costs at most
+# 10^30 pico = 10^20 cents; sums are bounded again where they are stored.
+MAX_UNIT_PRICE = 10**18
 
 
 def round_to_cents(amount: Pico) -> Cents:
@@ -65,8 +68,8 @@ def parse_usd_price(text: str) -> Pico:
     if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
         raise ValueError(f"has more than {PRICE_DECIMALS} decimals")
     pico = int(value * PICO_PER_USD)
-    if pico > INT64_MAX:
-        raise ValueError("is too large")
+    if pico > MAX_UNIT_PRICE:
+        raise ValueError("is above the largest unit price, $1,000,000")
     return Pico(pico)
 
 

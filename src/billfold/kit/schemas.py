@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from billfold.kit.clock import rfc3339
@@ -15,7 +23,13 @@ from billfold.kit.money import INT64_MAX
 
 
 class WireModel(BaseModel):
-    """Base of every request and response body."""
+    """Base of every request and response body.
+
+    Input follows proto3 JSON, as clients generated from the upstream protobuf send it: a field
+    sent as ``null`` means "the default" (so a model whose null has a meaning of its own sets
+    ``keep_nulls``). Strings may not contain NUL, which PostgreSQL cannot store: it is refused as
+    a bad field instead of failing at the database.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -23,6 +37,26 @@ class WireModel(BaseModel):
         extra="ignore",
         str_strip_whitespace=False,
     )
+    keep_nulls: ClassVar[bool] = False
+    refuse_nul: ClassVar[bool] = True  # False on a response that echoes what a caller sent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not cls.keep_nulls:
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if not cls.refuse_nul:
+            return value
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 def _parse_int64(value: Any) -> int:
@@ -51,10 +85,26 @@ Int64 = Annotated[int, BeforeValidator(_parse_int64), PlainSerializer(str, retur
 UtcDateTime = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]
 
 
-class Cent(WireModel):
-    """The cent object of the wire: ``{"val": "<int64 cents>"}``."""
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must be an RFC 3339 time with a zone, e.g. 2026-11-01T00:00:00Z")
+    # Bounded first: converting year 1 or 9999 with an offset to UTC overflows.
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("must be between the years 1970 and 9000")
+    return value.astimezone(UTC)
 
-    val: Int64
+
+AwareUtc = Annotated[datetime, AfterValidator(_aware_utc)]
+"""An input time: must carry a zone; converted to UTC; years 1970-9000."""
+
+
+class Cent(WireModel):
+    """The cent object of the wire: ``{"val": "<int64 cents>"}``.
+
+    ``{}`` is zero: proto3 JSON leaves a zero ``val`` out, so that is how generated clients send 0.
+    """
+
+    val: Int64 = 0
 
 
 def cent(amount: int) -> Cent:

@@ -57,13 +57,16 @@ def top_up(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> TopUpResponse:
-    """200 charged; 402 declined (the body carries the FAILED_TO_CHARGE change); 202 the provider
-    did not answer and the purchase is pending (TO_CHARGE), resolved on a later call."""
+    """200 charged; 402 declined (the body carries the FAILED_TO_CHARGE change); 202 the change is
+    still pending (TO_CHARGE): the provider did not answer, or -- without a key -- another purchase
+    of the team is pending and is returned instead of charging again."""
     end_request_transaction(session)
     outcome = topup_service.top_up(
         sessions, provider, settings, scope.team_id, body.amount.val, idempotency_key
     )
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+    # The replay header answers a replayed Idempotency-Key; without a key, the pending purchase
+    # returned instead of a new charge (the upstream rule) is not a replay of this caller's request.
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed and idempotency_key else {}
     if outcome.status == FAILED_TO_CHARGE:
         error = PaymentFailed(
             outcome.failure_message or "the card was declined",

@@ -8,12 +8,11 @@ amount is signed credit (see models.py).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import StringConstraints
 
-from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel
+from billfold.kit.schemas import AwareUtc, Cent, Int64, UtcDateTime, WireModel
 
 # changeOrigin
 PURCHASE = "PURCHASE"
@@ -69,12 +68,6 @@ class TopUpResponse(WireModel):
 # --- operator API -----------------------------------------------------------------------------
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValueError("must be an RFC 3339 time with a zone, e.g. 2026-12-31T23:59:59Z")
-    return value
-
-
 class GrantCreditsRequest(WireModel):
     """``amount`` > 0 grants credit (optionally expiring); < 0 is an adjustment that takes credit
     back (never more than the team has left)."""
@@ -82,7 +75,7 @@ class GrantCreditsRequest(WireModel):
     amount: Int64
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] = ""
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    expires_at: Annotated[datetime | None, AfterValidator(_aware)] = None
+    expires_at: AwareUtc | None = None
 
 
 class CreditEntryOut(WireModel):

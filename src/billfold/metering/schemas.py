@@ -8,6 +8,7 @@ from billfold.kit.schemas import UtcDateTime, WireModel
 
 
 class RejectedEvent(WireModel):
+    refuse_nul = False  # echoes the caller's eventId, NUL included, to say why
     index: int
     event_id: str
     code: str

@@ -15,6 +15,9 @@ from billfold.payments.provider import CardInput, PaymentProvider, ProviderError
 from billfold.teams.models import Team
 from billfold.teams.service import team_service
 
+# Which request field a provider's card error is about (Stripe's codes).
+_CARD_ERROR_FIELDS = {"expired_card": "expYear", "invalid_expiry_month": "expMonth"}
+
 
 class PaymentMethodService:
     def add_card(
@@ -33,7 +36,8 @@ class PaymentMethodService:
         try:
             provider_card = provider.setup_card(customer, card)
         except ProviderError as exc:
-            raise BadRequest(exc.message, code=exc.code, field="cardNumber") from None
+            field = _CARD_ERROR_FIELDS.get(exc.code, "cardNumber")
+            raise BadRequest(exc.message, code=exc.code, field=field) from None
         method = PaymentMethod(
             id="pm_" + secrets.token_urlsafe(18),
             team_id=team.id,

@@ -8,7 +8,13 @@ from billfold.kit.http import DbSession, read_only
 from billfold.kit.money import Pico, format_usd_price
 from billfold.kit.schemas import WireRouter
 from billfold.pricing.models import PriceVersion
-from billfold.pricing.schemas import PriceList, PriceVersionOut, SetPriceRequest, SkuOut
+from billfold.pricing.schemas import (
+    SKU_PATTERN,
+    PriceList,
+    PriceVersionOut,
+    SetPriceRequest,
+    SkuOut,
+)
 from billfold.pricing.service import pricing_service
 from billfold.teams.auth import Operator
 
@@ -28,12 +34,12 @@ def version_out(version: PriceVersion) -> PriceVersionOut:
     )
 
 
-@admin_router.put("/admin/v1/prices/{sku:path}", response_model=PriceVersionOut)
+@admin_router.put("/admin/v1/prices/{sku}", response_model=PriceVersionOut)
 def set_price(
     body: SetPriceRequest,
     session: DbSession,
     response: Response,
-    sku: str = Path(min_length=1, max_length=200),
+    sku: str = Path(min_length=1, max_length=200, pattern=SKU_PATTERN),
 ) -> PriceVersionOut:
     version, created = pricing_service.set_price(
         session,

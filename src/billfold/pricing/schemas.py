@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, StringConstraints
 
-from billfold.kit.schemas import UtcDateTime, WireModel
+from billfold.kit.schemas import AwareUtc, UtcDateTime, WireModel
 
 
 def _price_text(value: Any) -> str:
@@ -15,9 +14,8 @@ def _price_text(value: Any) -> str:
     return str(value)
 
 
-Sku = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/ -]*$")
-]
+# Letters, digits and . _ : - and spaces ("grok-4 prompt tokens"), starting with a letter or digit.
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._: -]*$"
 
 
 class SetPriceRequest(WireModel):
@@ -28,7 +26,7 @@ class SetPriceRequest(WireModel):
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
     ]
     unit_price: Annotated[str, BeforeValidator(_price_text)]
-    effective_from: datetime | None = None
+    effective_from: AwareUtc | None = None
 
 
 class PriceVersionOut(WireModel):
