@@ -1,5 +1,6 @@
 """Concurrent ingestion on PostgreSQL: the same events sent by several clients at the same moment
-are counted exactly once, and the cycle's spend is the cost of the unique events."""
+are counted exactly once (in rollups, rollups by version and lines alike), and the cycle's spend is
+the cost of the unique events."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
 from billfold.metering import service as metering
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
 from tests.conftest import Api, event, unique_sku
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -105,6 +106,24 @@ def test_overlapping_batches_at_the_same_moment_count_each_event_once(
                 UsageRollup.team_id == tid
             )
         ).one()
+        by_version = session.execute(
+            select(
+                UsageRollupByVersion.bucket_start,
+                UsageRollupByVersion.price_version_id,
+                UsageRollupByVersion.quantity,
+                UsageRollupByVersion.events,
+            ).where(UsageRollupByVersion.team_id == tid)
+        ).all()
+        summed_rollups = session.execute(
+            select(
+                UsageRollup.bucket_start,
+                UsageRollup.price_version_id,
+                func.sum(UsageRollup.quantity),
+                func.sum(UsageRollup.events),
+            )
+            .where(UsageRollup.team_id == tid)
+            .group_by(UsageRollup.bucket_start, UsageRollup.price_version_id)
+        ).all()
         lines = list(session.scalars(select(CycleLine).where(CycleLine.team_id == tid)))
         cycle = session.get(BillingCycle, (tid, 2026, 11))
     assert stored == len(sent)
@@ -112,6 +131,10 @@ def test_overlapping_batches_at_the_same_moment_count_each_event_once(
         sum(int(e["quantity"]) for e in unique),
         len(unique),
     )
+    # the rollups by version, written by the same racing batches, are the rollups summed
+    assert {(b, v): (q, n) for b, v, q, n in by_version} == {
+        (b, v): (int(q), int(n)) for b, v, q, n in summed_rollups
+    }
     # spend = sum over lines (one per SKU) of the line's exact cost rounded once
     expected_lines = {}
     for sku, price in skus.items():

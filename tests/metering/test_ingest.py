@@ -129,3 +129,69 @@ def test_an_event_id_is_unique_per_team_not_globally(api: Api) -> None:
     assert api.ingest(batch) == {"accepted": 2, "duplicates": 1, "rejected": []}
     assert _cycle_spend(api, first, 2026, 11) == 100
     assert _cycle_spend(api, second, 2026, 11) == 200  # the first occurrence counts
+
+
+def test_at_most_10_to_the_12_units_per_event(api: Api) -> None:
+    """10^12 units is the most one event may carry, in every form a quantity may take; one more
+    is rejected with the event alone, and nothing of it is stored."""
+    import uuid
+
+    limit = 10**12
+    sku = unique_sku()
+    api.set_price(sku, "0.000000000001")  # 1 picodollar a unit
+    team_id = api.create_team()
+    at = "2026-11-20T10:00:00Z"
+    accepted = [
+        event(team_id, sku, limit, at, "int") | {"quantity": limit},
+        event(team_id, sku, limit, at, "text"),
+        event(team_id, sku, limit, at, "decimal text") | {"quantity": f"{limit}.000"},
+        event(team_id, sku, limit, at, "float") | {"quantity": float(limit)},
+    ]
+    too_big = [
+        event(team_id, sku, limit + 1, at, "int+1") | {"quantity": limit + 1},
+        event(team_id, sku, limit + 1, at, "text+1"),
+        event(team_id, sku, limit + 1, at, "decimal text+1") | {"quantity": f"{limit + 1}.0"},
+        event(team_id, sku, limit + 1, at, "float+1") | {"quantity": float(limit + 1)},
+        event(team_id, sku, 10**15, at, "the old limit"),
+    ]
+    result = api.ingest(accepted + too_big)
+    assert result["accepted"] == 4
+    assert [(r["index"], r["code"]) for r in result["rejected"]] == [
+        (i, "invalid_quantity") for i in range(4, 9)
+    ]
+    assert all("1000000000000 units" in r["error"] for r in result["rejected"])
+    tid = uuid.UUID(team_id)
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        stored = set(session.scalars(select(UsageEvent.event_id).where(UsageEvent.team_id == tid)))
+        line = session.scalars(select(CycleLine).where(CycleLine.team_id == tid)).one()
+    assert stored == {"int", "text", "decimal text", "float"}
+    assert (line.quantity, line.events, line.amount_cents) == (4 * limit, 4, 400)
+
+
+def test_a_full_batch_of_maximal_events_in_one_bucket(api: Api) -> None:
+    """10,000 events of 10^12 units in one 15-minute bucket: 10^16 units, summed exactly in the
+    rollups, the rollups by version, the cycle line and the spend (no 64-bit overflow)."""
+    import uuid
+
+    from billfold.metering.models import UsageRollupByVersion
+
+    sku = unique_sku()
+    api.set_price(sku, "0.000000000001")
+    team_id = api.create_team()
+    events = [
+        event(team_id, sku, 10**12, f"2026-11-21T08:{i % 15:02d}:{i % 60:02d}Z", f"max-{i}")
+        for i in range(10_000)
+    ]
+    assert api.ingest(events) == {"accepted": 10_000, "duplicates": 0, "rejected": []}
+    tid = uuid.UUID(team_id)
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        rolled = session.scalar(
+            select(func.sum(UsageRollup.quantity)).where(UsageRollup.team_id == tid)
+        )
+        by_version = session.scalars(
+            select(UsageRollupByVersion).where(UsageRollupByVersion.team_id == tid)
+        ).one()
+        line = session.scalars(select(CycleLine).where(CycleLine.team_id == tid)).one()
+    assert rolled == by_version.quantity == line.quantity == 10**16
+    assert by_version.events == line.events == 10_000
+    assert line.amount_cents == _cycle_spend(api, team_id, 2026, 11) == 1_000_000  # $10,000

@@ -4,9 +4,9 @@ PostgreSQL ingests through ``PostgresWriter`` (one JSONB document per table), SQ
 ``CoreWriter`` (SQLAlchemy Core). Both run behind the same validation and rating code, and here the
 same batches go through each on PostgreSQL -- to two sets of teams -- and must give the same
 answers (accepted, duplicates, every rejection) and the same stored rows, event for event. The
-property tests then check, on both databases, that rollups and cycle lines sum to the raw
-events, line amounts are the one rounding of their exact totals, and a cycle's spend is the sum
-of its lines.
+property tests then check, on both databases, that rollups, rollups by version and cycle lines sum
+to the raw events, rollups by version are the rollups summed over their property dimensions, line
+amounts are the one rounding of their exact totals, and a cycle's spend is the sum of its lines.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from billfold.config import Settings
 from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
 from billfold.metering.service import (
+    MAX_QUANTITY,
     CoreWriter,
     IngestResult,
     MeteringService,
@@ -65,7 +66,10 @@ PROPERTY_CHOICES: list[Any] = [
     {"model": "x\x00y"},  # not storable: rejected
     {"model": ["a list"]},  # not a string or number: rejected
 ]
-QUANTITIES: list[Any] = [0, 1, 7, "12", "1200.000", 999_999_937, 10**15, "1.5", -3, True, None]
+QUANTITIES: list[Any] = [
+    *(0, 1, 7, "12", "1200.000", 999_999_937, MAX_QUANTITY, str(MAX_QUANTITY)),
+    *(MAX_QUANTITY + 1, str(MAX_QUANTITY + 1), "1.5", -3, True, None),  # rejected
+]
 
 
 _PRICED: dict[str, list[str]] = {}  # per database, priced once (SKUs are global)
@@ -133,6 +137,9 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         events = session.scalars(select(UsageEvent).where(UsageEvent.team_id.in_(ids)))
         rollups = session.scalars(select(UsageRollup).where(UsageRollup.team_id.in_(ids)))
+        by_version = session.scalars(
+            select(UsageRollupByVersion).where(UsageRollupByVersion.team_id.in_(ids))
+        )
         lines = session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids)))
         cycles = session.scalars(select(BillingCycle).where(BillingCycle.team_id.in_(ids)))
         return {
@@ -160,6 +167,10 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
                 )
                 for r in rollups
             ),
+            "version_rollups": sorted(
+                (position[r.team_id], r.bucket_start, r.price_version_id, r.quantity, r.events)
+                for r in by_version
+            ),
             "lines": sorted(
                 (
                     position[c.team_id],
@@ -177,11 +188,13 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def _check_aggregates(api: Api, teams: list[str]) -> None:
-    """Rollups and lines sum to the raw events; amounts are rounded once; spend = sum of lines."""
+    """Rollups, rollups by version and lines sum to the raw events; rollups by version are the
+    rollups summed over their dims; amounts are rounded once; spend = sum of lines."""
     ids = [uuid.UUID(t) for t in teams]
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         prices = dict(session.execute(select(PriceVersion.id, PriceVersion.unit_price_pico)).all())
         raw: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+        per_version: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
         per_line: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
         for e in session.scalars(select(UsageEvent).where(UsageEvent.team_id.in_(ids))):
             minute = e.ts.minute - e.ts.minute % 15
@@ -193,6 +206,7 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
             }
             for key, sums in (
                 ((e.team_id, bucket, e.price_version_id, dims_key(dims)), raw),
+                ((e.team_id, bucket, e.price_version_id), per_version),
                 ((e.team_id, e.ts.year, e.ts.month, e.price_version_id), per_line),
             ):
                 sums[key][0] += e.quantity
@@ -202,6 +216,18 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
             for r in session.scalars(select(UsageRollup).where(UsageRollup.team_id.in_(ids)))
         }
         assert rollups == raw
+        by_version = {
+            (r.team_id, r.bucket_start, r.price_version_id): [r.quantity, r.events]
+            for r in session.scalars(
+                select(UsageRollupByVersion).where(UsageRollupByVersion.team_id.in_(ids))
+            )
+        }
+        assert by_version == per_version
+        summed: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+        for (team_id, bucket, version_id, _), (quantity, count) in rollups.items():
+            summed[(team_id, bucket, version_id)][0] += quantity
+            summed[(team_id, bucket, version_id)][1] += count
+        assert by_version == summed
         spend: dict[tuple[Any, ...], int] = defaultdict(int)
         lines = {}
         for c in session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids))):

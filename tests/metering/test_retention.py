@@ -21,7 +21,7 @@ from billfold.config import Settings, get_settings
 from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
 from billfold.metering import retention
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
 from tests.conftest import Api, event, unique_sku
 from tests.metering.test_analytics import post_usage, request_body
 
@@ -48,6 +48,11 @@ def _snapshot(api: Api, team_id: str) -> tuple[Any, ...]:
         rollups = sorted(
             (r.bucket_start, r.quantity, r.events)
             for r in session.scalars(select(UsageRollup).where(UsageRollup.team_id == tid))
+        ) + sorted(
+            ("by version", r.bucket_start, r.quantity, r.events)
+            for r in session.scalars(
+                select(UsageRollupByVersion).where(UsageRollupByVersion.team_id == tid)
+            )
         )
         lines = sorted(
             (c.year, c.month, c.quantity, c.amount_cents)

@@ -1,13 +1,18 @@
 """Usage analytics (billing-api §13): time series of one team's rated usage.
 
 What is read
-    ``usage_rollups`` (per 15-minute UTC bucket, price version and groupable properties) and the
-    price versions they name. The database sums rollups into *partitions* that are never wider
-    than a requested bucket (a local hour, or a local day, at a constant UTC offset); Python
-    attributes each partition to its bucket, filters, groups, and computes dollars exactly:
-    ``usd = sum(quantity * unit_price_pico)`` in Python ints, turned into a float only for the
-    wire. The cost of a query grows with buckets x price versions x property combinations, never
-    with the number of events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than the
+    Rollups -- per 15-minute UTC bucket and price version -- and the price versions they name. A
+    query that groups or filters by an event property reads ``usage_rollups`` (which also keep the
+    groupable properties); one that needs none (groupBy and filters only on ``description``,
+    ``unit_type``, ``sku``, or none) reads ``usage_rollups_by_version``, the same sums without the
+    property dimensions: up to ~40x fewer rows for a team with many property combinations, and
+    the same answer (both are written by the same batch, in the same transaction). The database
+    sums rollups into *partitions* that are never wider than a requested bucket (a local hour, or
+    a local day, at a constant UTC offset); Python attributes each partition to its bucket,
+    filters, groups, and computes dollars exactly: ``usd = sum(quantity * unit_price_pico)`` in
+    Python ints, turned into a float only for the wire. The cost of a query grows with buckets x
+    price versions (x property combinations, when it needs properties), never with the number of
+    events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than the
     rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only inside the
     retention window, and the point cap bounds their range (about 6.9 days of minutes, 2.8 hours of
     seconds).
@@ -60,14 +65,25 @@ from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import BigInteger, ColumnElement, Select, case, cast, func, literal, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Interval,
+    Select,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import InvalidField
 from billfold.kit.money import pico_to_usd_float
-from billfold.metering.models import UsageEvent, UsageRollup
+from billfold.metering.models import UsageEvent, UsageRollup, UsageRollupByVersion
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import ManagementKey
@@ -83,6 +99,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Added to epoch seconds before integer division in SQL, so the division never sees a negative
 # number (SQL truncates toward zero, we want floor). A multiple of every partition width.
 _EPOCH_SHIFT = 86_400 * 10**6
+# date_bin's origin for local partitions, minus the UTC offset: a UTC midnight (so a whole number
+# of days and hours from any other) before every bucket a query can read (MIN_YEAR), so every
+# bucket is after it.
+_BIN_ORIGIN = datetime(1800, 1, 1, tzinfo=UTC)
 # Offsets are sampled this often over the data's span to find DST transitions (they are months
 # apart in every real zone; a miss would only cost a slower, still exact, re-read).
 _OFFSET_SAMPLE = timedelta(hours=6)
@@ -590,7 +610,16 @@ class _Straddles(Exception):
     """A partition spans two requested buckets (a DST transition the sampling missed)."""
 
 
+# A rollup table: with property dimensions (usage_rollups) or without (usage_rollups_by_version).
+_RollupTable = type[UsageRollup] | type[UsageRollupByVersion]
+
+
 class UsageAnalytics:
+    def __init__(self, *, version_rollups: bool = True) -> None:
+        """``version_rollups=False`` reads ``usage_rollups`` for every query (the tests that
+        compare the two tables' answers)."""
+        self._version_rollups = version_rollups
+
     def run(self, session: Session, settings: Settings, query: AnalyticsQuery) -> AnalyticsResult:
         """The time series of ``query``; reads only, so any transaction will do."""
         raw = query.unit in _RAW_UNITS
@@ -639,7 +668,11 @@ class UsageAnalytics:
         starts: list[datetime],
         with_dims: bool,
     ) -> list[tuple[int, _Slice]]:
-        span = self._data_span(session, query.team_id, start, end)
+        # Without properties, the rollups by version give the same sums from fewer rows.
+        table: _RollupTable = (
+            UsageRollup if with_dims or not self._version_rollups else UsageRollupByVersion
+        )
+        span = self._data_span(session, table, query.team_id, start, end)
         if span is None:
             return []
         if query.unit is TimeUnit.NONE:
@@ -650,29 +683,30 @@ class UsageAnalytics:
             partition = _Partition("local", 3600 if query.unit is TimeUnit.HOUR else 86_400)
         try:
             return self._attribute(
-                starts, self._read_rollups(session, query, start, end, partition, span, with_dims)
+                starts,
+                self._read_rollups(session, query, start, end, partition, span, with_dims, table),
             )
         except _Straddles:
             # Exact whatever the zone does: re-read at the rollups' own 15-minute resolution.
             return self._attribute(
                 starts,
                 self._read_rollups(
-                    session, query, start, end, _Partition("bucket"), span, with_dims
+                    session, query, start, end, _Partition("bucket"), span, with_dims, table
                 ),
             )
 
     @staticmethod
     def _data_span(
-        session: Session, team_id: uuid.UUID, start: datetime, end: datetime
+        session: Session, table: _RollupTable, team_id: uuid.UUID, start: datetime, end: datetime
     ) -> tuple[datetime, datetime] | None:
         # Two index probes on the primary key (team_id, bucket_start, ...), not one min/max scan.
-        base = select(UsageRollup.bucket_start).where(
-            UsageRollup.team_id == team_id,
-            UsageRollup.bucket_start >= start,
-            UsageRollup.bucket_start < end,
+        base = select(table.bucket_start).where(
+            table.team_id == team_id,
+            table.bucket_start >= start,
+            table.bucket_start < end,
         )
-        first = session.scalar(base.order_by(UsageRollup.bucket_start).limit(1))
-        last = session.scalar(base.order_by(UsageRollup.bucket_start.desc()).limit(1))
+        first = session.scalar(base.order_by(table.bucket_start).limit(1))
+        last = session.scalar(base.order_by(table.bucket_start.desc()).limit(1))
         return None if first is None or last is None else (first, last)
 
     @staticmethod
@@ -684,16 +718,18 @@ class UsageAnalytics:
         partition: _Partition,
         span: tuple[datetime, datetime],
         with_dims: bool,
+        table: _RollupTable,
     ) -> list[_Slice]:
-        r = UsageRollup
+        assert table is UsageRollup or not with_dims, "only usage_rollups keeps the properties"
+        r = table
         columns: list[ColumnElement[Any]] = [
             r.bucket_start.label("bucket_start"),
             r.price_version_id.label("version"),
             r.quantity.label("quantity"),
             r.events.label("events"),
         ]
-        if with_dims:
-            columns += [r.dims_key.label("dims_key"), r.dims.label("dims")]
+        if with_dims:  # only usage_rollups keeps the properties
+            columns += [UsageRollup.dims_key.label("dims_key"), UsageRollup.dims.label("dims")]
         if partition.kind == "local":
             segments = offset_segments(query.zone, *span)
             offset: ColumnElement[Any] = (
@@ -707,9 +743,7 @@ class UsageAnalytics:
                     else_=segments[-1][1],
                 )
             )
-            local_part = (_epoch_seconds(session, r.bucket_start) + offset + _EPOCH_SHIFT) // (
-                partition.seconds
-            )
+            local_part = _local_part(session, r.bucket_start, segments, offset, partition.seconds)
             columns += [offset.label("utc_offset"), local_part.label("part")]
         inner = (
             select(*columns)
@@ -860,6 +894,43 @@ def _bucket_index(starts: list[datetime], at: datetime) -> int:
     # Usage before the first aligned start can only come from a zone whose historical offset is
     # not a multiple of 15 minutes; it is counted in the first bucket.
     return max(0, bisect.bisect_right(starts, at) - 1)
+
+
+def _has_date_bin(session: Session) -> bool:
+    dialect = session.get_bind().dialect
+    return dialect.name == "postgresql" and (dialect.server_version_info or (0,)) >= (14,)
+
+
+def _local_part(
+    session: Session,
+    column: Any,
+    segments: list[tuple[datetime, int]],
+    offset: ColumnElement[Any],
+    seconds: int,
+) -> ColumnElement[Any]:
+    """The local hour or day (``seconds`` wide) of a rollup bucket at its segment's UTC offset: a
+    value that two buckets of one segment share exactly when they are in the same local hour or
+    day (so, grouped together with the offset, a partition).
+
+    On PostgreSQL 14+ that is ``date_bin`` with an origin shifted by the offset: timestamp
+    arithmetic in integers, where epoch seconds (``extract`` gives a numeric since 14) cost ~2x
+    more per row -- half the query's time for a busy month. Elsewhere, epoch seconds.
+    """
+    if not _has_date_bin(session):
+        return (_epoch_seconds(session, column) + offset + _EPOCH_SHIFT) // seconds
+    origins = [
+        literal(_BIN_ORIGIN - timedelta(seconds=utc_offset), DateTime(timezone=True))
+        for _, utc_offset in segments
+    ]
+    origin: ColumnElement[Any] = (
+        origins[0]
+        if len(segments) == 1
+        else case(
+            *[(column < segments[i + 1][0], origins[i]) for i in range(len(segments) - 1)],
+            else_=origins[-1],
+        )
+    )
+    return func.date_bin(literal(timedelta(seconds=seconds), Interval()), column, origin)
 
 
 def _epoch_seconds(session: Session, column: Any) -> ColumnElement[int]:

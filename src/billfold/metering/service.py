@@ -8,16 +8,18 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
 3. events are inserted in key order with ``ON CONFLICT DO NOTHING``; the keys that come back are the
    accepted ones -- the primary key ``(team_id, event_id)`` decides exactly-once, also between two
    ingesters sending the same event at the same moment (the second waits for the first's commit);
-4. rollups, cycle lines and billing cycles are upserted in key order (so row locks are always taken
-   in the same order: events, rollups, lines, cycles, each sorted by key), and each touched line's
-   rounded amount is recomputed from its new quantity.
+4. rollups, rollups by version, cycle lines and billing cycles are upserted in key order (so row
+   locks are always taken in the same order: events, rollups, rollups by version, lines, cycles,
+   each sorted by key), and each touched line's rounded amount is recomputed from its new
+   quantity. Rollups by version are the rollups summed over their property dimensions, computed
+   from the same sums and written in the same transaction, so the two tables always agree.
 
 Accepted means durable: the request's transaction commits before the response is sent.
 
 Everything up to the writes -- validation, rating, de-duplication inside the batch, sorting, and
-summing the accepted events into rollup and line deltas -- is one code path. The writes have two
-implementations of the same statements (``tests/metering/test_ingest_paths.py`` checks that they
-agree on every outcome and every stored row):
+summing the accepted events into rollup, rollup-by-version and line deltas -- is one code path.
+The writes have two implementations of the same statements (``tests/metering/test_ingest_paths.py``
+checks that they agree on every outcome and every stored row):
 
 * :class:`PostgresWriter` sends each table's rows as ONE JSONB array parameter, unpacked by
   ``jsonb_array_elements`` in one statement per table. Binding rows one by one through SQLAlchemy
@@ -31,7 +33,8 @@ more than half of it (bench/results/ingest.md). So events travel as plain tuples
 dataclass costs 3x to build), a team id string is parsed to a UUID once per batch, a combination
 of property values is validated and turned into rollup dimensions once per batch, price versions
 are found with a bisect over a list built once per SKU, repeats inside the batch are found by the
-sort that orders the inserts, rollups are summed in a dict before one upsert, and the cyclic
+sort that orders the inserts, rollups are summed in a dict before one upsert (and the rollups by
+version and the lines are summed from those sums, not from the events again), and the cyclic
 garbage collector is paused while a batch runs (:func:`cyclic_gc_paused`).
 """
 
@@ -62,13 +65,19 @@ from billfold.kit.clock import utc_now
 from billfold.kit.db import dialect_insert, is_postgres
 from billfold.kit.errors import BadRequest
 from billfold.kit.money import Pico, round_to_cents
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
 from billfold.pricing.models import PriceVersion
 from billfold.pricing.service import pricing_service
 from billfold.teams.models import Team
 
 BUCKET = timedelta(minutes=15)
-MAX_QUANTITY = 10**15
+# At most 10^12 units per event, so that no single batch can overflow the 64-bit sums it adds to
+# (rollups, rollups by version, cycle lines): 10,000 maximal events in one bucket add 10^16, far
+# below 2^63 - 1 (~9.2 * 10^18); even BILLFOLD_MAX_BATCH_EVENTS raised to 9 million events stays
+# below it (and the 32 MiB body limit stops a batch long before that). A bigger quantity is
+# rejected with the event, instead of failing its whole batch with a database overflow error.
+# Still a trillion of the smallest unit (tokens, bytes, milliseconds) per event.
+MAX_QUANTITY = 10**12
 MAX_ID_LENGTH = 200
 MAX_PROPERTIES = 32
 MAX_PROPERTY_KEY_LENGTH = 64
@@ -324,15 +333,26 @@ class EventParser:
 # --- what a batch adds to the aggregates ---------------------------------------------------------
 
 RollupKey = tuple[str, int, int, str]  # team key, bucket number, price version, dims key
+VersionRollupKey = tuple[str, int, int]  # team key, bucket number, price version
 LineKey = tuple[str, int, int, int]  # team key, year, month, price version
 CycleKey = tuple[str, int, int]  # team key, year, month
 Sums = list[int]  # [quantity, events]
 
 
+@dataclass
+class BatchSums:
+    """What a batch's accepted events add to each aggregate table."""
+
+    rollups: dict[RollupKey, Sums]
+    dims_of: dict[str, dict[str, str]]  # the dims of each dims key
+    version_rollups: dict[VersionRollupKey, Sums]
+    lines: dict[LineKey, Sums]
+
+
 def sum_accepted(
     events: Sequence[RatedEvent], dims_of_properties: Callable[[dict[str, Any]], Dims]
-) -> tuple[dict[RollupKey, Sums], dict[str, dict[str, str]], dict[LineKey, Sums]]:
-    """The accepted events summed per rollup (and the dims of each dims key), and per cycle line."""
+) -> BatchSums:
+    """The accepted events summed per rollup, per rollup by version, and per cycle line."""
     rollups: dict[RollupKey, Sums] = {}
     dims_of: dict[str, dict[str, str]] = {}
     for team_key, _, ts, _, quantity, version_id, properties in events:
@@ -346,10 +366,20 @@ def sum_accepted(
         else:
             sums[0] += quantity
             sums[1] += 1
-    # Lines from the rollups: a batch has ~100x fewer rollups than events.
+    # Rollups by version from the rollups (a batch has ~100x fewer rollups than events), and
+    # lines from those (fewer still: one per price version and bucket).
+    version_rollups: dict[VersionRollupKey, Sums] = {}
+    for (team_key, number, version_id, _), (quantity, count) in rollups.items():
+        vkey = (team_key, number, version_id)
+        sums = version_rollups.get(vkey)
+        if sums is None:
+            version_rollups[vkey] = [quantity, count]
+        else:
+            sums[0] += quantity
+            sums[1] += count
     lines: dict[LineKey, Sums] = {}
     months: dict[int, tuple[int, int]] = {}
-    for (team_key, number, version_id, _), (quantity, count) in rollups.items():
+    for (team_key, number, version_id), (quantity, count) in version_rollups.items():
         month = months.get(number)
         if month is None:
             start = bucket_start(number)
@@ -361,7 +391,7 @@ def sum_accepted(
         else:
             sums[0] += quantity
             sums[1] += count
-    return rollups, dims_of, lines
+    return BatchSums(rollups, dims_of, version_rollups, lines)
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -382,6 +412,10 @@ class Writer(Protocol):
         session: Session,
         rollups: Sequence[tuple[RollupKey, Sums]],
         dims_of: dict[str, dict[str, str]],
+    ) -> None: ...
+
+    def add_to_version_rollups(
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
     ) -> None: ...
 
     def add_to_lines(
@@ -452,6 +486,30 @@ class CoreWriter:
                     "events": count,
                 }
                 for (team, number, version_id, key), (quantity, count) in rollups
+            ],
+        )
+
+    def add_to_version_rollups(
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
+    ) -> None:
+        stmt = dialect_insert(session)(UsageRollupByVersion)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["team_id", "bucket_start", "price_version_id"],
+                set_={
+                    "quantity": UsageRollupByVersion.quantity + stmt.excluded.quantity,
+                    "events": UsageRollupByVersion.events + stmt.excluded.events,
+                },
+            ),
+            [
+                {
+                    "team_id": uuid.UUID(team),
+                    "bucket_start": bucket_start(number),
+                    "price_version_id": version_id,
+                    "quantity": quantity,
+                    "events": count,
+                }
+                for (team, number, version_id), (quantity, count) in rollups
             ],
         )
 
@@ -553,6 +611,15 @@ class PostgresWriter:
         ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
         SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
     """
+    VERSION_ROLLUPS = """
+        INSERT INTO usage_rollups_by_version AS r (team_id, bucket_start, price_version_id,
+                                                   quantity, events)
+        SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, (e->>3)::bigint,
+               (e->>4)::bigint
+        FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
+        ON CONFLICT (team_id, bucket_start, price_version_id) DO UPDATE
+        SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
+    """
     LINES = """
         INSERT INTO cycle_lines AS c (team_id, year, month, price_version_id, quantity, events,
                                       amount_cents)
@@ -609,6 +676,17 @@ class PostgresWriter:
             ]
         )
         session.connection().exec_driver_sql(self.ROLLUPS, {"rows": document})
+
+    def add_to_version_rollups(
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
+    ) -> None:
+        document = self._document(
+            [
+                (team, bucket_start(number), version_id, quantity, count)
+                for (team, number, version_id), (quantity, count) in rollups
+            ]
+        )
+        session.connection().exec_driver_sql(self.VERSION_ROLLUPS, {"rows": document})
 
     def add_to_lines(
         self, session: Session, lines: Sequence[tuple[LineKey, Sums]]
@@ -809,10 +887,16 @@ class MeteringService:
         prices: dict[int, int],
         dims_of_properties: Callable[[dict[str, Any]], Dims],
     ) -> None:
-        rollups, dims_of, lines = sum_accepted(events, dims_of_properties)
-        writer.add_to_rollups(session, sorted(rollups.items(), key=itemgetter(0)), dims_of)
+        sums = sum_accepted(events, dims_of_properties)
+        # The tables in the lock order of the module docstring, each in key order.
+        writer.add_to_rollups(
+            session, sorted(sums.rollups.items(), key=itemgetter(0)), sums.dims_of
+        )
+        writer.add_to_version_rollups(
+            session, sorted(sums.version_rollups.items(), key=itemgetter(0))
+        )
 
-        sorted_lines = sorted(lines.items(), key=itemgetter(0))
+        sorted_lines = sorted(sums.lines.items(), key=itemgetter(0))
         new_quantities = writer.add_to_lines(session, sorted_lines)
         # A line's amount is the ONE rounding of its exact total (kit.money.round_to_cents), so it
         # is recomputed from the new quantity, never summed from rounded pieces; the cycle's spend

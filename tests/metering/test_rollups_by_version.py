@@ -1,0 +1,437 @@
+"""``usage_rollups_by_version``: the rollups without property dimensions, on SQLite and PostgreSQL.
+
+* Analytics reads it for every query that needs no event property, and ``usage_rollups``
+  otherwise; the answer must not depend on which it reads. Here the same random queries (zones
+  with :30 and :45 offsets and DST, every rollup unit, groupBy and filters on price attributes)
+  run through both code paths on the same random data -- :class:`UsageAnalytics` reading the
+  table by version, and one forced to read ``usage_rollups`` -- and must give identical results;
+  on PostgreSQL also with local days and hours partitioned by epoch seconds instead of
+  ``date_bin`` (the expression for servers before 14).
+  (tests/metering/test_analytics_properties.py checks the default path against a brute force over
+  the events; tests/metering/test_ingest_paths.py that the table equals the rollups summed.)
+* Migration 0006 backfills it from ``usage_rollups``: the backfilled rows equal what ingestion
+  wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from zoneinfo import ZoneInfo
+
+import pytest
+from alembic import command
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
+
+from billfold.config import Settings
+from billfold.kit.clock import frozen
+from billfold.kit.db import make_engine, normalize_database_url
+from billfold.metering import analytics
+from billfold.metering.analytics import AnalyticsResult, UsageAnalytics, parse_query
+from billfold.metering.models import UsageRollup, UsageRollupByVersion
+from billfold.metering.schemas import AnalyticsRequest
+from billfold.migrate import alembic_config, upgrade
+from tests.conftest import POSTGRES_URL, Api, _make_api, event, unique_sku
+from tests.metering.test_analytics import NOW, post_usage, request_body
+
+BY_VERSION = UsageAnalytics()
+BY_DIMS = UsageAnalytics(version_rollups=False)
+
+WINDOW_START = datetime(2026, 10, 20, tzinfo=UTC)  # over Berlin's, New York's and St John's DST
+WINDOW = timedelta(days=20)
+ZONES = [
+    "Etc/GMT",
+    "America/New_York",
+    "America/St_Johns",  # -3:30, with DST
+    "Asia/Kolkata",  # +5:30
+    "Asia/Kathmandu",  # +5:45
+    "Australia/Eucla",  # +8:45
+    "Australia/Lord_Howe",  # a half-hour DST shift
+    "Europe/Berlin",
+]
+UNITS = [
+    "TIME_UNIT_MONTH",
+    "TIME_UNIT_CALENDAR_WEEK",
+    "TIME_UNIT_DAY",
+    "TIME_UNIT_HOUR",
+    "TIME_UNIT_QUARTER_HOUR",
+    "TIME_UNIT_NONE",
+]
+VALUES = [
+    {"name": "usd", "aggregation": "AGGREGATION_SUM"},
+    {"name": "num_units", "aggregation": "AGGREGATION_SUM"},
+    {"name": "requests", "aggregation": "AGGREGATION_COUNT"},
+]
+PRICE_FIELDS = ["description", "unit_type", "sku"]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    skus: list[str]
+    descriptions: list[str]
+
+
+@pytest.fixture
+def catalogue(api: Api) -> Catalogue:
+    """Three SKUs: two sharing a unit type, one repriced (new description) mid-window."""
+    skus = [unique_sku("byv") for _ in range(3)]
+    api.set_price(skus[0], "0.000003", "2026-01-01T00:00:00Z", f"Chat {skus[0]}", "Text tokens")
+    api.set_price(skus[1], "0.000015", "2026-01-01T00:00:00Z", f"Chat {skus[1]}", "Text tokens")
+    api.set_price(skus[2], "0.02", "2026-01-01T00:00:00Z", f"Image {skus[2]}", "Images")
+    api.set_price(skus[2], "0.035", "2026-11-01T06:00:00Z", f"Image {skus[2]} v2", "Images")
+    return Catalogue(skus, [f"Chat {skus[0]}", f"Chat {skus[1]}", f"Image {skus[2]} v2"])
+
+
+def filter_texts(c: Catalogue) -> list[str]:
+    return [
+        "unit_type:Text tokens",
+        "NOT unit_type:Images",
+        f"sku:{c.skus[0]} OR sku:{c.skus[2]}",
+        f"description:{c.descriptions[2]}",
+        f'NOT description:"{c.descriptions[1]}" AND NOT sku:{c.skus[0]}',
+    ]
+
+
+@dataclass(frozen=True)
+class Usage:
+    sku: int
+    quantity: int
+    second: int  # after WINDOW_START
+    key: str | None
+    model: str | None
+
+
+usages = st.builds(
+    Usage,
+    sku=st.integers(0, 2),
+    quantity=st.one_of(st.integers(0, 1000), st.integers(0, 10**12)),
+    # mostly in a few buckets (so several property combinations share one), some anywhere
+    second=st.one_of(
+        st.sampled_from([0, 60, 899, 900, 3600 * 30 + 5, 86_400 * 12 + 1]),
+        st.integers(0, int(WINDOW.total_seconds()) - 1),
+    ),
+    key=st.sampled_from([None, "k1", "k2", "k3"]),
+    model=st.sampled_from([None, "m1", "m2"]),
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    zone: str
+    unit: str
+    start: int  # seconds after WINDOW_START - 1 day, a local wall time
+    length: int
+    group_by: tuple[str, ...]
+    values: tuple[int, ...]
+    filters: tuple[int, ...]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> Query:
+    unit = draw(st.sampled_from(UNITS))
+    longest = {
+        "TIME_UNIT_HOUR": timedelta(days=4),
+        "TIME_UNIT_QUARTER_HOUR": timedelta(days=1),
+    }.get(unit, WINDOW + timedelta(days=2))
+    return Query(
+        zone=draw(st.sampled_from(ZONES)),
+        unit=unit,
+        start=draw(st.integers(0, int((WINDOW + timedelta(days=1)).total_seconds()))),
+        length=draw(st.integers(1, int(longest.total_seconds()))),
+        group_by=tuple(draw(st.lists(st.sampled_from(PRICE_FIELDS), unique=True, max_size=3))),
+        values=tuple(draw(st.lists(st.integers(0, 2), unique=True, min_size=1, max_size=3))),
+        filters=tuple(draw(st.lists(st.integers(0, 4), unique=True, max_size=2))),
+    )
+
+
+@contextmanager
+def statements_on(engine: Engine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.lower())
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+
+def tables_read(statements: list[str]) -> set[str]:
+    """The rollup tables the statements name."""
+    found = set()
+    for statement in statements:
+        if "usage_rollups_by_version" in statement:
+            found.add("usage_rollups_by_version")
+        if "usage_rollups " in statement or "usage_rollups." in statement:
+            found.add("usage_rollups")
+    return found
+
+
+def run_both(
+    api: Api, session: Session, team_id: str, body: dict[str, Any]
+) -> tuple[AnalyticsResult, AnalyticsResult]:
+    """The query through each code path; checks which table each one read."""
+    app_settings: Settings = api.client.app.state.settings  # type: ignore[attr-defined]
+    query = parse_query(
+        AnalyticsRequest.model_validate(body["analyticsRequest"]),
+        app_settings,
+        uuid.UUID(team_id),
+    )
+    engine = api.client.app.state.engine  # type: ignore[attr-defined]
+    with statements_on(engine) as seen:
+        by_version = BY_VERSION.run(session, app_settings, query)
+    assert tables_read(seen) == {"usage_rollups_by_version"}
+    with statements_on(engine) as seen:
+        by_dims = BY_DIMS.run(session, app_settings, query)
+    assert tables_read(seen) == {"usage_rollups"}
+    if api.backend == "postgresql":
+        with (
+            statements_on(engine) as seen,
+            mock.patch.object(analytics, "_has_date_bin", lambda session: False),
+        ):
+            assert BY_VERSION.run(session, app_settings, query) == by_version
+        assert not [s for s in seen if "date_bin" in s]
+    return by_version, by_dims
+
+
+def wire_events(team_id: str, c: Catalogue, events: list[Usage]) -> list[dict[str, Any]]:
+    wire = []
+    for i, usage in enumerate(events):
+        properties = {}
+        if usage.key is not None:
+            properties["apiKeyId"] = usage.key
+        if usage.model is not None:
+            properties["model"] = usage.model
+        at = WINDOW_START + timedelta(seconds=usage.second)
+        wire.append(
+            {
+                "eventId": f"e{i}",
+                "teamId": team_id,
+                "sku": c.skus[usage.sku],
+                "quantity": str(usage.quantity),
+                "timestamp": at.isoformat(),
+                "properties": properties,
+            }
+        )
+    return wire
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(events=st.lists(usages, max_size=40), asked=st.lists(queries(), min_size=1, max_size=4))
+def test_both_tables_give_identical_answers(
+    api: Api, catalogue: Catalogue, events: list[Usage], asked: list[Query]
+) -> None:
+    filters = filter_texts(catalogue)
+    with frozen(NOW):
+        team_id = api.create_team()
+        result = api.ingest(wire_events(team_id, catalogue, events))
+        assert result["accepted"] == len(events), result
+        with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+            for query in asked:
+                local_start = (WINDOW_START - timedelta(days=1)).replace(tzinfo=None) + timedelta(
+                    seconds=query.start
+                )
+                local_end = local_start + timedelta(seconds=query.length)
+                body = request_body(
+                    local_start.strftime("%Y-%m-%d %H:%M:%S"),
+                    local_end.strftime("%Y-%m-%d %H:%M:%S"),
+                    unit=query.unit,
+                    tz=query.zone,
+                    values=[VALUES[i] for i in query.values],
+                    group_by=list(query.group_by),
+                    filters=[filters[i] for i in query.filters],
+                )
+                zone = ZoneInfo(query.zone)
+                if local_end.replace(tzinfo=zone) <= local_start.replace(tzinfo=zone):
+                    continue  # empty once the zone's gap is applied: a 400 either way
+                by_version, by_dims = run_both(api, session, team_id, body)
+                assert by_version == by_dims, query
+
+
+def test_the_endpoint_reads_the_table_the_query_needs(
+    api: Api, catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through HTTP: a query by price attributes reads only ``usage_rollups_by_version``, one that
+    groups or filters by a property only ``usage_rollups`` -- with the same totals, also in a
+    zone whose offset is 5:45 (day buckets are unions of whole 15-minute rollup buckets), each in
+    one read by local day (partitions aligned to Kathmandu's midnight, none straddling two
+    days)."""
+    reads: list[str] = []
+    read_rollups = analytics.UsageAnalytics._read_rollups
+
+    def recording(*args: Any) -> Any:
+        reads.append(args[4].kind)
+        return read_rollups(*args)
+
+    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    with frozen(NOW):
+        team_id, headers = api.team_with_key()
+        # 18:10-18:15 UTC: 23:55 to 00:00 in Kathmandu, on both sides of local midnight
+        events = [
+            event(
+                team_id,
+                catalogue.skus[i % 2],
+                1000 + i,
+                f"2026-11-0{1 + i % 4}T18:1{i % 6}:00Z",
+                apiKeyId=f"k{i % 5}",
+                model=f"m{i % 2}",
+            )
+            for i in range(40)
+        ]
+        assert api.ingest(events)["accepted"] == 40
+        engine = api.client.app.state.engine  # type: ignore[attr-defined]
+        answers = {}
+        for name, group_by, filters in [
+            ("description", ["description"], []),
+            ("none", [], []),
+            ("sku filter", ["unit_type"], [f"NOT sku:{catalogue.skus[2]}"]),
+            ("model", ["model"], []),
+            ("model filter", ["description"], ["model:m0 OR model:m1"]),
+        ]:
+            body = request_body(
+                "2026-11-01 00:00:00",
+                "2026-11-06 00:00:00",
+                tz="Asia/Kathmandu",
+                group_by=group_by,
+                filters=filters,
+                values=[VALUES[1], VALUES[2]],
+            )
+            reads.clear()
+            with statements_on(engine) as seen:
+                response = post_usage(api, team_id, headers, body)
+            assert response.status_code == 200, response.text
+            answers[name] = response.json()
+            expected = "usage_rollups" if "model" in name else "usage_rollups_by_version"
+            assert tables_read(seen) == {expected}, name
+            assert reads == ["local"], name
+            if api.backend == "postgresql":
+                assert any("date_bin" in s for s in seen), name
+
+    def daily_totals(answer: dict[str, Any]) -> dict[str, list[int]]:
+        totals: dict[str, list[int]] = {}
+        for series in answer["timeSeries"]:
+            for point in series["dataPoints"]:
+                cell = totals.setdefault(point["timestamp"], [0, 0])
+                cell[0] += point["values"][0]
+                cell[1] += point["values"][1]
+        return totals
+
+    # local days start at 18:15 UTC; an event belongs to the local day of its local time
+    zone = ZoneInfo("Asia/Kathmandu")
+    days = ["2026-10-31", "2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    expected = {f"{day}T18:15:00Z": [0, 0] for day in days}
+    for e in events:
+        local = datetime.fromisoformat(e["timestamp"]).astimezone(zone).date()
+        start = datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(UTC)
+        cell = expected[start.strftime("%Y-%m-%dT%H:%M:%SZ")]
+        cell[0] += int(e["quantity"])
+        cell[1] += 1
+    for name, answer in answers.items():
+        assert daily_totals(answer) == expected, name
+
+
+# --- migration 0006 ------------------------------------------------------------------------------
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own (the migration is run down and up again on it)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    request.getfixturevalue("postgres_url")  # skips (or fails in CI) without PostgreSQL
+    admin = create_engine(normalize_database_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    name = f"billfold_test_0006_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield normalize_database_url(POSTGRES_URL).rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def by_version_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with Session(engine) as session:
+        return sorted(
+            (r.team_id, r.bucket_start, r.price_version_id, r.quantity, r.events)
+            for r in session.scalars(select(UsageRollupByVersion))
+        )
+
+
+def summed_rollups(engine: Engine) -> list[tuple[Any, ...]]:
+    r = UsageRollup
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                r.team_id,
+                r.bucket_start,
+                r.price_version_id,
+                func.sum(r.quantity),
+                func.sum(r.events),
+            ).group_by(r.team_id, r.bucket_start, r.price_version_id)
+        ).all()
+    return sorted((t, b, v, int(q), int(n)) for t, b, v, q, n in rows)
+
+
+def test_migration_backfills_what_ingestion_writes(fresh_url: str) -> None:
+    engine = make_engine(fresh_url)
+    try:
+        upgrade(engine)
+        backend = "sqlite" if fresh_url.startswith("sqlite") else "postgresql"
+        with frozen(NOW):
+            for api in _make_api(fresh_url, backend):
+                skus = [unique_sku("mig"), unique_sku("mig")]
+                api.set_price(skus[0], "0.000003", "2026-01-01T00:00:00Z")
+                api.set_price(skus[1], "0.02", "2026-01-01T00:00:00Z")
+                api.set_price(skus[1], "0.03", "2026-11-10T00:00:00Z")
+                teams = [api.create_team(), api.create_team()]
+                batch = [
+                    event(
+                        teams[i % 2],
+                        skus[i % 3 % 2],
+                        i * 1_000_003 % 10**12,
+                        f"2026-11-{1 + i % 20:02d}T{i % 24:02d}:{i * 7 % 60:02d}:00Z",
+                        model=f"m{i % 4}",
+                        apiKeyId=f"k{i % 3}",
+                    )
+                    for i in range(600)
+                ]
+                assert api.ingest(batch)["accepted"] == 600
+                again = [*batch[:100], event(teams[0], skus[0], 5, "2026-11-03T00:00:00Z")]
+                assert api.ingest(again)["accepted"] == 1
+        written = by_version_rows(engine)
+        assert written == summed_rollups(engine)
+        assert len(written) < len(batch)  # buckets really are shared
+
+        downgrade(engine, "0005")
+        with engine.connect() as connection:
+            assert connection.dialect.has_table(connection, "usage_rollups_by_version") is False
+        upgrade(engine)
+        assert by_version_rows(engine) == written
+    finally:
+        engine.dispose()
