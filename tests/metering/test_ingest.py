@@ -195,3 +195,25 @@ def test_a_full_batch_of_maximal_events_in_one_bucket(api: Api) -> None:
     assert rolled == by_version.quantity == line.quantity == 10**16
     assert by_version.events == line.events == 10_000
     assert line.amount_cents == _cycle_spend(api, team_id, 2026, 11) == 1_000_000  # $10,000
+
+
+def test_extreme_events_are_rejected_alone(api: Api) -> None:
+    sku = unique_sku()
+    api.set_price(sku, "1000000")  # the largest unit price: $1,000,000 per unit
+    team_id = api.create_team()
+    result = api.ingest(
+        [
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "ok"),
+            event(team_id, sku, 10**12, "2026-11-20T10:00:00Z", "too-costly"),
+            event(team_id, sku, 1, "0001-01-01T00:00:00+01:00", "year-1"),
+            event(team_id, sku, 1, "9999-12-31T23:59:59-01:00", "year-9999"),
+        ]
+    )
+    assert result["accepted"] == 1
+    codes = {r["eventId"]: r["code"] for r in result["rejected"]}
+    assert codes == {
+        "too-costly": "amount_too_large",
+        "year-1": "invalid_timestamp",
+        "year-9999": "invalid_timestamp",
+    }
+    assert _cycle_spend(api, team_id, 2026, 11) == 100_000_000

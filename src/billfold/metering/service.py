@@ -78,6 +78,9 @@ BUCKET = timedelta(minutes=15)
 # rejected with the event, instead of failing its whole batch with a database overflow error.
 # Still a trillion of the smallest unit (tokens, bytes, milliseconds) per event.
 MAX_QUANTITY = 10**12
+# $10^11 in pico-dollars: what one event may cost. With it, a cycle line (int64 cents) holds
+# ~900,000 maximal events before it could overflow: no realistic sum of usage fails at the database.
+MAX_EVENT_COST = 10**23
 MAX_ID_LENGTH = 200
 MAX_PROPERTIES = 32
 MAX_PROPERTY_KEY_LENGTH = 64
@@ -202,6 +205,8 @@ def parse_timestamp(value: Any) -> datetime:
             raise _Invalid("invalid_timestamp", f"timestamp {value!r} is not RFC 3339") from None
     if ts.tzinfo is None:
         raise _Invalid("invalid_timestamp", "timestamp needs a zone, e.g. 2026-11-24T10:00:00Z")
+    if not 1970 <= ts.year <= 9000:  # before converting: year 1 or 9999 with an offset overflows
+        raise _Invalid("invalid_timestamp", "timestamp must be between the years 1970 and 9000")
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
@@ -843,9 +848,14 @@ class MeteringService:
         SKUs, or in closed months, are rejected."""
         # sku -> (effective_from of each version, their ids), both in time order
         versions = {
-            sku: ([v.effective_from for v in vs], [v.id for v in vs]) for sku, vs in book.items()
+            sku: (
+                [v.effective_from for v in vs],
+                [v.id for v in vs],
+                [v.unit_price_pico for v in vs],
+            )
+            for sku, vs in book.items()
         }
-        no_versions: tuple[list[datetime], list[int]] = ([], [])
+        no_versions: tuple[list[datetime], list[int], list[int]] = ([], [], [])
         rated: list[RatedEvent] = []
         append = rated.append
         for index, team_key, event_id, sku, quantity, ts, properties in parsed:
@@ -854,13 +864,17 @@ class MeteringService:
             elif closed and (ts.year, ts.month) in closed:
                 code, error = "cycle_closed", f"{ts:%Y-%m} is a closed billing cycle"
             else:
-                starts, ids = versions.get(sku, no_versions)
+                starts, ids, unit_prices = versions.get(sku, no_versions)
                 position = bisect.bisect_right(starts, ts) - 1
-                if position >= 0:
+                if position < 0:
+                    code = "unknown_sku"
+                    error = f"no price for sku {sku!r} at {ts:%Y-%m-%dT%H:%M:%SZ}"
+                elif quantity * unit_prices[position] > MAX_EVENT_COST:
+                    code = "amount_too_large"
+                    error = "the event costs more than $100,000,000,000; split it"
+                else:
                     append((team_key, event_id, ts, sku, quantity, ids[position], properties))
                     continue
-                code = "unknown_sku"
-                error = f"no price for sku {sku!r} at {ts:%Y-%m-%dT%H:%M:%SZ}"
             rejected.append(Rejection(index, event_id, code, error))
         return rated
 
