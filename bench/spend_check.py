@@ -8,18 +8,27 @@ What it does, in one run:
    then starts ``billfold serve --workers 2`` on it as a subprocess;
 2. gives every team usage in the current month (so each check reads a real cycle row) and starts
    live ingestion in a background process: batches of ``--ingest-batch`` events over random teams,
-   one every ``--ingest-interval`` seconds, for as long as the load runs;
-3. runs a closed-loop load generator (``--concurrency`` keep-alive connections, asyncio) against
-   ``/healthz`` (the ceiling: the trivial endpoint, one ``SELECT 1``) and then against the spend
-   check over all 10,000 teams, each for ``--seconds`` after a warm-up, and prints checks/s, p50,
-   p90, p99 latency, the ratio to the ceiling, the events/s ingested meanwhile, and the peak RSS of
-   the server processes (VmRSS from /proc);
+   one every ``--ingest-interval`` seconds on a fixed schedule (up to 4 in flight, so a saturated
+   server is offered the same ingestion whatever endpoint is measured), for as long as the load
+   runs (``--ingest-batch 0``: none);
+3. runs a closed-loop load generator (``--concurrency`` keep-alive connections) against two
+   ceilings and then the spend check over all the teams, each for ``--seconds`` after a warm-up:
+   ``/docs/oauth2-redirect`` (TRIVIAL: FastAPI's constant Swagger page, no database -- the
+   goal's ratio is taken against it) and ``/healthz`` (a pooled connection and ``SELECT 1``). It
+   prints req/s, p50/p75/p90/p99 latency, errors, the events/s ingested meanwhile, the server's
+   and PostgreSQL's CPU per request, where the machine's CPU went during each measurement (load
+   average, our processes, OTHER processes -- other sessions' work on a shared machine -- and
+   hypervisor steal; a run counts as quiet when the others used <= 0.15 cores), the ratios, the
+   peak RSS of the server processes, and the goals;
 4. stops everything and drops the database (``--keep-database`` keeps it).
 
-The load generator speaks HTTP/1.1 over raw asyncio streams: on a 2-core machine the client shares
-the cores with the server and PostgreSQL, and an httpx client spends more CPU per request than the
-server does on a trivial one, which would measure the client. Both endpoints are measured with the
-same client, so the ratio compares the server's work alone.
+The load generator is wrk when it is on PATH (``apt-get install wrk``; ``--client`` chooses): C,
+a few us of CPU per request, with a Lua ``request()`` that walks the teams from a file (one path
+for the ceilings, so every endpoint costs the client the same), and ``--latency`` for the
+distribution. Without wrk a Python one speaks HTTP/1.1 over raw asyncio streams; it spends
+~100+ us of CPU per request on the cores the server needs, so its figures are lower. The output
+says which was used. ``--hold N`` keeps the server under spend-check load for N s first and
+prints the worker pids, to profile them (``.venv/bin/py-spy record -p PID``).
 
     .venv/bin/python bench/spend_check.py
     .venv/bin/python bench/spend_check.py --seconds 5 --teams 2000   # a quick one
@@ -33,7 +42,10 @@ import multiprocessing
 import os
 import platform
 import random
+import re
+import resource
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +54,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -276,47 +290,382 @@ def events_body(teams: list[str], count: int, rng: random.Random) -> bytes:
     return orjson.dumps({"events": events})
 
 
+INGEST_IN_FLIGHT = 4
+
+
 def ingest_loop(
-    base_url: str, teams: list[str], batch: int, interval: float, stop: Any, counter: Any
+    base_url: str,
+    teams: list[str],
+    batch: int,
+    interval: float,
+    stop: Any,
+    counter: Any,
+    skipped: Any,
 ) -> None:
-    """The background ingester (its own process): a batch every ``interval`` seconds."""
+    """The background ingester (its own process): a batch every ``interval`` seconds on a fixed
+    schedule, up to INGEST_IN_FLIGHT at once -- so the ingestion offered is the same whatever
+    endpoint is being measured (one batch at a time, a saturated server would be offered less).
+    A batch due while that many are in flight is skipped, and counted."""
     rng = random.Random(os.getpid())
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as http:
-        while not stop.is_set():
-            started = time.monotonic()
-            response = http.post("/admin/v1/usage-events", content=events_body(teams, batch, rng))
+    slots = threading.Semaphore(INGEST_IN_FLIGHT)
+
+    def send(http: httpx.Client, body: bytes) -> None:
+        try:
+            response = http.post("/admin/v1/usage-events", content=body)
             if response.status_code == 200:
                 with counter.get_lock():
                     counter.value += response.json()["accepted"]
-            stop.wait(max(interval - (time.monotonic() - started), 0))
+        finally:
+            slots.release()
+
+    limits = httpx.Limits(max_connections=INGEST_IN_FLIGHT)
+    with (
+        httpx.Client(base_url=base_url, headers=headers, timeout=60, limits=limits) as http,
+        ThreadPoolExecutor(INGEST_IN_FLIGHT) as pool,
+    ):
+        due = time.monotonic()
+        while not stop.is_set():
+            if slots.acquire(blocking=False):
+                pool.submit(send, http, events_body(teams, batch, rng))
+            else:
+                with skipped.get_lock():
+                    skipped.value += 1
+            due += interval
+            stop.wait(max(due - time.monotonic(), 0))
 
 
-# --- the load generator -----------------------------------------------------------------------
+# --- machine accounting -----------------------------------------------------------------------
+
+
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy, and stolen by the hypervisor (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS, fields[7] / CLOCK_TICKS
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (wrk, once it has been waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass
+class Accounting:
+    """Where the machine's CPU went during one measured window (CPU seconds)."""
+
+    server_pids: list[int]
+    ingester_pid: int | None
+    database: str
+    ingested: Any  # the ingester's shared counter of accepted events
+    wall: float = 0.0
+    busy: float = 0.0
+    steal: float = 0.0
+    server: float = 0.0
+    by_server_process: list[float] = field(default_factory=list)  # supervisor, workers
+    postgres: float = 0.0
+    client: float = 0.0
+    ingester: float = 0.0
+    events: int = 0  # ingested meanwhile
+    load_before: float = 0.0
+    _before: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.load_before = os.getloadavg()[0]
+        busy, steal = machine_cpu()
+        pg = postgres_pids(self.database)
+        self._before = {
+            "wall": time.monotonic(),
+            "busy": busy,
+            "steal": steal,
+            "server": cpu_of(self.server_pids),
+            "pg": cpu_of(pg),
+            "client": children_cpu() + own_cpu(),
+            "ingester": cpu_seconds(self.ingester_pid) if self.ingester_pid else 0.0,
+            "events": self.ingested.value,
+        }
+
+    def stop(self) -> None:
+        before = self._before
+        busy, steal = machine_cpu()
+        self.wall = time.monotonic() - before["wall"]
+        self.busy = busy - before["busy"]
+        self.steal = steal - before["steal"]
+        self.server = cpu_used(before["server"], self.server_pids)
+        self.by_server_process = [
+            cpu_seconds(pid) - before["server"].get(pid, 0.0) for pid in self.server_pids
+        ]
+        self.postgres = cpu_used(before["pg"], postgres_pids(self.database))
+        self.client = children_cpu() + own_cpu() - before["client"]
+        if self.ingester_pid:
+            self.ingester = cpu_seconds(self.ingester_pid) - before["ingester"]
+        self.events = self.ingested.value - before["events"]
+
+    @property
+    def uneven_workers(self) -> bool:
+        """Did one worker do most of the work? The workers share one listening socket and the
+        kernel hands each new connection to whichever accepts first; with few connections they
+        can all land on one worker, which then measures one core, not the server."""
+        workers = self.by_server_process[1:]
+        return len(workers) > 1 and min(workers) < 0.5 * max(workers)
+
+    @property
+    def ours(self) -> float:
+        return self.server + self.postgres + self.client + self.ingester
+
+    @property
+    def others(self) -> float:
+        """What the rest of the machine used: other sessions' work, and PostgreSQL's shared
+        background processes (WAL writer, checkpointer) -- which our ingestion also feeds."""
+        return max(self.busy - self.ours, 0.0)
+
+    def cores(self, seconds: float) -> float:
+        return seconds / max(self.wall, 1e-9)
+
+    def line(self) -> str:
+        return (
+            f"machine: load {self.load_before:.2f} before; busy {self.cores(self.busy):.2f} of "
+            f"{os.cpu_count()} cores: server {self.cores(self.server):.2f} "
+            f"({' + '.join(f'{self.cores(s):.2f}' for s in self.by_server_process)}), PostgreSQL "
+            f"{self.cores(self.postgres):.2f}, client {self.cores(self.client):.2f}, ingester "
+            f"{self.cores(self.ingester):.2f}, OTHER processes {self.cores(self.others):.2f}"
+            f" (steal {self.cores(self.steal):.2f})"
+            + (
+                "  UNEVEN: the connections did not spread over the workers"
+                if self.uneven_workers
+                else ""
+            )
+        )
+
+
+# --- the load generators ----------------------------------------------------------------------
 
 
 @dataclass
 class LoadResult:
     label: str
+    client: str
     seconds: float
-    latencies: list[float]
-    errors: int
-    events_per_second: int = 0  # ingested by the background process meanwhile
-    server_cpu: float = 0.0  # CPU seconds of the server processes during the whole run
-    postgres_cpu: float = 0.0
-    requests_total: int = 0  # warm-up included, to divide the CPU by
-
-    def cpu_per_request_us(self) -> tuple[float, float]:
-        n = max(self.requests_total, 1)
-        return self.server_cpu / n * 1e6, self.postgres_cpu / n * 1e6
+    requests: int  # measured (warm-up left out)
+    p50: float  # ms
+    p75: float
+    p90: float
+    p99: float
+    max: float
+    errors: int  # non-200 answers and socket errors
+    cpu: Accounting
 
     @property
     def rate(self) -> float:
-        return len(self.latencies) / self.seconds
+        return self.requests / self.seconds
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
+    @property
+    def events_per_second(self) -> float:
+        """Events the background process ingested meanwhile."""
+        return self.cpu.events / max(self.cpu.wall, 1e-9)
+
+    def cpu_per_request_us(self) -> tuple[float, float]:
+        n = max(self.requests, 1)
+        return self.cpu.server / n * 1e6, self.cpu.postgres / n * 1e6
+
+
+# The wrk script: spreads the GETs over the paths in the file named after "--" (one a line; one
+# path for the ceilings, so every endpoint is measured with the same client work). Each thread
+# starts at its own offset and walks the paths with a prime stride; the requests are formatted
+# once in init(), so request() costs the client a table lookup.
+WRK_SCRIPT = """
+local requests = {}
+local count = 0
+local index = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("offset", threads * 104729)
+  threads = threads + 1
+end
+
+function init(args)
+  for path in io.lines(args[1]) do
+    count = count + 1
+    requests[count] = wrk.format("GET", path)
+  end
+  index = offset or 0
+end
+
+function request()
+  index = index + 7919
+  return requests[index % count + 1]
+end
+"""
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _wrk_ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {value!r}")
+    return float(match[1]) * _WRK_UNITS[match[2]]
+
+
+@dataclass(frozen=True)
+class WrkOutput:
+    requests: int
+    seconds: float
+    rate: float
+    percentiles: dict[int, float]  # 50, 75, 90, 99 -> ms
+    max: float
+    errors: int
+
+
+def parse_wrk(text: str) -> WrkOutput:
+    """Reads wrk's report (run with --latency): req/s, the latency distribution and errors."""
+    percentiles = {
+        int(m[1]): _wrk_ms(m[2]) for m in re.finditer(r"^\s+(\d+)%\s+(\S+)\s*$", text, re.M)
+    }
+    latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    total = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", text, re.M)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if latency is None or total is None or rate is None or not {50, 99} <= set(percentiles):
+        raise ValueError(f"unexpected wrk output:\n{text}")
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non_2xx:
+        errors += int(non_2xx[1])
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if sockets:
+        errors += sum(int(sockets[i]) for i in range(1, 5))
+    return WrkOutput(
+        requests=int(total[1]),
+        seconds=_wrk_ms(total[2] + total[3]) / 1000,
+        rate=float(rate[1]),
+        percentiles=percentiles,
+        max=_wrk_ms(latency[3]),
+        errors=errors,
+    )
+
+
+@dataclass
+class Load:
+    """One endpoint's measurement: a warm-up, then ``seconds`` measured, by wrk or in Python."""
+
+    port: int
+    concurrency: int
+    warmup: float
+    seconds: float
+    accounting: Callable[[], Accounting]
+    wrk: str | None
+    wrk_threads: int
+    workdir: Path
+
+    @property
+    def client(self) -> str:
+        if self.wrk:
+            return f"wrk ({self.wrk_threads} threads, Lua request() over the paths)"
+        return "Python (asyncio streams)"
+
+    def measure(self, label: str, paths: list[str]) -> LoadResult:
+        if self.wrk:
+            return self._wrk(label, paths)
+        return self._python(label, paths)
+
+    def _wrk(self, label: str, paths: list[str]) -> LoadResult:
+        binary = self.wrk
+        assert binary is not None
+        script = self.workdir / "spend_check.lua"
+        script.write_text(WRK_SCRIPT)
+        paths_file = self.workdir / f"paths-{len(paths)}.txt"
+        paths_file.write_text("\n".join(paths) + "\n")
+
+        def wrk(seconds: float) -> str:
+            command = [
+                binary,
+                f"--threads={min(self.wrk_threads, self.concurrency)}",
+                f"--connections={self.concurrency}",
+                f"--duration={max(round(seconds), 1)}s",
+                "--timeout=10s",
+                "--latency",
+                f"--header=Authorization: Bearer {TOKEN}",
+                f"--script={script}",
+                f"http://127.0.0.1:{self.port}",
+                "--",
+                str(paths_file),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.exit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            return done.stdout
+
+        if self.warmup > 0:
+            wrk(self.warmup)
+        cpu = self.accounting()
+        cpu.start()
+        out = parse_wrk(wrk(self.seconds))
+        cpu.stop()
+        p = out.percentiles
+        return LoadResult(
+            label,
+            "wrk",
+            out.seconds,
+            out.requests,
+            p[50],
+            p.get(75, p[50]),
+            p.get(90, p[99]),
+            p[99],
+            out.max,
+            out.errors,
+            cpu,
+        )
+
+    def _python(self, label: str, paths: list[str]) -> LoadResult:
+        requests = [
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            for path in paths
+        ]
+        try:
+            import uvloop
+
+            runner: Any = uvloop.run
+        except ImportError:  # pragma: no cover
+            runner = asyncio.run
+        cpu = self.accounting()
+        state = _PythonLoad(cpu)
+        runner(_load(self.port, requests, self.concurrency, self.warmup, self.seconds, state))
+        ordered = sorted(state.latencies)
+
+        def percentile(q: float) -> float:
+            return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
+
+        return LoadResult(
+            label,
+            "python",
+            self.seconds,
+            len(ordered),
+            percentile(0.50),
+            percentile(0.75),
+            percentile(0.90),
+            percentile(0.99),
+            ordered[-1] * 1000,
+            state.errors,
+            cpu,
+        )
+
+
+@dataclass
+class _PythonLoad:
+    cpu: Accounting
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    measuring: bool = False
 
 
 async def _connection(
@@ -325,9 +674,7 @@ async def _connection(
     offset: int,
     warmup_until: float,
     until: float,
-    latencies: list[float],
-    errors: list[int],
-    total: list[int],
+    state: _PythonLoad,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     index = offset
@@ -345,68 +692,37 @@ async def _connection(
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             await reader.readexactly(length)
-            total[0] += 1
             if started >= warmup_until:
-                latencies.append(time.perf_counter() - started)
+                state.latencies.append(time.perf_counter() - started)
                 if not status.startswith(b"HTTP/1.1 200"):
-                    errors[0] += 1
+                    state.errors += 1
     finally:
         writer.close()
 
 
 async def _load(
-    port: int, requests: list[bytes], concurrency: int, warmup: float, seconds: float
-) -> tuple[list[float], int, int]:
-    latencies: list[float] = []
-    errors = [0]
-    total = [0]
-    now = time.perf_counter()
-    warmup_until, until = now + warmup, now + warmup + seconds
-    await asyncio.gather(
-        *(
-            _connection(port, requests, i * 13, warmup_until, until, latencies, errors, total)
-            for i in range(concurrency)
-        )
-    )
-    return latencies, errors[0], total[0]
-
-
-def run_load(
-    label: str,
     port: int,
-    paths: list[str],
+    requests: list[bytes],
     concurrency: int,
     warmup: float,
     seconds: float,
-    ingested: Any,
-    server_pids: list[int],
-    database: str,
-) -> LoadResult:
-    requests = [
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
-        for path in paths
-    ]
-    try:
-        import uvloop
+    state: _PythonLoad,
+) -> None:
+    now = time.perf_counter()
+    warmup_until, until = now + warmup, now + warmup + seconds
 
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    before = ingested.value
-    pg = postgres_pids(database)
-    server_before, pg_before = cpu_of(server_pids), cpu_of(pg)
-    started = time.monotonic()
-    latencies, errors, total = runner(_load(port, requests, concurrency, warmup, seconds))
-    events_per_second = (ingested.value - before) / max(time.monotonic() - started, 1e-9)
-    return LoadResult(
-        label,
-        seconds,
-        latencies,
-        errors,
-        int(events_per_second),
-        cpu_used(server_before, server_pids),
-        cpu_used(pg_before, postgres_pids(database)),
-        total,
+    async def account() -> None:
+        await asyncio.sleep(max(warmup_until - time.perf_counter(), 0))
+        state.cpu.start()
+        await asyncio.sleep(max(until - time.perf_counter(), 0))
+        state.cpu.stop()
+
+    await asyncio.gather(
+        account(),
+        *(
+            _connection(port, requests, i * 13, warmup_until, until, state)
+            for i in range(concurrency)
+        ),
     )
 
 
@@ -429,13 +745,24 @@ def machine() -> str:
 def report(result: LoadResult) -> str:
     server_us, postgres_us = result.cpu_per_request_us()
     return (
-        f"{result.label:<14} {result.rate:>9,.0f} req/s   p50 {result.percentile(0.50):5.2f} ms"
-        f"   p90 {result.percentile(0.90):5.2f} ms   p99 {result.percentile(0.99):5.2f} ms"
-        f"   max {max(result.latencies) * 1000:6.1f} ms   errors {result.errors}"
-        f"   ingesting {result.events_per_second:,} events/s meanwhile\n"
-        f"{'':<14} CPU per request (ingestion's share included): server {server_us:,.0f} us,"
-        f" PostgreSQL {postgres_us:,.0f} us"
+        f"{result.label:<22} {result.rate:>8,.0f} req/s   p50 {result.p50:5.2f} ms"
+        f"   p75 {result.p75:5.2f}   p90 {result.p90:5.2f}   p99 {result.p99:5.2f} ms"
+        f"   max {result.max:6.1f} ms   errors {result.errors}"
+        f"   ingesting {result.events_per_second:,.0f} events/s\n"
+        f"{'':<22} CPU per request (ingestion's share included): server {server_us:,.0f} us,"
+        f" PostgreSQL {postgres_us:,.0f} us\n"
+        f"{'':<22} {result.cpu.line()}"
     )
+
+
+# The ceilings, both already in the app (the benchmark adds no route):
+# * TRIVIAL: FastAPI's Swagger OAuth2 redirect page, a plain Starlette route (no dependencies, no
+#   database) answering a constant ~3 KB HTML string: what the framework costs per request. The
+#   goal's ratio is taken against it.
+# * /healthz: a route that checks out a pooled connection (with its pre-ping) and runs SELECT 1.
+TRIVIAL = "/docs/oauth2-redirect"
+HEALTHZ = "/healthz"
+QUIET_OTHERS = 0.15  # cores other processes may use for a run to count as quiet
 
 
 def main() -> None:
@@ -443,15 +770,34 @@ def main() -> None:
     parser.add_argument("--teams", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="billfold serve --workers")
     parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections")
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per endpoint")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per endpoint")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--ingest-batch", type=int, default=200, help="events per batch")
+    parser.add_argument(
+        "--ingest-batch", type=int, default=200, help="events per batch (0: no live ingestion)"
+    )
     parser.add_argument(
         "--ingest-interval", type=float, default=0.2, help="seconds between batches"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator: wrk when it is on PATH (auto), else the Python one",
+    )
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="after setup, keep the server up and loaded with spend checks for this many seconds "
+        "before measuring (to attach a profiler; the worker pids are printed)",
     )
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
+    wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
+    if args.client == "wrk" and wrk is None:
+        sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
     base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
     name = f"billfold_bench_spend_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(libpq_url(base), autocommit=True) as admin:
@@ -460,7 +806,9 @@ def main() -> None:
     server: Server | None = None
     stop = multiprocessing.Event()
     ingested = multiprocessing.Value("q", 0)
+    ingest_skipped = multiprocessing.Value("q", 0)  # batches not sent: too many in flight
     ingester: multiprocessing.Process | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="billfold-spend-bench-"))
     try:
         started = time.monotonic()
         teams = create_teams(db_url, args.teams)
@@ -488,47 +836,87 @@ def main() -> None:
                 response.raise_for_status()
             sample = http.get(f"/admin/v1/teams/{teams[0]}/spend-status").json()
             print("a spend check answers:", orjson.dumps(sample).decode())
+            trivial = http.get(TRIVIAL)
+            assert trivial.status_code == 200, trivial.text
 
-        ingester = multiprocessing.Process(
-            target=ingest_loop,
-            args=(server.base_url, teams, args.ingest_batch, args.ingest_interval, stop, ingested),
-            daemon=True,
-        )
-        ingester.start()
+        if args.ingest_batch > 0:
+            ingester = multiprocessing.Process(
+                target=ingest_loop,
+                args=(
+                    server.base_url, teams, args.ingest_batch, args.ingest_interval, stop,
+                    ingested, ingest_skipped,
+                ),
+                daemon=True,
+            )  # fmt: skip
+            ingester.start()
+        ingester_pid = ingester.pid if ingester is not None else None
         time.sleep(1.0)
         pids = server_processes(server.process.pid)
         check_paths = [f"/admin/v1/teams/{t}/spend-status" for t in teams]
+        load = Load(
+            port=server.port,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+            seconds=args.seconds,
+            accounting=lambda: Accounting(list(pids), ingester_pid, name, ingested),
+            wrk=wrk,
+            wrk_threads=args.wrk_threads,
+            workdir=workdir,
+        )
+        print(f"client:  {load.client}")
+        if args.hold > 0:
+            workers = [pid for pid, role in pids.items() if role == "worker"]
+            print(f"holding {args.hold:.0f} s under spend-check load; workers: {workers}")
+            Load(**{**load.__dict__, "warmup": 0.0, "seconds": args.hold}).measure(
+                "hold", check_paths
+            )
         with RssSampler(pids) as rss:
-            ceiling = run_load(
-                "/healthz", server.port, ["/healthz"], args.concurrency, args.warmup,
-                args.seconds, ingested, list(pids), name,
-            )  # fmt: skip
-            checks = run_load(
-                "spend-status", server.port, check_paths, args.concurrency, args.warmup,
-                args.seconds, ingested, list(pids), name,
-            )  # fmt: skip
+            trivial_result = load.measure(f"{TRIVIAL} (trivial)", [TRIVIAL])
+            healthz = load.measure(f"{HEALTHZ} (SELECT 1)", [HEALTHZ])
+            checks = load.measure("spend-status", check_paths)
         stop.set()
-        ingester.join(30)
+        if ingester is not None:
+            ingester.join(30)
 
         print()
         print(f"machine: {machine()}")
         print(f"server:  {shlex.join(command)} (PostgreSQL {name})")
+        print(f"client:  {load.client}")
         print(
             f"load:    {args.concurrency} keep-alive connections, {args.warmup:.0f} s warm-up + "
             f"{args.seconds:.0f} s measured per endpoint; live ingestion: {args.ingest_batch} "
-            f"events every {args.ingest_interval} s over {len(teams):,} teams"
+            f"events every {args.ingest_interval} s over {len(teams):,} teams (up to "
+            f"{INGEST_IN_FLIGHT} batches in flight; {ingest_skipped.value} batches skipped)"
         )
-        print(report(ceiling))
-        print(report(checks))
-        print(f"spend-status / healthz = {checks.rate / ceiling.rate:.0%}")
+        results = (trivial_result, healthz, checks)
+        for result in results:
+            print(report(result))
+        print(
+            f"spend-status / trivial ({TRIVIAL}) = {checks.rate / trivial_result.rate:.0%}"
+            f"  (the goal's ratio);  spend-status / {HEALTHZ} = {checks.rate / healthz.rate:.0%}"
+            + (
+                "  -- UNEVEN runs: a rate there is one worker's, so the ratios are skewed"
+                if any(r.cpu.uneven_workers for r in results)
+                else ""
+            )
+        )
         print(
             "server RSS (peak): "
             + ", ".join(f"{role} {rss.peak.get(pid, 0):.0f} MB" for pid, role in pids.items())
         )
+        # /healthz is left out: under load its pool opens and closes overflow connections, and
+        # the PostgreSQL backends forked for them, gone by the end, count as "other" processes.
+        others = max(r.cpu.cores(r.cpu.others) for r in (trivial_result, checks))
+        quiet = others <= QUIET_OTHERS
+        print(
+            f"quiet:   {'yes' if quiet else 'NO'} (other processes used up to {others:.2f} cores "
+            f"while the trivial endpoint and the spend check were measured; quiet: <= "
+            f"{QUIET_OTHERS})"
+        )
         goals = (
             f"goals: >= 5,000 checks/s: {'met' if checks.rate >= 5000 else 'MISSED'}; "
-            f"p99 < 5 ms: {'met' if checks.percentile(0.99) < 5 else 'MISSED'}; "
-            f">= 50% of trivial: {'met' if checks.rate >= 0.5 * ceiling.rate else 'MISSED'}"
+            f"p99 < 5 ms: {'met' if checks.p99 < 5 else 'MISSED'}; "
+            f">= 50% of trivial: {'met' if checks.rate >= 0.5 * trivial_result.rate else 'MISSED'}"
         )
         print(goals)
         print(
@@ -540,6 +928,7 @@ def main() -> None:
             ingester.terminate()
         if server is not None:
             server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep_database:
             with psycopg.connect(libpq_url(base), autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
