@@ -35,21 +35,18 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import random
 import secrets
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +54,8 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
+
+from procfs import RssSampler, free_port, libpq_url, machine  # bench/procfs.py
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,16 +85,6 @@ def proc_stat(pid: int) -> tuple[int, str, float] | None:
     comm = text[text.index("(") + 1 : text.rindex(")")]
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def all_pids() -> list[int]:
@@ -155,56 +144,8 @@ def cpu_by_kind(
     return kinds
 
 
-@dataclass
-class RssSampler:
-    """Samples VmRSS of the server processes every 200 ms while the load runs."""
-
-    pids: dict[int, str]
-    peak: dict[int, float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def sample(self) -> None:
-        for pid in self.pids:
-            value = rss_mb(pid)
-            if value is not None:
-                self.peak[pid] = max(self.peak.get(pid, 0.0), value)
-
-    def run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.sample()
-
-    def __enter__(self) -> RssSampler:
-        self.sample()
-        self._thread = threading.Thread(target=self.run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
-
-# --- the database and the server --------------------------------------------------------------
-
-
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://").replace(
-        "postgres://", "postgresql://"
-    )
-
-
 def database_url(base: str, name: str) -> str:
     return libpq_url(base).rsplit("/", 1)[0] + "/" + name
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -566,19 +507,6 @@ def raw_copy(db: str, workload: Workload) -> tuple[float, float]:
 
 
 # --- main -------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    memory = "?"
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
-    return f"{os.cpu_count()} cores ({model}), {memory} RAM, {platform.platform()}"
 
 
 def main() -> None:

@@ -40,14 +40,12 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import platform
 import random
 import re
 import resource
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,21 +63,13 @@ import httpx
 import orjson
 import psycopg
 
+from procfs import RssSampler, free_port, libpq_url, machine  # bench/procfs.py
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-operator-token"
 SKU = "bench-sku"
 
 # --- /proc ------------------------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -141,52 +131,6 @@ def server_processes(root: int) -> dict[int, str]:
         if "resource_tracker" not in cmdline:
             found[int(name)] = "worker"
     return found
-
-
-@dataclass
-class RssSampler:
-    pids: dict[int, str]
-    peak: dict[int, float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def sample(self) -> None:
-        for pid in self.pids:
-            value = rss_mb(pid)
-            if value is not None:
-                self.peak[pid] = max(self.peak.get(pid, 0.0), value)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.sample()
-
-    def __enter__(self) -> RssSampler:
-        self.sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
-
-# --- database, setup and server ---------------------------------------------------------------
-
-
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://").replace(
-        "postgres://", "postgresql://"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def create_teams(db_url: str, count: int) -> list[str]:
@@ -727,19 +671,6 @@ async def _load(
 
 
 # --- main -------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    memory = "?"
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
-    return f"{os.cpu_count()} cores ({model}), {memory} RAM, {platform.platform()}"
 
 
 def report(result: LoadResult) -> str:
