@@ -185,7 +185,7 @@ class Server:
                 self.process.wait()
 
 
-def start_server(db_url: str, workers: int) -> tuple[Server, list[str]]:
+def start_server(db_url: str, workers: int, spend_cache: bool) -> tuple[Server, list[str]]:
     port = free_port()
     billfold = Path(sys.executable).with_name("billfold")
     command = [str(billfold), "serve", "--workers", str(workers), "--port", str(port)]
@@ -193,6 +193,7 @@ def start_server(db_url: str, workers: int) -> tuple[Server, list[str]]:
         **os.environ,
         "BILLFOLD_DATABASE_URL": db_url,
         "BILLFOLD_ADMIN_TOKEN": TOKEN,
+        "BILLFOLD_SPEND_CACHE": "true" if spend_cache else "false",
         "BILLFOLD_LOG_LEVEL": os.environ.get("BILLFOLD_LOG_LEVEL", "warning"),
     }
     log = Path(tempfile.mkstemp(prefix="billfold-spend-bench-", suffix=".log")[1])
@@ -696,6 +697,81 @@ HEALTHZ = "/healthz"
 QUIET_OTHERS = 0.15  # cores other processes may use for a run to count as quiet
 
 
+class FreshnessProbe:
+    """Runs while the spend check is measured: is an answer ever stale after a write?
+
+    Every ~20 ms it sets a probe team's hard limit through the operator API, then at once asks
+    that team's spend check on a new connection (so either worker may answer, not only the one
+    that took the write), and counts answers that do not show the new limit yet. Beside that, a
+    listening psycopg connection measures how long PostgreSQL takes to deliver the trigger's
+    notification after the writer's commit returned (what another worker's cache waits for).
+    """
+
+    def __init__(self, base_url: str, db_url: str, team: str) -> None:
+        self.base_url, self.db_url, self.team = base_url, db_url, team
+        self.stop = threading.Event()
+        self.pairs = 0
+        self.stale = 0
+        self.delays: list[float] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> FreshnessProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with (
+            httpx.Client(base_url=self.base_url, headers=headers, limits=fresh) as http,
+            psycopg.connect(self.db_url, autocommit=True) as listener,
+            psycopg.connect(self.db_url, autocommit=True) as writer,
+        ):
+            listener.execute("LISTEN billfold_spend")
+            # A soft limit far above the hard ones below, so the answer's limit is the hard one.
+            writer.execute(
+                "UPDATE teams SET soft_limit_cents = %s WHERE id = %s", (10**12, self.team)
+            )
+            limit = 1_000_000
+            while not self.stop.wait(0.02):
+                limit += 1
+                http.put(
+                    f"/admin/v1/teams/{self.team}/hard-spending-limit", json={"amount": str(limit)}
+                ).raise_for_status()
+                answer = http.get(f"/admin/v1/teams/{self.team}/spend-status").json()
+                self.pairs += 1
+                self.stale += answer["effectiveSpendingLimit"]["val"] != str(limit)
+                # The notification delay, measured on a write of our own (not through Billfold).
+                for _ in listener.notifies(timeout=0):
+                    pass  # drop the ones of the HTTP write and of ingestion
+                # Another soft limit far above: it changes the row, not the answer.
+                writer.execute(
+                    "UPDATE teams SET soft_limit_cents = %s WHERE id = %s",
+                    (10**12 + limit % 2, self.team),
+                )
+                committed = time.perf_counter()
+                for note in listener.notifies(timeout=1.0):
+                    if note.payload == self.team:
+                        self.delays.append(time.perf_counter() - committed)
+                        break
+
+    def report(self) -> str:
+        delays = sorted(self.delays) or [float("nan")]
+
+        def ms(q: float) -> str:
+            return f"{delays[min(len(delays) - 1, int(q * len(delays)))] * 1000:.2f}"
+
+        return (
+            f"freshness: {self.stale} stale answers in {self.pairs:,} write-then-check pairs "
+            f"(either worker); notification delivered {ms(0.5)} ms (p50) / {ms(0.99)} ms (p99) / "
+            f"{delays[-1] * 1000:.2f} ms (max) after the commit returned"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teams", type=int, default=10_000)
@@ -723,6 +799,12 @@ def main() -> None:
         help="after setup, keep the server up and loaded with spend checks for this many seconds "
         "before measuring (to attach a profiler; the worker pids are printed)",
     )
+    parser.add_argument(
+        "--spend-cache",
+        choices=["on", "off"],
+        default="on",
+        help="BILLFOLD_SPEND_CACHE of the server (off: every check reads the database)",
+    )
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
@@ -744,7 +826,7 @@ def main() -> None:
         started = time.monotonic()
         teams = create_teams(db_url, args.teams)
         print(f"created {len(teams):,} teams in {time.monotonic() - started:.1f} s")
-        server, command = start_server(db_url, args.workers)
+        server, command = start_server(db_url, args.workers, args.spend_cache == "on")
         operator = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=server.base_url, headers=operator, timeout=120) as http:
             month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0)
@@ -783,6 +865,7 @@ def main() -> None:
         ingester_pid = ingester.pid if ingester is not None else None
         time.sleep(1.0)
         pids = server_processes(server.process.pid)
+        probe_team, teams = teams[-1], teams[:-1]  # its limit is rewritten by FreshnessProbe
         check_paths = [f"/admin/v1/teams/{t}/spend-status" for t in teams]
         load = Load(
             port=server.port,
@@ -804,7 +887,8 @@ def main() -> None:
         with RssSampler(pids) as rss:
             trivial_result = load.measure(f"{TRIVIAL} (trivial)", [TRIVIAL])
             healthz = load.measure(f"{HEALTHZ} (SELECT 1)", [HEALTHZ])
-            checks = load.measure("spend-status", check_paths)
+            with FreshnessProbe(server.base_url, db_url, probe_team) as probe:
+                checks = load.measure("spend-status", check_paths)
         stop.set()
         if ingester is not None:
             ingester.join(30)
@@ -831,6 +915,7 @@ def main() -> None:
                 else ""
             )
         )
+        print(probe.report())
         print(
             "server RSS (peak): "
             + ", ".join(f"{role} {rss.peak.get(pid, 0):.0f} MB" for pid, role in pids.items())

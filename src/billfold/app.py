@@ -14,8 +14,9 @@ from sqlalchemy import Engine, text
 from billfold import __version__
 from billfold.config import Settings, get_settings
 from billfold.invoicing import endpoints as invoicing
+from billfold.invoicing.gateway import GatewayMiddleware, SpendCache
 from billfold.invoicing.scheduler import background_tasks
-from billfold.kit.db import make_engine, make_sessionmaker
+from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
 from billfold.kit.errors import install_error_handlers
 from billfold.kit.limits import BodySizeLimit
 from billfold.ledger import endpoints as ledger
@@ -38,6 +39,12 @@ def create_app(
     """Build the app. The schema must already be migrated (``billfold serve`` does it first)."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py).
+    spend_cache = (
+        SpendCache(libpq_conninfo(engine))
+        if settings.spend_cache and engine.dialect.name == "postgresql"
+        else None
+    )
     if provider is None:
         sandbox = SandboxProvider.for_database(settings.database_url)
         sandbox.install()
@@ -48,9 +55,15 @@ def create_app(
         # Everything built so far lives as long as the process: move it out of the cyclic
         # garbage collector's sight, so its passes scan only what requests allocate.
         gc.freeze()
-        async with background_tasks(app):
-            yield
-        engine.dispose()
+        if spend_cache is not None:
+            await spend_cache.start()
+        try:
+            async with background_tasks(app):
+                yield
+        finally:
+            if spend_cache is not None:
+                spend_cache.stop()
+            engine.dispose()
 
     app = FastAPI(
         title="Billfold",
@@ -63,8 +76,10 @@ def create_app(
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
     app.state.payment_provider = provider
+    app.state.spend_cache = spend_cache
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(GatewayMiddleware, state=app.state)  # outermost: see invoicing/gateway.py
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-import orjson
 from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from billfold.invoicing.gateway import spend_answer, spend_status_json
 from billfold.invoicing.limits import SpendDecision, SpendingLimits
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.schemas import (
@@ -140,21 +140,6 @@ def spend_status_out(decision: SpendDecision) -> SpendStatusOut:
     )
 
 
-def spend_status_json(decision: SpendDecision) -> bytes:
-    """The body of SpendStatusOut, serialized directly (the spend check's hot path)."""
-    return orjson.dumps(
-        {
-            "allowed": decision.allowed,
-            "reason": decision.reason,
-            "prepaidRemaining": {"val": str(decision.prepaid_remaining)},
-            "postpaidRemaining": {"val": str(decision.postpaid_remaining)},
-            "cycleSpend": {"val": str(decision.cycle_spend)},
-            "postpaidSpend": {"val": str(decision.postpaid_spend)},
-            "effectiveSpendingLimit": {"val": str(decision.effective_limit)},
-        }
-    )
-
-
 def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
     t = summary.totals
     return CloseSummaryOut(
@@ -269,22 +254,21 @@ def list_invoices(
 
 # --- the spend check (operator; called by the gateway on every request) ---------------------
 
-# The spend check is the one route on the platform's hot path, and it is built for that:
+# The spend check is the one route on the platform's hot path, and it is built for that
+# (invoicing/gateway.py has the whole story):
+# * most checks never reach this route: GatewayMiddleware answers them before FastAPI's routing,
+#   from the process's cache of answers or with one read. This route answers the rest -- a
+#   generated operator token, SQLite, errors, a grant expiry to book -- the same way;
 # * it does not go through admin_router, whose dependency chain (the request session, the settings,
 #   the operator check) costs five hops to worker threads and a transaction per call. This router
 #   has no dependency; the route checks the operator token itself. It is registered through
 #   billing_router (app.py includes each domain's two routers) but is an operator route: the
 #   operator token only, never a management key;
-# * it reads one prepared statement, one round trip, on connections of its own that are never
-#   pinged (InvoicingService.spend_snapshot, service._SpendReader);
-# * on PostgreSQL it runs that read on the event loop: the indexed statement (~65 us) costs less
-#   than the hop to a worker thread and back. Anything that can wait -- a SQLite read (the write
-#   lock), booking a due credit expiry (the account lock) -- runs in the thread pool as usual;
-# * it skips what it can of FastAPI's per-request work: no declared parameters (the team id is
-#   read from the matched path), no session for a configured operator token, the body serialized
-#   by orjson. Measured with bench/spend_check.py; see bench/results/spend_check.md.
-#   The rest of its cost is the framework's: FastAPI tries every route registered before it (app.py
-#   registers this domain last): ~20% of the check's CPU in-process.
+# * the read is one prepared statement, one round trip, on connections of its own that are never
+#   pinged (InvoicingService.spend_snapshot, service._SpendReader); on PostgreSQL it runs on the
+#   event loop: the indexed statement (~65 us) costs less than the hop to a worker thread and
+#   back. Anything that can wait -- a SQLite read (the write lock), booking a due credit expiry
+#   (the account lock) -- runs in the thread pool as usual.
 
 
 # Bound to no engine, so it can run no query: OperatorTokenService.check compares a configured
@@ -308,16 +292,14 @@ def require_operator(request: Request) -> None:
         raise Unauthorized("unknown operator token", code="invalid_operator_token")
 
 
-def spend_snapshot(request: Request) -> tuple[uuid.UUID, SpendDecision | None]:
+def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:
     require_operator(request)
-    state = request.app.state
     team_id = parse_uuid(request.path_params["team_id"])
-    return team_id, invoicing_service.spend_snapshot(state.engine, state.settings, team_id)
+    return team_id, spend_answer(request.app.state, team_id)
 
 
 # The team id is read from the matched path, not declared as a parameter: FastAPI's validation of
-# a declared one costs every check more than the rest of the route's plumbing (openapi_extra
-# documents it instead).
+# a declared one costs more than the rest of the route's plumbing (openapi_extra documents it).
 @gateway_router.get(
     "/admin/v1/teams/{team_id}/spend-status",
     response_model=SpendStatusOut,
@@ -336,17 +318,18 @@ def spend_snapshot(request: Request) -> tuple[uuid.UUID, SpendDecision | None]:
 async def spend_status(request: Request) -> Response:
     state = request.app.state
     if invoicing_service.reads_inline(state.engine):
-        team_id, decision = spend_snapshot(request)
+        team_id, body = checked_spend_answer(request)
     else:
-        team_id, decision = await run_in_threadpool(spend_snapshot, request)
-    if decision is None:
+        team_id, body = await run_in_threadpool(checked_spend_answer, request)
+    if body is None:
         decision = await run_in_threadpool(
             invoicing_service.spend_status_booking_expiry,
             state.sessionmaker,
             state.settings,
             team_id,
         )
-    return Response(spend_status_json(decision), media_type="application/json")
+        body = spend_status_json(decision)
+    return Response(body, media_type="application/json")
 
 
 # --- operator ------------------------------------------------------------------------------------

@@ -29,13 +29,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
 from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import (
     BigInteger,
@@ -61,9 +60,9 @@ from billfold.invoicing.limits import (
 )
 from billfold.invoicing.models import BillingCycle, ClosedPeriod, Invoice, InvoiceLine
 from billfold.invoicing.numbers import next_invoice_number
-from billfold.invoicing.periods import lock_month_exclusive, month_end, month_of
+from billfold.invoicing.periods import lock_month_exclusive, month_end, month_of, month_start
 from billfold.kit.clock import rfc3339, utc_now
-from billfold.kit.db import UTCDateTime, dialect_insert, transaction
+from billfold.kit.db import UTCDateTime, dialect_insert, libpq_conninfo, transaction
 from billfold.kit.errors import (
     BadRequest,
     Conflict,
@@ -342,7 +341,7 @@ class _ChargePlan:
 # per check.
 _SPEND_CHECK_SQL = """
     SELECT t.soft_limit_cents, t.hard_limit_override_cents, ca.balance_cents,
-           ca.next_expiry_at <= {now} AS expiry_due,
+           ca.next_expiry_at <= {now} AS expiry_due, {next_expiry} AS next_expiry_us,
            bc.year, bc.month, bc.spend_cents
     FROM teams t
     LEFT JOIN credit_accounts ca ON ca.team_id = t.id
@@ -350,32 +349,62 @@ _SPEND_CHECK_SQL = """
     WHERE t.id = {team_id}
 """
 _SPEND_CHECK = (
-    text(_SPEND_CHECK_SQL.format(now=":now", team_id=":team_id"))
+    text(_SPEND_CHECK_SQL.format(now=":now", team_id=":team_id", next_expiry="NULL"))
     .bindparams(bindparam("team_id", type_=Uuid()), bindparam("now", type_=UTCDateTime()))
     .columns(
         soft_limit_cents=BigInteger(),
         hard_limit_override_cents=BigInteger(),
         balance_cents=BigInteger(),
         expiry_due=Boolean(),
+        next_expiry_us=BigInteger(),
         year=BigInteger(),
         month=BigInteger(),
         spend_cents=BigInteger(),
     )
 )
-_SPEND_CHECK_LIBPQ = _SPEND_CHECK_SQL.format(now="$2::timestamptz", team_id="$1::uuid").encode()
+# On PostgreSQL the next expiry comes back too, as microseconds since the epoch (no timestamp to
+# parse): a cached answer (invoicing/gateway.py) is good until then.
+_SPEND_CHECK_LIBPQ = _SPEND_CHECK_SQL.format(
+    now="$2::timestamptz",
+    team_id="$1::uuid",
+    next_expiry="floor(extract(epoch FROM ca.next_expiry_at) * 1000000)::bigint",
+).encode()
 _SPEND_CHECK_NAME = b"billfold_spend_check"
 _UNDEFINED_STATEMENT = b"26000"  # SQLSTATE invalid_sql_statement_name: not prepared here
 
-# (soft limit, hard override, posted credit, expiry due, year, month, spend): one per open cycle
+# (soft limit, hard override, posted credit, expiry due, next expiry in us since the epoch (None
+# on SQLite), year, month, spend): one per open cycle
 SpendRow = tuple[
-    int | None, int | None, int | None, bool | None, int | None, int | None, int | None
+    int | None,
+    int | None,
+    int | None,
+    bool | None,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
 ]
+
+
+class SpendSnapshot(NamedTuple):
+    """A spend check's answer and when it holds unless the team's rows change: from the start of
+    the month until the next (a new cycle) or the next grant expiry, whichever comes first (a
+    start too, because tests move clocks backwards). ``decision`` is None when
+    an expiry is due now (the ledger books it first, see ``spend_status_booking_expiry``)."""
+
+    decision: SpendDecision | None
+    valid_from: datetime
+    valid_until: datetime
+
 
 _READER_IDLE = 4  # connections a process keeps open for the spend check, at most
 
 
 class _ConnectionLost(Exception):
     """A spend check's connection was dropped, or could not be made."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _int(value: bytes | None) -> int | None:
@@ -407,12 +436,7 @@ class _SpendReader:
     """
 
     def __init__(self, engine: Engine) -> None:
-        _, params = engine.dialect.create_connect_args(engine.url)
-        # The URL's connection parameters (host, port, user, password, sslmode, ...); the
-        # dialect's other entries are psycopg.connect() arguments, not libpq's.
-        self.conninfo = make_conninfo(
-            "", **{k: v for k, v in params.items() if isinstance(v, (str, int))}
-        ).encode()
+        self.conninfo = libpq_conninfo(engine)
         self._idle: list[PGconn] = []  # list.pop/append are atomic: safe across threads
 
     def read(self, team_id: uuid.UUID, now: datetime) -> list[SpendRow]:
@@ -447,6 +471,7 @@ class _SpendReader:
                     _int(value(row, 4)),
                     _int(value(row, 5)),
                     _int(value(row, 6)),
+                    _int(value(row, 7)),
                 )
                 for row in range(result.ntuples)
             ]
@@ -685,13 +710,14 @@ class InvoicingService:
 
     def spend_snapshot(
         self, engine: Engine, settings: Settings, team_id: uuid.UUID
-    ) -> SpendDecision | None:
+    ) -> SpendSnapshot:
         """:meth:`spend_status` in one round trip, for the gateway's per-request check.
 
         The same answer from the same committed rows, read by one statement (one snapshot, more
         consistent than three); on PostgreSQL through the check's own connections
-        (:class:`_SpendReader`). ``None`` when a grant's expiry is due: the ledger must book it
-        before the credit is read, in a transaction (:meth:`spend_status_booking_expiry`).
+        (:class:`_SpendReader`). Its decision is None when a grant's expiry is due: the ledger
+        must book it before the credit is read, in a transaction
+        (:meth:`spend_status_booking_expiry`).
         """
         now = utc_now()
         rows: Sequence[SpendRow]
@@ -712,16 +738,22 @@ class InvoicingService:
 
     def _spend_snapshot(
         self, rows: Sequence[SpendRow], settings: Settings, team_id: uuid.UUID, now: datetime
-    ) -> SpendDecision | None:
+    ) -> SpendSnapshot:
         if not rows:
             raise ResourceNotFound(f"team {team_id} not found", code="team_not_found")
-        soft, hard, credit, expiry_due = rows[0][:4]
+        soft, hard, credit, expiry_due, next_expiry_us = rows[0][:5]
+        # Nothing but a new month or an expiry changes the answer without a write to these rows.
+        valid_from, valid_until = month_start(now.year, now.month), month_end(now.year, now.month)
+        if next_expiry_us is not None:
+            valid_until = min(valid_until, _EPOCH + timedelta(microseconds=next_expiry_us))
         if expiry_due:
-            return None  # credit expires now: the ledger books that before anyone reads it
-        spends = {(r[4], r[5]): r[6] or 0 for r in rows if r[4] is not None and r[5] is not None}
+            # credit expires now: the ledger books that before anyone reads it
+            return SpendSnapshot(None, valid_from, valid_until)
+        spends = {(r[5], r[6]): r[7] or 0 for r in rows if r[5] is not None and r[6] is not None}
         position = allocate_credit(team_id, Cents(credit or 0), spends, now)
         limits = limits_of(soft, hard, settings)
-        return spend_decision(limits, position, now.year, now.month)
+        decision = spend_decision(limits, position, now.year, now.month)
+        return SpendSnapshot(decision, valid_from, valid_until)
 
     def team_billing(self, session: Session, settings: Settings, team_id: uuid.UUID) -> TeamBilling:
         team = team_service.get(session, team_id)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Uuid, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -93,6 +94,16 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+
+
+def libpq_conninfo(engine: Engine) -> bytes:
+    """The connection string of a PostgreSQL engine's URL, for connections made with libpq itself
+    (the spend check's reads and its cache's listener): host, port, user, password, sslmode, ...
+    The dialect's other entries are psycopg.connect() arguments, not libpq's."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    return make_conninfo(
+        "", **{k: v for k, v in params.items() if isinstance(v, (str, int))}
+    ).encode()
 
 
 def _configure_sqlite(engine: Engine) -> None:
