@@ -130,7 +130,7 @@ FILTERS: list[tuple[str, Predicate]] = [
     ("model:m1", lambda v: v["model"] == "m1"),
     ("NOT model:m1", lambda v: v["model"] != "m1"),
     ("model:m1 OR model:m2", lambda v: v["model"] in ("m1", "m2")),
-    ("cluster_name:", lambda v: v["cluster_name"] == ""),
+    ('cluster_name:""', lambda v: v["cluster_name"] == ""),
     ("model:m2 AND NOT cluster_name:us-1 OR model:7", lambda v: _m2_off_us_or_7(v)),
     ("model:>=7", lambda v: v["model"] == "7"),
     ("unit_type:Prompt text tokens", lambda v: v["unit_type"] == "Prompt text tokens"),

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import collections.abc
+import types
+import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import solve_dependencies
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit.db import transaction
-from billfold.kit.errors import BadRequest, Unauthorized
+from billfold.kit.errors import BadRequest, InvalidField, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,3 +87,125 @@ def parse_uuid(value: str, field: str = "team_id") -> uuid.UUID:
         raise BadRequest(
             f"invalid uuid: {field} {value!r} is not a UUID", code="invalid_uuid", field=field
         ) from None
+
+
+# --- bad input is answered after the credentials -----------------------------------------------
+
+
+class WireRoute(APIRoute):
+    """The route class of every router (``kit.schemas.WireRouter``): input FastAPI would take
+    silently or judge too early is checked here, once for every endpoint.
+
+    * **A repeated query parameter** that is not repeatable (declared as a list, such as
+      ``invoiceIds.invoiceIds``) is a 400 ``invalid_argument`` naming it: FastAPI would silently
+      keep the last value (``?billingCycle.year=2026&billingCycle.year=2025`` lists 2025), and the
+      upstream gateway (grpc-gateway) refuses it too. So is a declared header sent twice
+      (``Idempotency-Key``: FastAPI would keep the first).
+    * **Credentials before input.** FastAPI parses a JSON body before it runs any dependency, so
+      a malformed body would be answered 400 before an unknown or revoked key (401) or a key of
+      another team (403) is noticed. Here a body that is not JSON is found first; then, as for a
+      repeated parameter, the route's dependencies -- authentication and authorization among them
+      -- run without the endpoint, so a credential error wins, and only then is the 400 raised.
+      Other bad input (a wrong field, a wrong parameter) is already judged after the dependencies
+      by FastAPI itself.
+
+    A route with no body, query parameter or header parameter (the spend check) gets FastAPI's
+    handler unchanged: no cost on the hot path. The dependencies run first are the route's own
+    and its router's (``admin_router``'s ``Operator``); app.py adds none when it includes routers.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        queries, headers = _single_valued_params(self.dependant)
+        has_body = self.body_field is not None
+        if not queries and not headers and not has_body:
+            return handler
+        dependant = self.dependant
+        overrides = self.dependency_overrides_provider
+
+        async def credentials_then_input(request: Request) -> Response:
+            problem = _repeated_param(request, queries, headers)
+            if problem is None and has_body:
+                problem = await _body_not_json(request)
+            if problem is not None:
+                await _run_dependencies(request, dependant, overrides or request.app)
+                raise problem
+            return await handler(request)
+
+        return credentials_then_input
+
+
+def _single_valued_params(dependant: Dependant) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters and headers the route or its dependencies declare as one value."""
+    queries: set[str] = set()
+    headers: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        for field in current.query_params:
+            if not _is_sequence(field.field_info.annotation):
+                queries.add(field.alias)
+        for field in current.header_params:
+            if not _is_sequence(field.field_info.annotation):
+                convert = getattr(field.field_info, "convert_underscores", True)
+                headers.add(field.alias.replace("_", "-") if convert else field.alias)
+        pending.extend(current.dependencies)
+    return frozenset(queries), frozenset(headers)
+
+
+_SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _is_sequence(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_sequence(arg) for arg in typing.get_args(annotation))
+    return (origin or annotation) in _SEQUENCES
+
+
+def _repeated_param(
+    request: Request, queries: frozenset[str], headers: frozenset[str]
+) -> BadRequest | None:
+    if queries and request.scope.get("query_string"):
+        seen: set[str] = set()
+        for name, _ in request.query_params.multi_items():
+            if name in queries:
+                if name in seen:
+                    return InvalidField(name, "is given more than once; send it once")
+                seen.add(name)
+    for name in headers:
+        if len(request.headers.getlist(name)) > 1:
+            return InvalidField(name, "header is given more than once; send it once")
+    return None
+
+
+async def _body_not_json(request: Request) -> BadRequest | None:
+    """A body FastAPI would fail to parse (an empty one is judged later, as a missing body)."""
+    if not await request.body():
+        return None
+    try:
+        # Parsed as FastAPI would, and cached on the request: FastAPI does not parse it again.
+        await request.json()
+    except (ValueError, RecursionError):  # also invalid UTF-8; RecursionError: absurd nesting
+        return BadRequest("request body is not valid JSON", code="invalid_json", field="body")
+    return None
+
+
+async def _run_dependencies(request: Request, dependant: Dependant, overrides: Any) -> None:
+    """Run the route's dependencies without a body and without the endpoint.
+
+    An authentication or authorization error raises here, as in a normal request; other
+    parameter errors are collected and dropped (the caller answers its own 400 instead). A
+    dependency that opened the request's transaction is closed with the error that follows, so
+    the transaction is rolled back: nothing changes.
+    """
+    await solve_dependencies(
+        request=request,
+        dependant=dependant,
+        body=None,
+        dependency_overrides_provider=overrides,
+        async_exit_stack=request.scope["fastapi_inner_astack"],
+        embed_body_fields=False,
+    )

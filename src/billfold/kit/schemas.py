@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from billfold.kit.clock import rfc3339
+from billfold.kit.http import WireRoute
 from billfold.kit.money import INT64_MAX
 
 
@@ -112,7 +113,12 @@ def cent(amount: int) -> Cent:
 
 
 class WireRouter(APIRouter):
-    """A router whose responses leave unset optional fields out instead of sending ``null``."""
+    """A router whose responses leave unset optional fields out instead of sending ``null``, and
+    whose routes check repeated query parameters and credentials before input (``WireRoute``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("route_class", WireRoute)
+        super().__init__(**kwargs)
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         # Assigned, not defaulted: the route decorators pass False explicitly.

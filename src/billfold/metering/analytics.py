@@ -41,7 +41,8 @@ Fields, filters, series
     "". Labels are the values, except ``api_key_id``: ``"<key name> (<redacted key>)"`` for the
     team's own keys. A filter is ``field:value`` (equality), ``NOT field:value``, or a numeric
     comparison ``field:>n`` (also ``>=``, ``<``, ``<=``; values that are not numbers never match);
-    conditions join with `` AND `` inside alternatives joined with `` OR ``; filters are ANDed.
+    conditions join with `` AND `` inside alternatives joined with `` OR ``; filters are ANDed. A
+    malformed filter is a 400 naming it, never read as some other filter (``parse_filter``).
     Per-event amounts (usd, num_units, requests) cannot be filtered on: rollups do not keep them.
     Series are ordered by dollars, then units, then requests (all descending), then group values.
 
@@ -49,7 +50,8 @@ Caps
     ``MAX_POINTS`` buckets per series (more is a 400 ``too_many_buckets``: a clearly absurd
     request, answered with nothing rather than a silently cut chart); at most ``MAX_SERIES``
     series and ``MAX_DATA_POINTS`` points in all: the series with the most dollars are kept and
-    ``limitReached`` is true.
+    ``limitReached`` is true. At most ``MAX_CONDITIONS`` filter conditions in all (400
+    ``too_many_conditions``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,6 +93,9 @@ from billfold.teams.models import ManagementKey
 MAX_POINTS = 10_000
 MAX_SERIES = 1_000
 MAX_DATA_POINTS = 250_000
+# Conditions in all filters of one request: each is decided once per (price version, property
+# combination) read, so the cap bounds the filtering work whatever the filter strings hold.
+MAX_CONDITIONS = 1_000
 MIN_YEAR, MAX_YEAR = 1900, 2999
 
 ROLLUP_SECONDS = 900
@@ -172,7 +177,7 @@ class Condition:
         if self.op == "=":
             return value == self.operand
         assert self.number is not None
-        number = _decimal(value)
+        number = _number(value)
         if number is None:  # a non-numeric value never satisfies a numeric comparison
             return False
         if self.op == ">":
@@ -272,12 +277,14 @@ def parse_query(
         if any(g.kind == field.kind and g.key == field.key for g in group_by):
             raise InvalidField(f"{REQUEST}.groupBy.{i}", f"{name!r} is grouped by twice")
         group_by.append(field)
-    filters = tuple(
-        parsed
-        for i, text in enumerate(request.filters)
-        if (parsed := parse_filter(text, fields, f"{REQUEST}.filters.{i}"))
-    )
-    return AnalyticsQuery(team_id, zone, unit, start, end, values, tuple(group_by), filters)
+    filters: list[Filter] = []
+    budget = MAX_CONDITIONS
+    for i, text in enumerate(request.filters):
+        parsed = parse_filter(text, fields, f"{REQUEST}.filters.{i}", budget)
+        budget -= sum(len(alternative) for alternative in parsed)
+        if parsed:
+            filters.append(parsed)
+    return AnalyticsQuery(team_id, zone, unit, start, end, values, tuple(group_by), tuple(filters))
 
 
 def _snake(name: str) -> str:
@@ -369,68 +376,119 @@ def _lookup_field(fields: dict[str, Field], name: str, path: str) -> Field:
     raise InvalidField(path, f"unknown field {name!r}; known fields: {known}", code="unknown_field")
 
 
-def parse_filter(text: str, fields: dict[str, Field], path: str) -> Filter:
-    """``[NOT ]field:[op]value`` conditions; ``op`` is one of ``> >= < <=`` (numeric) or none
-    (equality). Conditions join with `` AND `` inside alternatives joined with `` OR `` (AND binds
-    tighter). A value may be double-quoted to hold spaces, `` OR `` or `` AND `` (``\\"`` escapes a
-    quote). An empty filter string is ignored."""
+def parse_filter(
+    text: str, fields: dict[str, Field], path: str, budget: int = MAX_CONDITIONS
+) -> Filter:
+    """One filter string: ``[NOT ]field:[op]value`` conditions joined by ``AND`` inside
+    alternatives joined by ``OR`` (AND binds tighter). ``op`` is one of ``> >= < <=`` (numeric)
+    or none (equality). An empty filter string is ignored.
+
+    Keywords are the upper-case words ``OR``, ``AND``, ``NOT`` standing alone (between
+    whitespace) outside quotes; a value may be double-quoted to hold them, spaces or a leading
+    operator character (``\\"`` escapes a quote, ``\\\\`` a backslash). Every other shape is a 400
+    ``invalid_filter`` naming the filter, never a silently different filter: a keyword with
+    nothing before or after it (``model:a OR``, ``OR model:a``, ``model:a OR  OR model:b``), a
+    condition without a field or without a value (``model:`` -- write ``model:""`` for events
+    without the property), ``NOT`` alone, a comparison with something that is not a number, a
+    value starting with ``=`` or ``!`` (not operators here; use ``NOT``), stray quotes.
+    More than ``budget`` conditions is a 400 ``too_many_conditions``.
+    """
     if not text.strip():
         return ()
-    alternatives: list[tuple[Condition, ...]] = []
-    for alternative in _split_outside_quotes(text, " OR ", path):
-        alternatives.append(
-            tuple(
-                _parse_condition(c, fields, path)
-                for c in _split_outside_quotes(alternative, " AND ", path)
-            )
-        )
-    return tuple(alternatives)
+    return tuple(
+        tuple(_parse_condition(condition, fields, path) for condition in alternative)
+        for alternative in _split_filter(text, path, budget)
+    )
 
 
-def _split_outside_quotes(text: str, separator: str, path: str) -> list[str]:
-    parts: list[str] = []
+_JOINERS = ("OR", "AND")
+
+
+def _split_filter(text: str, path: str, budget: int) -> list[list[str]]:
+    """The raw condition texts of a filter, as alternatives (split at ``OR``) of conjunctions
+    (split at ``AND``); the keywords count only as whole words outside quotes."""
+    alternatives: list[list[str]] = [[]]
+    previous: str | None = None  # the keyword before the current condition
+    start = 0  # where the current condition's text begins
     quoted = False
-    current: list[str] = []
     i = 0
     while i < len(text):
         char = text[i]
-        if quoted and char == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
-            i += 2
+        if quoted:
+            if char == "\\":
+                i += 2
+                continue
+            quoted = char != '"'
+            i += 1
             continue
         if char == '"':
-            quoted = not quoted
-        elif not quoted and text.startswith(separator, i):
-            parts.append("".join(current))
-            current = []
-            i += len(separator)
+            quoted = True
+            i += 1
             continue
-        current.append(char)
-        i += 1
+        keyword = _keyword_at(text, i)
+        if keyword is None:
+            i += 1
+            continue
+        condition = text[start:i]
+        if not condition.strip():
+            where = f"between {previous!r} and {keyword!r}" if previous else f"before {keyword!r}"
+            raise _bad_filter(path, f"no condition {where} in {text!r}")
+        alternatives[-1].append(condition)
+        budget = _spend_condition(budget, path)
+        if keyword == "OR":
+            alternatives.append([])
+        previous = keyword
+        i = start = i + len(keyword)
     if quoted:
-        raise InvalidField(path, f"unterminated quote in {text!r}", code="invalid_filter")
-    parts.append("".join(current))
-    if any(not p.strip() for p in parts):
+        raise _bad_filter(path, f"unterminated quote in {text!r}")
+    last = text[start:]
+    if not last.strip():
+        raise _bad_filter(path, f"no condition after {previous!r} in {text!r}")
+    alternatives[-1].append(last)
+    _spend_condition(budget, path)
+    return alternatives
+
+
+def _spend_condition(budget: int, path: str) -> int:
+    """One more condition out of the request's budget: refused as soon as it is exceeded, so an
+    absurdly long filter is not parsed to its end."""
+    if budget <= 0:
         raise InvalidField(
-            path, f"empty condition around {separator.strip()!r} in {text!r}", code="invalid_filter"
+            path,
+            f"the filters hold more than {MAX_CONDITIONS} conditions in all",
+            code="too_many_conditions",
         )
-    return parts
+    return budget - 1
+
+
+def _keyword_at(text: str, i: int) -> str | None:
+    """``OR`` or ``AND`` standing alone at ``i`` (whitespace or an end on both sides)."""
+    if i > 0 and not text[i - 1].isspace():
+        return None
+    for keyword in _JOINERS:
+        end = i + len(keyword)
+        if text.startswith(keyword, i) and (end == len(text) or text[end].isspace()):
+            return keyword
+    return None
+
+
+_SHAPES = "write field:value, NOT field:value or field:>number"
 
 
 def _parse_condition(text: str, fields: dict[str, Field], path: str) -> Condition:
     condition = text.strip()
-    negated = condition.startswith("NOT ")
+    negated = condition == "NOT" or (condition.startswith("NOT") and condition[3].isspace())
     if negated:
-        condition = condition[4:].lstrip()
+        condition = condition[3:].strip()
+        if not condition:
+            raise _bad_filter(path, f"NOT needs a condition after it; {_SHAPES}")
     name, colon, rest = condition.partition(":")
-    if not colon or not name.strip() or " " in name.strip():
-        raise InvalidField(
-            path,
-            f"{text.strip()!r} is not a condition; write field:value, NOT field:value or "
-            "field:>number",
-            code="invalid_filter",
-        )
-    field = _lookup_field(fields, name.strip(), path)
+    name = name.strip()
+    if not colon or '"' in name or any(c.isspace() for c in name):
+        raise _bad_filter(path, f"{text.strip()!r} is not a condition; {_SHAPES}")
+    if not name:
+        raise _bad_filter(path, f"{text.strip()!r} has no field before ':'; {_SHAPES}")
+    field = _lookup_field(fields, name, path)
     rest = rest.strip()
     op: Literal["=", ">", ">=", "<", "<="] = "="
     for candidate in (">=", "<=", ">", "<"):
@@ -438,29 +496,55 @@ def _parse_condition(text: str, fields: dict[str, Field], path: str) -> Conditio
             op = candidate
             rest = rest[len(candidate) :].strip()
             break
-    operand = _unquote(rest, path)
+    operand = _operand(rest, name, op, path)
     number = None
     if op != "=":
-        number = _decimal(operand)
+        number = _number(operand)
         if number is None:
-            raise InvalidField(path, f"{op} needs a number, not {operand!r}", code="invalid_filter")
+            raise _bad_filter(path, f"{name}:{op} needs a number, not {rest!r}")
     return Condition(field, op, operand, number, negated)
 
 
-def _unquote(text: str, path: str) -> str:
-    if not text.startswith('"'):
-        return text
-    if len(text) < 2 or not text.endswith('"'):
-        raise InvalidField(path, f"bad quoting in {text!r}", code="invalid_filter")
-    return re.sub(r"\\(.)", r"\1", text[1:-1])
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 
 
-def _decimal(text: str) -> Decimal | None:
-    try:
-        number = Decimal(text.strip())
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
+def _operand(text: str, name: str, op: str, path: str) -> str:
+    """The value of a condition: quoted (exactly one quoted string) or bare (not empty, no
+    quotes, not starting with an operator character that is not one)."""
+    if text.startswith('"'):
+        match = _QUOTED.fullmatch(text)
+        if match is None:
+            raise _bad_filter(path, f"bad quoting in {text!r}; quote the whole value")
+        return re.sub(r"\\(.)", r"\1", match.group(1), flags=re.DOTALL)
+    if '"' in text:
+        raise _bad_filter(path, f"a quote inside the value {text!r}; quote the whole value")
+    if not text:
+        if op != "=":
+            raise _bad_filter(path, f"{name}:{op} needs a number")
+        raise _bad_filter(
+            path, f'{name}: has no value; write {name}:"" to match events without {name}'
+        )
+    if op == "=" and text[0] in "=!":
+        raise _bad_filter(
+            path,
+            f"{name}:{text} uses an operator this filter syntax does not have; write "
+            f"{name}:value, NOT {name}:value, {name}:>number (>=, <, <=), or quote a value "
+            f"that starts with {text[0]!r}",
+        )
+    return text
+
+
+def _bad_filter(path: str, message: str) -> InvalidField:
+    return InvalidField(path, message, code="invalid_filter")
+
+
+# A plain decimal number, as in a comparison: no NaN, infinities, underscores or spaces.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _number(text: str) -> Decimal | None:
+    text = text.strip()
+    return Decimal(text) if _NUMBER.fullmatch(text) else None
 
 
 # --- the time grid -----------------------------------------------------------------------------

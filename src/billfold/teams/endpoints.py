@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Query, Response
 
-from billfold.kit.errors import BadRequest
+from billfold.kit.errors import InvalidField
 from billfold.kit.http import DbSession, parse_uuid, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
@@ -99,9 +99,7 @@ def list_teams(
         try:
             after = uuid.UUID(page_token)
         except ValueError:
-            raise BadRequest(
-                "pageToken is not a token this API issued", field="pageToken"
-            ) from None
+            raise InvalidField("pageToken", "is not a token this API issued") from None
     teams = team_service.list(session, limit=page_size + 1, after=after)
     more = len(teams) > page_size
     teams = teams[:page_size]
