@@ -107,6 +107,9 @@ def test_filter_groups(
     both = ids(**{"invoiceIds.invoiceIds": [july["invoiceId"], august["invoiceId"], "inv_x"]})
     assert both == [august["invoiceId"], july["invoiceId"]]
     assert ids(**{"invoiceIds.invoiceIds": july["invoiceId"]}) == [july["invoiceId"]]
+    # The proto field names work too (the upstream gateway takes both).
+    assert ids(**{"billing_cycle.year": year, "billing_cycle.month": 7}) == [july["invoiceId"]]
+    assert ids(**{"invoice_ids.invoice_ids": [august["invoiceId"]]}) == [august["invoiceId"]]
 
     # Another team's key sees none of them, even by id.
     other_id, other = api.team_with_key()
@@ -144,6 +147,8 @@ def test_filter_groups(
         ({"since.year": 2031, "since.month": 0}, "since.month"),
         ({"billingCycle.year": "abc", "billingCycle.month": 7}, "billingCycle.year"),
         ({"since.year": 2031, "since.month": "7.5"}, "since.month"),
+        ({"billingCycle.year": 2031, "billing_cycle.year": 2031}, "billingCycle.year"),
+        ({"billing_cycle.year": 2031}, "billingCycle.month"),
     ],
 )
 def test_bad_filters_are_400(api: Api, params: dict[str, Any], field: str) -> None:

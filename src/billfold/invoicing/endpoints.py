@@ -4,7 +4,7 @@ team billing state, hard limits, cycle close and invoice charges (operator)."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
@@ -43,7 +43,7 @@ from billfold.invoicing.service import (
     invoice_filter,
     invoicing_service,
 )
-from billfold.kit.errors import Unauthorized
+from billfold.kit.errors import InvalidField, Unauthorized
 from billfold.kit.http import (
     DbSession,
     Sessions,
@@ -56,6 +56,8 @@ from billfold.kit.schemas import WireRouter, cent
 from billfold.payments.endpoints import Provider
 from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
 from billfold.teams.service import OperatorTokenService
+
+_T = TypeVar("_T")
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
@@ -234,6 +236,13 @@ def preview_invoice(
     )
 
 
+def either(json_name: _T | None, proto_name: _T | None, json: str, proto: str) -> _T | None:
+    """A query parameter given by its JSON name or its proto field name, not both."""
+    if json_name is not None and proto_name is not None:
+        raise InvalidField(json, f"is given twice (also as {proto}); send it once")
+    return json_name if json_name is not None else proto_name
+
+
 @billing_router.get(
     "/v1/billing/teams/{team_id}/invoices",
     response_model=InvoiceList,
@@ -246,8 +255,25 @@ def list_invoices(
     since_year: Annotated[int | None, Query(alias="since.year")] = None,
     since_month: Annotated[int | None, Query(alias="since.month")] = None,
     invoice_ids: Annotated[list[str] | None, Query(alias="invoiceIds.invoiceIds")] = None,
+    # The proto field names, which the upstream gateway (grpc-gateway) accepts as well: a client
+    # using them must get its filter, not every invoice.
+    cycle_year_: Annotated[
+        int | None, Query(alias="billing_cycle.year", include_in_schema=False)
+    ] = None,
+    cycle_month_: Annotated[
+        int | None, Query(alias="billing_cycle.month", include_in_schema=False)
+    ] = None,
+    invoice_ids_: Annotated[
+        list[str] | None, Query(alias="invoice_ids.invoice_ids", include_in_schema=False)
+    ] = None,
 ) -> InvoiceList:
-    wanted = invoice_filter(cycle_year, cycle_month, since_year, since_month, invoice_ids)
+    wanted = invoice_filter(
+        either(cycle_year, cycle_year_, "billingCycle.year", "billing_cycle.year"),
+        either(cycle_month, cycle_month_, "billingCycle.month", "billing_cycle.month"),
+        since_year,
+        since_month,
+        either(invoice_ids, invoice_ids_, "invoiceIds.invoiceIds", "invoice_ids.invoice_ids"),
+    )
     items = invoicing_service.list_invoices(session, scope.team_id, wanted)
     return InvoiceList(invoices=[invoice_out(item) for item in items])
 
