@@ -20,6 +20,9 @@ What it does, in one run:
    average, our processes, OTHER processes -- other sessions' work on a shared machine -- and
    hypervisor steal; a run counts as quiet when the others used <= 0.15 cores), the ratios, the
    peak RSS of the server processes, and the goals;
+   then (wrk only) the trivial endpoint and the spend check again PACED at about ``--paced-rate``
+   requests/s (default 5,000, the goal's rate): each connection pauses 4 ms between its
+   requests, so the latency is that of a server below saturation rather than of a queue;
 4. measures the spend check once more with a FRESHNESS probe running beside the load: every
    ~20 ms a write through the API (a probe team's hard limit), then at once a check of that team
    on a new connection (either worker may take it), counting answers that miss the write; and
@@ -59,7 +62,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -446,13 +449,20 @@ function init(args)
     requests[count] = wrk.format("GET", path)
   end
   index = offset or 0
+  pause = tonumber(args[2]) or 0
 end
 
 function request()
   index = index + 7919
   return requests[index % count + 1]
 end
+
+function delay()
+  return pause
+end
 """
+# Paced runs (--paced-rate): each connection waits this long before its next request.
+PACE_DELAY_MS = 4
 
 _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -515,6 +525,7 @@ class Load:
     wrk: str | None
     wrk_threads: int
     workdir: Path
+    pause_ms: int = 0  # wrk waits this long between a connection's requests (a paced run)
 
     @property
     def client(self) -> str:
@@ -523,6 +534,8 @@ class Load:
         return "Python (asyncio streams)"
 
     def measure(self, label: str, paths: list[str]) -> LoadResult:
+        if self.pause_ms and not self.wrk:
+            sys.exit("paced runs need wrk")
         if self.wrk:
             return self._wrk(label, paths)
         return self._python(label, paths)
@@ -548,6 +561,7 @@ class Load:
                 f"http://127.0.0.1:{self.port}",
                 "--",
                 str(paths_file),
+                str(self.pause_ms),
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -798,6 +812,13 @@ def main() -> None:
     )
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument(
+        "--paced-rate",
+        type=int,
+        default=5000,
+        help="also measure the trivial endpoint and the spend check paced at about this many "
+        "requests/s (wrk only; 0: skip), for their latency below saturation",
+    )
+    parser.add_argument(
         "--hold",
         type=float,
         default=0.0,
@@ -893,6 +914,19 @@ def main() -> None:
             trivial_result = load.measure(f"{TRIVIAL} (trivial)", [TRIVIAL])
             healthz = load.measure(f"{HEALTHZ} (SELECT 1)", [HEALTHZ])
             checks = load.measure("spend-status", check_paths)
+            paced_results = []
+            if args.paced_rate and wrk:
+                # Latency at a given rate rather than at saturation: each connection sends a
+                # request, waits for the answer, pauses PACE_DELAY_MS, and so on.
+                connections = max(1, round(args.paced_rate * (PACE_DELAY_MS + 0.6) / 1000))
+                paced = replace(load, concurrency=connections, pause_ms=PACE_DELAY_MS)
+                for label, paths in (
+                    (f"{TRIVIAL} (trivial)", [TRIVIAL]),
+                    ("spend-status", check_paths),
+                ):
+                    paced_results.append(
+                        paced.measure(f"{label}, paced at ~{args.paced_rate:,}/s", paths)
+                    )
             # Separately: the probe's writes (through FastAPI, in the workers) cost the checks.
             with FreshnessProbe(server.base_url, db_url, probe_team) as probe:
                 probed = load.measure("spend-status + freshness probe", check_paths)
@@ -910,7 +944,7 @@ def main() -> None:
             f"events every {args.ingest_interval} s over {len(teams):,} teams (up to "
             f"{INGEST_IN_FLIGHT} batches in flight; {ingest_skipped.value} batches skipped)"
         )
-        results = (trivial_result, healthz, checks, probed)
+        results = (trivial_result, healthz, checks, *paced_results, probed)
         for result in results:
             print(report(result))
         print(
@@ -936,9 +970,16 @@ def main() -> None:
             f"while the trivial endpoint and the spend check were measured; quiet: <= "
             f"{QUIET_OTHERS})"
         )
+        paced_p99 = (
+            f", paced at ~{args.paced_rate:,}/s: "
+            f"{'met' if paced_results[-1].p99 < 5 else 'MISSED'} ({paced_results[-1].p99:.2f} ms)"
+            if paced_results
+            else ""
+        )
         goals = (
             f"goals: >= 5,000 checks/s: {'met' if checks.rate >= 5000 else 'MISSED'}; "
-            f"p99 < 5 ms: {'met' if checks.p99 < 5 else 'MISSED'}; "
+            f"p99 < 5 ms at saturation: {'met' if checks.p99 < 5 else 'MISSED'} "
+            f"({checks.p99:.2f} ms){paced_p99}; "
             f">= 50% of trivial: {'met' if checks.rate >= 0.5 * trivial_result.rate else 'MISSED'}"
         )
         print(goals)
