@@ -27,30 +27,27 @@ down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_FUNCTIONS = """
+# One function for the three tables: teams are keyed by ``id``, the others by ``team_id`` (PL/pgSQL
+# prepares each branch when it first runs, per table, so the other branch's column never matters).
+_FUNCTION = """
 CREATE FUNCTION billfold_spend_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed record;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('billfold_spend', OLD.team_id::text);
-    ELSE
-        PERFORM pg_notify('billfold_spend', NEW.team_id::text);
+    IF TG_LEVEL = 'STATEMENT' THEN  -- TRUNCATE
+        PERFORM pg_notify('billfold_spend', '*');
+        RETURN NULL;
     END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION billfold_spend_team_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
     IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('billfold_spend', OLD.id::text);
+        changed := OLD;
     ELSE
-        PERFORM pg_notify('billfold_spend', NEW.id::text);
+        changed := NEW;
     END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION billfold_spend_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('billfold_spend', '*');
+    IF TG_TABLE_NAME = 'teams' THEN
+        PERFORM pg_notify('billfold_spend', changed.id::text);
+    ELSE
+        PERFORM pg_notify('billfold_spend', changed.team_id::text);
+    END IF;
     RETURN NULL;
 END $$;
 """
@@ -64,22 +61,22 @@ CREATE TRIGGER credit_accounts_spend_changed AFTER INSERT OR UPDATE OR DELETE ON
 CREATE TRIGGER teams_spend_changed AFTER UPDATE ON teams FOR EACH ROW
     WHEN (OLD.soft_limit_cents IS DISTINCT FROM NEW.soft_limit_cents
           OR OLD.hard_limit_override_cents IS DISTINCT FROM NEW.hard_limit_override_cents)
-    EXECUTE FUNCTION billfold_spend_team_changed();
+    EXECUTE FUNCTION billfold_spend_changed();
 CREATE TRIGGER teams_spend_inserted_or_deleted AFTER INSERT OR DELETE ON teams
-    FOR EACH ROW EXECUTE FUNCTION billfold_spend_team_changed();
+    FOR EACH ROW EXECUTE FUNCTION billfold_spend_changed();
 CREATE TRIGGER billing_cycles_spend_truncated AFTER TRUNCATE ON billing_cycles
-    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_truncated();
+    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_changed();
 CREATE TRIGGER credit_accounts_spend_truncated AFTER TRUNCATE ON credit_accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_truncated();
+    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_changed();
 CREATE TRIGGER teams_spend_truncated AFTER TRUNCATE ON teams
-    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_truncated();
+    FOR EACH STATEMENT EXECUTE FUNCTION billfold_spend_changed();
 """
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(_FUNCTIONS)
+    op.execute(_FUNCTION)
     op.execute(_TRIGGERS)
 
 
@@ -90,9 +87,4 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS {table}_spend_changed ON {table}")
         op.execute(f"DROP TRIGGER IF EXISTS {table}_spend_truncated ON {table}")
     op.execute("DROP TRIGGER IF EXISTS teams_spend_inserted_or_deleted ON teams")
-    for function in (
-        "billfold_spend_changed",
-        "billfold_spend_team_changed",
-        "billfold_spend_truncated",
-    ):
-        op.execute(f"DROP FUNCTION IF EXISTS {function}()")
+    op.execute("DROP FUNCTION IF EXISTS billfold_spend_changed()")
