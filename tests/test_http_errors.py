@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from pathlib import Path
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from billfold.app import create_app
+from billfold.config import Settings
 from billfold.kit.http import DbSession
+from billfold.payments.sandbox import SandboxProvider
 from tests.conftest import Api
 
 
@@ -21,6 +27,19 @@ def test_healthz(api: Api) -> None:
     response = api.client.get("/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_healthz_without_a_database_is_503(tmp_path: Path) -> None:
+    sandbox = SandboxProvider.for_database(f"sqlite:///{tmp_path / 'ok.db'}")
+    sandbox.install()
+    unreachable = f"sqlite:///{tmp_path / 'no-such-dir' / 'billfold.db'}"
+    app = create_app(Settings(database_url=unreachable, admin_token="t"), provider=sandbox)
+    with TestClient(app) as client:
+        for _ in range(2):  # the probe, then its answer reused
+            response = client.get("/healthz")
+            assert response.status_code == 503
+            assert response.json() == {"code": "unavailable", "error": "database unreachable"}
+    sandbox.engine.dispose()
 
 
 def test_unexpected_error_is_a_json_500_and_rolls_back(api: Api) -> None:
