@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -99,6 +100,11 @@ def create_app(
         # Everything built so far lives as long as the process: move it out of the cyclic
         # garbage collector's sight, so its passes scan only what requests allocate.
         gc.freeze()
+        # The event loop answers spend checks in tens of microseconds, but while an ingestion
+        # batch runs in a worker thread the loop waits up to the switch interval for the GIL at
+        # every wake-up. Python's 5 ms made that the checks' p99 under live ingestion; 1 ms cut
+        # it (bench/results/spend_check.md), for a few more thread switches.
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         if spend_cache is not None:
             await spend_cache.start()
         try:

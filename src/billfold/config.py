@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     """Ingestion batches one process works on at once (bounds its memory)."""
     future_tolerance_minutes: int = Field(default=60, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
+    switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
+    """How long a thread may hold the GIL while another waits (Python's default is 5 ms)."""
     spend_cache: bool = True
     """PostgreSQL: each process keeps spend-check answers in memory, dropped by notifications."""
     log_level: str = "info"
