@@ -86,7 +86,7 @@ def create_app(
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py).
     spend_cache = (
-        SpendCache(libpq_conninfo(engine))
+        SpendCache(libpq_conninfo(engine), settings.spend_cache_size)
         if settings.spend_cache and engine.dialect.name == "postgresql"
         else None
     )

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
     """How long a thread may hold the GIL while another waits (Python's default is 5 ms)."""
     spend_cache: bool = True
+    spend_cache_size: int = Field(default=50_000, ge=1)
     """PostgreSQL: each process keeps spend-check answers in memory, dropped by notifications."""
     log_level: str = "info"
 

@@ -289,3 +289,20 @@ def test_a_process_that_stops_says_bye(pg: Api, postgres_url: str) -> None:
         name = app.state.spend_cache.name
         eventually(lambda: name in cache_of(pg).members)
     eventually(lambda: name not in cache_of(pg).members)
+
+
+def test_a_full_cache_drops_its_oldest_answers(postgres_url: str) -> None:
+    settings = Settings(database_url=postgres_url, admin_token=OPERATOR_TOKEN, spend_cache_size=10)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        cache = other_cache(client)
+        eventually(lambda: cache.listening)
+        teams = [
+            client.post("/admin/v1/teams", headers=OPERATOR, json={"name": "f"}).json()["teamId"]
+            for _ in range(12)
+        ]
+        for team_id in teams:
+            check(client, team_id)
+        assert len(cache) == 10  # 10 kept, then the oldest one dropped for the 11th and 12th
+        assert teams[-1] in cache and teams[-2] in cache and teams[0] not in cache
+        assert check(client, teams[0])["allowed"] is True  # read again, answered all the same

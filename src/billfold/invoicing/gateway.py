@@ -29,7 +29,8 @@ when -- and only if -- that transaction commits. Each process listens on a conne
   until its next hello). A process whose own hellos stop coming back, or whose connection drops
   (PostgreSQL restarts), empties its cache and reads the database for every check until it
   listens again, then starts empty.
-* At most ``_MAX_ANSWERS`` answers (emptied when full): ~3 KB each with the dictionary's share.
+* At most ``BILLFOLD_SPEND_CACHE_SIZE`` answers (default 50,000, ~420 bytes each with the
+  dictionary's share: ~21 MB); when full, the oldest tenth is dropped.
 
 **The way in** (:class:`GatewayMiddleware`, outermost ASGI layer). FastAPI's routing -- trying
 each route in turn, building the request, solving dependencies -- cost more than the check itself
@@ -68,7 +69,6 @@ from billfold.kit.clock import utc_now
 log = logging.getLogger("billfold.spend_cache")
 
 CHANNEL = b"billfold_spend"  # migration 0007's triggers notify here
-_MAX_ANSWERS = 100_000
 _HELLO_EVERY = 2.0  # seconds between a process's hellos
 _MEMBER_TTL = 3 * _HELLO_EVERY  # not heard of for this long: gone
 _ACK_TIMEOUT = 1.0  # a sync waits this long for the other processes' acknowledgements
@@ -149,8 +149,10 @@ class SpendCache:
     channel (its name).
     """
 
-    def __init__(self, conninfo: bytes) -> None:
+    def __init__(self, conninfo: bytes, size: int = 50_000) -> None:
         self._conninfo = conninfo
+        self.size = size
+        self._instants: dict[datetime, datetime] = {}
         self.name = f"billfold_cache_{os.getpid()}_{secrets.token_hex(4)}"
         self._answers: dict[str, _Answer] = {}
         self._epoch = 0
@@ -202,9 +204,21 @@ class SpendCache:
     ) -> None:
         if self._conn is None or epoch != self._epoch:
             return
-        if len(self._answers) >= _MAX_ANSWERS:
-            self._answers.clear()
-        self._answers[team] = (body, valid_from, valid_until)
+        answers = self._answers
+        if len(answers) >= self.size:
+            # The oldest tenth goes (dicts keep insertion order): a team asked about often is
+            # back at the end of the line as soon as a write drops its answer.
+            for stale in list(itertools.islice(answers, max(1, self.size // 10))):
+                del answers[stale]
+        # Most answers share their bounds (the month's): keep one object of each.
+        instants = self._instants
+        if len(instants) > 2 * self.size:
+            instants.clear()
+        answers[team] = (
+            body,
+            instants.setdefault(valid_from, valid_from),
+            instants.setdefault(valid_until, valid_until),
+        )
 
     def __len__(self) -> int:
         return len(self._answers)
