@@ -56,8 +56,13 @@ def test_unexpected_error_is_a_json_500_and_rolls_back(api: Api) -> None:
         session.flush()
         raise RuntimeError("bug")
 
-    app.add_api_route(f"/test-explode-{api.backend}", explode, methods=["POST"])
-    response = api.client.post(f"/test-explode-{api.backend}")
+    path = f"/test-explode-{api.backend}"
+    app.add_api_route(path, explode, methods=["POST"])
+    try:
+        response = api.client.post(path)
+    finally:  # the app is shared: other tests walk its routes
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != path]
+        app.openapi_schema = None
     assert response.status_code == 500
     assert response.json()["code"] == "internal"
     with app.state.sessionmaker() as session:
