@@ -430,6 +430,32 @@ def test_nul_over_http_is_rejected_alone(api: Api) -> None:
     assert [e[1] for e in _stored(api, [team])["events"]] == ["c"]
 
 
+def test_a_stored_event_last_in_key_order_is_a_duplicate_and_the_rest_lands_once(api: Api) -> None:
+    """On PostgreSQL the batch is copied first: the stored event, last in key order, fails the
+    COPY after every other row was copied; the savepoint is rolled back and the fallback statement
+    accepts each of the others once."""
+    prices = _skus(api)
+    (team,) = _teams(api, 1)
+
+    def event(n: int) -> dict[str, Any]:
+        return {
+            "eventId": f"late-{n:03d}",
+            "teamId": team,
+            "sku": prices[0],
+            "quantity": str(n + 1),
+            "timestamp": (START + timedelta(minutes=n)).isoformat().replace("+00:00", "Z"),
+            "properties": {"apiKeyId": "k1", "model": "grok-4"},
+        }
+
+    with frozen(NOW):
+        assert api.ingest([event(999)]) == {"accepted": 1, "duplicates": 0, "rejected": []}
+        batch = [event(999), *(event(n) for n in range(300))]  # "late-999" sorts last
+        assert api.ingest(batch) == {"accepted": 300, "duplicates": 1, "rejected": []}
+    stored = _stored(api, [team])
+    assert sorted(e[1] for e in stored["events"]) == sorted(e["eventId"] for e in batch)
+    _check_aggregates(api, [team])
+
+
 @pytest.mark.postgres_only
 def test_a_batch_waiting_on_a_concurrent_one_counts_its_events_as_duplicates(
     postgres_api: Api,
@@ -502,7 +528,9 @@ def test_closed_month_events_are_rejected_alone_by_both_writers(postgres_api: Ap
             [(0, 10), (1, 20), (0, 40 * 1440), (1, 40 * 1440 + 5), (0, 31 * 1440 - 1)]
         )
     ]
-    start = datetime(2037, 1, 1, tzinfo=UTC)
+    # Closing a month closes it for every team of the test database: a month no other test uses
+    # (the spend-cache tests ingest into January 2037).
+    start = datetime(2041, 1, 1, tzinfo=UTC)
 
     def events(teams: list[str]) -> list[dict[str, Any]]:
         out = _spec_events(specs, teams, [sku])
@@ -510,9 +538,9 @@ def test_closed_month_events_are_rejected_alone_by_both_writers(postgres_api: Ap
             event["timestamp"] = (start + timedelta(minutes=minutes)).isoformat()
         return out
 
-    with frozen(datetime(2037, 2, 20, tzinfo=UTC)):
+    with frozen(datetime(2041, 2, 20, tzinfo=UTC)):
         response = api.admin(
-            "POST", "/admin/v1/billing-cycles/close", json={"year": 2037, "month": 1}
+            "POST", "/admin/v1/billing-cycles/close", json={"year": 2041, "month": 1}
         )
         assert response.status_code == 200, response.text
         fast = _ingest(api, FAST, events(fast_teams))

@@ -5,9 +5,12 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
 1. every event is validated alone; a bad one is rejected with its index and reason;
 2. the months the batch touches are locked shared (cycle close locks them exclusively) and the
    closed months are read after that, so no event lands in a month being closed;
-3. events are inserted in key order with ``ON CONFLICT DO NOTHING``; the keys that come back are the
-   accepted ones -- the primary key ``(team_id, event_id)`` decides exactly-once, also between two
-   ingesters sending the same event at the same moment (the second waits for the first's commit);
+3. events are inserted in key order; the primary key ``(team_id, event_id)`` decides exactly-once,
+   also between two ingesters sending the same event at the same moment (the second waits for the
+   first's commit). On PostgreSQL a binary ``COPY`` inserts the whole batch in a savepoint, and
+   only if an event is stored already does ``INSERT ... ON CONFLICT DO NOTHING`` sort it out
+   (:meth:`PostgresWriter.insert_events`); elsewhere that statement always does, and the keys that
+   come back are the accepted ones;
 4. rollups, rollups by version, cycle lines and billing cycles are upserted in key order (so row
    locks are always taken in the same order: events, rollups, rollups by version, lines, cycles,
    each sorted by key), and each touched line's rounded amount is recomputed from its new
@@ -21,17 +24,18 @@ summing the accepted events into rollup, rollup-by-version and line deltas -- is
 The writes have two implementations of the same statements (``tests/metering/test_ingest_paths.py``
 checks that they agree on every outcome and every stored row):
 
-* :class:`PostgresWriter` sends each table's rows as ONE JSONB array parameter, unpacked by
+* :class:`PostgresWriter` copies the events in PostgreSQL's binary COPY format (formatted by
+  psycopg's C code), and sends each other table's rows as ONE JSONB array parameter, unpacked by
   ``jsonb_array_elements`` in one statement per table. Binding rows one by one through SQLAlchemy
   (type processors, ``json.dumps``, insertmanyvalues pages) cost far more CPU than PostgreSQL's own
   work; one orjson document costs ~1 us per event, and PostgreSQL parses it in C.
 * :class:`CoreWriter`: SQLAlchemy Core executemany, for SQLite (and any other database).
 
-Why the per-event Python code looks the way it does: at ~80,000 events/s on two cores, one event
-gets ~25 us of CPU for everything -- HTTP, JSON, validation, and PostgreSQL's own work, which is
-more than half of it (bench/results/ingest.md). So events travel as plain tuples (a NamedTuple or
-dataclass costs 3x to build), a team id string is parsed to a UUID once per batch, a combination
-of property values is validated and turned into rollup dimensions once per batch, price versions
+Why the per-event Python code looks the way it does: at 130,000-150,000 events/s on two cores, one
+event gets 12-14 us of CPU for everything -- HTTP, JSON, validation, and PostgreSQL's own work
+(bench/results/ingest.md). So events travel as plain tuples (a NamedTuple or dataclass costs 3x to
+build), a team id string is parsed to a UUID once per batch, a combination of property values is
+validated and turned into rollup dimensions and its stored JSON once per batch, price versions
 are found with a bisect over a list built once per SKU, repeats inside the batch are found by the
 sort that orders the inserts, rollups are summed in a dict before one upsert (and the rollups by
 version and the lines are summed from those sums, not from the events again), and the cyclic
@@ -45,7 +49,7 @@ import gc
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,7 +58,9 @@ from operator import itemgetter, ne
 from typing import Any, Protocol
 
 import orjson
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
+from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -114,16 +120,18 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-# The groupable properties of an event as rollups keep them: the values' text, and its canonical
-# JSON (the rollup key).
-Dims = tuple[dict[str, str], str]
+# An event's properties as the writes need them, built once per distinct combination of values
+# (EventParser keeps them): the properties as sent (the usage_events column); the groupable ones as
+# rollups keep them (the values' text) and their canonical JSON (the rollup key); and the
+# properties' JSON in PostgreSQL's binary JSONB format (version byte 1, then the JSON text), which
+# PostgresWriter's binary COPY sends as it is.
+Properties = tuple[dict[str, Any], dict[str, str], str, bytes]
 # A valid event: (index in the batch, team key, event id, sku, quantity, ts, properties). The
 # team key is the canonical text of the team's UUID (str(UUID)): sort key, dict key, and what
 # PostgreSQL parses back into a uuid.
-ParsedEvent = tuple[int, str, str, str, int, datetime, dict[str, Any]]
-# A rated event: (team key, event id, ts, sku, quantity, price version id, properties) -- also a
-# usage_events row as PostgresWriter sends it.
-RatedEvent = tuple[str, str, datetime, str, int, int, dict[str, Any]]
+ParsedEvent = tuple[int, str, str, str, int, datetime, Properties]
+# A rated event: (team key, event id, ts, sku, quantity, price version id, properties).
+RatedEvent = tuple[str, str, datetime, str, int, int, Properties]
 
 
 class _Invalid(Exception):
@@ -218,10 +226,11 @@ class EventParser:
         self.groupable = groupable
         self.team_keys: dict[str, str] = {}  # teamId as sent -> canonical text
         self.team_ids: dict[str, uuid.UUID] = {}  # canonical text -> UUID
-        # tuple(properties.items()) -> dims, only for properties whose values are all strings:
-        # equal tuples of strings are the same values, whereas 1 == 1.0 == True as dict keys.
-        self._checked: dict[tuple[tuple[str, Any], ...], Dims] = {}
-        self._no_dims: Dims = ({}, dims_key({}))
+        # tuple(properties.items()) -> Properties, only for properties whose values are all
+        # strings: equal tuples of strings are the same values, whereas 1 == 1.0 == True as dict
+        # keys.
+        self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
+        self._none: Properties = ({}, {}, dims_key({}), b"\x01{}")
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
         if not isinstance(raw, dict):
@@ -261,10 +270,16 @@ class EventParser:
         else:
             quantity = parse_quantity(quantity)
         ts = parse_timestamp(raw.get("timestamp"))
-        properties = raw.get("properties") or {}  # absent, null (or any falsy value): none
-        if properties:
-            self.dims(properties)  # validates them (once per distinct combination)
-        return (index, team_key, event_id, sku, quantity, ts, properties)
+        properties = raw.get("properties")  # absent, null (or any falsy value): none
+        return (
+            index,
+            team_key,
+            event_id,
+            sku,
+            quantity,
+            ts,
+            self.properties(properties) if properties else self._none,
+        )
 
     def _team_key(self, team: Any) -> str:
         try:
@@ -277,10 +292,10 @@ class EventParser:
         self.team_ids[key] = team_id
         return key
 
-    def dims(self, properties: Any) -> Dims:
-        """Validate an event's properties; their rollup dimensions."""
+    def properties(self, properties: Any) -> Properties:
+        """Validate an event's properties (once per distinct combination of string values)."""
         if not properties:
-            return self._no_dims
+            return self._none
         if isinstance(properties, dict) and len(properties) <= MAX_PROPERTIES:
             try:
                 items = tuple(properties.items())
@@ -329,7 +344,7 @@ class EventParser:
                 raise _Invalid("invalid_properties", f"property {key!r} must be a string or number")
         # Rollups keep the text of each groupable value (str(): "1.5", "True").
         dims = {p: str(properties[p]) for p in self.groupable if p in properties}
-        result = (dims, dims_key(dims))
+        result = (properties, dims, dims_key(dims), b"\x01" + orjson.dumps(properties))
         if all_strings:
             self._checked[items] = result
         return result
@@ -354,14 +369,11 @@ class BatchSums:
     lines: dict[LineKey, Sums]
 
 
-def sum_accepted(
-    events: Sequence[RatedEvent], dims_of_properties: Callable[[dict[str, Any]], Dims]
-) -> BatchSums:
+def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
     """The accepted events summed per rollup, per rollup by version, and per cycle line."""
     rollups: dict[RollupKey, Sums] = {}
     dims_of: dict[str, dict[str, str]] = {}
-    for team_key, _, ts, _, quantity, version_id, properties in events:
-        dims, key = dims_of_properties(properties)
+    for team_key, _, ts, _, quantity, version_id, (_, dims, key, _) in events:
         # bucket_number(ts), inlined: this loop runs once per event
         rkey = (team_key, (ts.toordinal() * 24 + ts.hour) * 4 + ts.minute // 15, version_id, key)
         sums = rollups.get(rkey)
@@ -457,7 +469,7 @@ class CoreWriter:
                 "sku": sku,
                 "quantity": quantity,
                 "price_version_id": version_id,
-                "properties": properties,
+                "properties": properties[0],
                 "ingested_at": now,
             }
             for team_key, event_id, ts, sku, quantity, version_id, properties in events
@@ -578,18 +590,19 @@ class CoreWriter:
 
 
 class PostgresWriter:
-    """One statement per table, the rows as one JSONB array parameter (see the module docstring).
+    """The events by binary COPY; one statement per other table, the rows as one JSONB array
+    parameter (see the module docstring).
 
     ``WITH ORDINALITY ... ORDER BY n`` makes PostgreSQL write the rows in the order they were sent
     (sorted by key): the lock order. The statements' texts are constant, so psycopg prepares them
     on each connection after a few uses.
     """
 
-    # The CASE returns the positions that were not inserted (events stored before, or committed
-    # first by a concurrent batch) -- and in the usual case, when the count of inserted rows says
-    # there are none, skips that anti-join altogether (PostgreSQL runs init plans lazily). The
-    # document is parsed once, when the parameter is bound; it is unpacked a second time only on
-    # that rare path, which is cheaper than materializing the unpacked rows for every batch.
+    # Run when the COPY found stored events (insert_events). The CASE returns the positions that
+    # were not inserted (events stored before, or committed first by a concurrent batch) -- and
+    # when the count of inserted rows says there are none, skips that anti-join altogether
+    # (PostgreSQL runs init plans lazily). The document is parsed once, when the parameter is
+    # bound, and unpacked a second time only for the anti-join.
     EVENTS = """
         WITH inserted AS (
             INSERT INTO usage_events (team_id, event_id, ts, sku, quantity, price_version_id,
@@ -607,6 +620,11 @@ class PostgresWriter:
                                                               AND i.event_id = e->>1)
                    ORDER BY n) END
     """
+    COPY_EVENTS = (
+        "COPY usage_events (team_id, event_id, ts, sku, quantity, price_version_id, properties,"
+        " ingested_at) FROM STDIN (FORMAT BINARY)"
+    )
+    COPY_TYPES = ("bytea", "text", "timestamptz", "text", "int8", "int8", "bytea", "timestamptz")
     ROLLUPS = """
         INSERT INTO usage_rollups AS r (team_id, bucket_start, price_version_id, dims_key, dims,
                                         quantity, events)
@@ -660,7 +678,47 @@ class PostgresWriter:
     def insert_events(
         self, session: Session, events: Sequence[RatedEvent], now: datetime
     ) -> set[int]:
-        document = self._document(events)
+        """A binary ``COPY`` of the batch inside a savepoint; if any event is stored already (a
+        retry, or a concurrent batch that committed it first: the unique key makes the COPY
+        wait for that batch, then fail), the savepoint is rolled back and :attr:`EVENTS` sorts
+        the batch out event by event.
+
+        Why: the usual batch holds no stored event, and PostgreSQL copies rows for about half the
+        CPU of ``INSERT ... ON CONFLICT`` (which inserts row by row, each with its speculative
+        insertion step, after unpacking and casting the JSONB document): 4.5-4.7 vs 9.7 us per
+        event, measured alone with usage_events' key and index (bench/results/ingest.md).
+        psycopg's C code formats the binary rows. A retried batch fails at its first stored
+        event, so it costs little more than before; only a batch whose stored events come late
+        in key order pays for part of a COPY twice (and leaves those copied rows dead, for
+        vacuum).
+        """
+        # Binary COPY fields are read by the columns' own types; "bytea" in COPY_TYPES only makes
+        # psycopg send bytes as they are -- in C, where its uuid and JSON dumpers are Python: a
+        # team id's 16 bytes, once per team, and the properties' JSONB bytes, once per
+        # combination (Properties). Registering psycopg's bytes dumper makes it the one used for
+        # "bytea" (by default that is the Python dumper of its DB-API Binary wrapper, 0.35 us
+        # more per row).
+        team_ids = {team: uuid.UUID(team).bytes for team in {e[0] for e in events}}
+        try:
+            with session.begin_nested():
+                # session.connection() inside the nested transaction is what emits SAVEPOINT.
+                driver = session.connection().connection.driver_connection
+                with driver.cursor() as cursor:  # type: ignore[union-attr]
+                    cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
+                    with cursor.copy(self.COPY_EVENTS) as copy:
+                        copy.set_types(self.COPY_TYPES)
+                        write_row = copy.write_row
+                        for team, id_, ts, sku, qty, version, props in events:
+                            write_row((team_ids[team], id_, ts, sku, qty, version, props[3], now))
+            return set()
+        except UniqueViolation:
+            pass
+        document = self._document(
+            [
+                (team, id_, ts, sku, qty, version, props[0])
+                for team, id_, ts, sku, qty, version, props in events
+            ]
+        )
         not_inserted = (
             session.connection()
             .exec_driver_sql(self.EVENTS, {"events": document, "now": now, "count": len(events)})
@@ -833,7 +891,7 @@ class MeteringService:
         result.duplicates += len(not_inserted)
         if accepted:
             prices = {v.id: v.unit_price_pico for versions in book.values() for v in versions}
-            self._accrue(session, writer, accepted, prices, parser.dims)
+            self._accrue(session, writer, accepted, prices)
         return result
 
     @staticmethod
@@ -899,9 +957,8 @@ class MeteringService:
         writer: Writer,
         events: list[RatedEvent],
         prices: dict[int, int],
-        dims_of_properties: Callable[[dict[str, Any]], Dims],
     ) -> None:
-        sums = sum_accepted(events, dims_of_properties)
+        sums = sum_accepted(events)
         # The tables in the lock order of the module docstring, each in key order.
         writer.add_to_rollups(
             session, sorted(sums.rollups.items(), key=itemgetter(0)), sums.dims_of
