@@ -306,3 +306,23 @@ def test_a_full_cache_drops_its_oldest_answers(postgres_url: str) -> None:
         assert len(cache) == 10  # 10 kept, then the oldest one dropped for the 11th and 12th
         assert teams[-1] in cache and teams[-2] in cache and teams[0] not in cache
         assert check(client, teams[0])["allowed"] is True  # read again, answered all the same
+
+
+def test_refused_requests_do_not_wait_for_the_other_processes(
+    pg: Api, other_worker: TestClient
+) -> None:
+    """Only a request that may have committed waits (see GatewayMiddleware): a flood of bad keys
+    or unknown paths must not become barriers across every process."""
+    other = other_cache(other_worker)
+    eventually(lambda: other.name in cache_of(pg).members)
+    loop = other._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(other._send, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+    time.sleep(0.05)
+    started = time.monotonic()
+    bad_key = {"Authorization": "Bearer nope"}
+    assert pg.client.post("/admin/v1/teams", headers=bad_key, json={"name": "x"}).status_code == 401
+    assert pg.client.post("/no/such/path", json={}).status_code == 404
+    assert time.monotonic() - started < 0.3
+    pg.create_team()  # a write: waits for the slow process
+    assert time.monotonic() - started > 0.3

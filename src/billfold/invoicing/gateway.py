@@ -523,8 +523,12 @@ class GatewayMiddleware:
 
         async def send_when_synced(message: Message) -> None:
             # The request's transaction is over (committed or rolled back) before its response
-            # starts: wait until this process has seen that commit's notifications.
-            if message["type"] == "http.response.start":
+            # starts: wait until every process has seen that commit's notifications. Only when
+            # something may have been committed: a success, or a declined top-up (402: the call
+            # may first have settled an older pending purchase). Other errors roll the request
+            # back, and a flood of them -- bad keys, unknown paths -- must not turn into
+            # barriers across every process.
+            if message["type"] == "http.response.start" and _may_have_written(message["status"]):
                 await cache.sync()
             await send(message)
 
@@ -539,6 +543,10 @@ class GatewayMiddleware:
             return spend_answer(self.state, uuid.UUID(team))
         except Exception:  # the route answers it again, with the usual error body
             return None
+
+
+def _may_have_written(status: int) -> bool:
+    return status < 400 or status == 402
 
 
 def _bearer(scope: Scope) -> bytes:
