@@ -57,7 +57,7 @@ def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 
 @pytest.fixture
 def pg(postgres_api: Api) -> Api:
-    eventually(lambda: cache_of(postgres_api).listening)
+    eventually(lambda: cache_of(postgres_api).ready)
     return postgres_api
 
 
@@ -66,7 +66,7 @@ def other_worker(postgres_url: str) -> Iterator[TestClient]:
     """A second app on the same database: another worker process's cache and listener."""
     app = create_app(Settings(database_url=postgres_url, admin_token=OPERATOR_TOKEN))
     with TestClient(app, raise_server_exceptions=False) as client:
-        eventually(lambda: app.state.spend_cache.listening)
+        eventually(lambda: app.state.spend_cache.ready)
         yield client
 
 
@@ -231,7 +231,7 @@ def test_a_lost_listener_empties_the_cache_until_it_listens_again(
         )
     engine.dispose()
     assert check(other_worker, team_id)["effectiveSpendingLimit"] == {"val": "7"}
-    eventually(lambda: cache.listening)  # reconnects on its own (first retry after 0.5 s)
+    eventually(lambda: cache.ready)  # reconnects on its own (first retry after 0.5 s)
     assert cache._conn is not None and cache._conn.backend_pid != listener_pid
     check(other_worker, team_id)
     assert team_id in cache._answers
@@ -296,7 +296,7 @@ def test_a_full_cache_drops_its_oldest_answers(postgres_url: str) -> None:
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         cache = other_cache(client)
-        eventually(lambda: cache.listening)
+        eventually(lambda: cache.ready)
         teams = [
             client.post("/admin/v1/teams", headers=OPERATOR, json={"name": "f"}).json()["teamId"]
             for _ in range(12)

@@ -24,11 +24,14 @@ when -- and only if -- that transaction commits. Each process listens on a conne
   listening backend at commit; the benchmark prints the delay), and every answer from memory
   first reads whatever has already arrived on the socket.
 * An answer is never kept from a read that a notification overtook (:attr:`SpendCache.epoch`).
-* Processes know each other by ``hello`` messages every ``_HELLO_EVERY`` s. One that does not
-  acknowledge a barrier within ``_ACK_TIMEOUT`` is taken for gone (writes stop waiting for it
-  until its next hello). A process whose own hellos stop coming back, or whose connection drops
-  (PostgreSQL restarts), empties its cache and reads the database for every check until it
-  listens again, then starts empty.
+* Processes know each other by ``hello`` messages every ``_HELLO_EVERY`` s, and a process keeps
+  answers only once its first hello has come back to it: a barrier committed after that hello
+  waits for it, and a write committed before it is in every read it makes afterwards, so no
+  write can skip a process that answers from memory. One that does not acknowledge a barrier
+  within ``_ACK_TIMEOUT`` is taken for gone (writes stop waiting for it until its next hello). A
+  process whose own hellos stop coming back, or whose connection drops (PostgreSQL restarts),
+  empties its cache and reads the database for every check until it listens again, then starts
+  empty.
 * At most ``BILLFOLD_SPEND_CACHE_SIZE`` answers (default 50,000, ~420 bytes each with the
   dictionary's share: ~21 MB); when full, the oldest tenth is dropped.
 
@@ -165,6 +168,9 @@ class SpendCache:
         self._timer: asyncio.TimerHandle | None = None
         self._members: dict[str, float] = {}  # the other processes -> when last heard of
         self._heard_myself = 0.0
+        # Answers are kept only once our first hello has come back: every barrier committed after
+        # it waits for us, and every write committed before it is in what we read afterwards.
+        self._known = False
         # libpq runs one command at a time: the rest wait in the outbox.
         self._outbox: deque[bytes] = deque()
         self._command_done = True
@@ -177,6 +183,11 @@ class SpendCache:
     @property
     def listening(self) -> bool:
         return self._conn is not None
+
+    @property
+    def ready(self) -> bool:
+        """Listening, and known to the other processes: answers are kept from now on."""
+        return self._conn is not None and self._known
 
     @property
     def epoch(self) -> int:
@@ -202,7 +213,7 @@ class SpendCache:
     def put(
         self, team: str, body: bytes, valid_from: datetime, valid_until: datetime, epoch: int
     ) -> None:
-        if self._conn is None or epoch != self._epoch:
+        if self._conn is None or not self._known or epoch != self._epoch:
             return
         answers = self._answers
         if len(answers) >= self.size:
@@ -405,6 +416,7 @@ class SpendCache:
         elif kind == "hello":
             if rest == self.name:
                 self._heard_myself = self._loop.time()
+                self._known = True
             else:
                 self._members[rest] = self._loop.time()
         elif kind == "bye":
@@ -436,6 +448,7 @@ class SpendCache:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
+        self._known = False
         if conn is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._fd)
