@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from billfold import __version__
 from billfold.config import Settings, get_settings
 from billfold.invoicing import endpoints as invoicing
-from billfold.invoicing.gateway import GatewayMiddleware, SpendCache
+from billfold.invoicing.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
 from billfold.kit.errors import install_error_handlers
@@ -86,7 +86,7 @@ def create_app(
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py).
     spend_cache = (
-        SpendCache(libpq_conninfo(engine), settings.spend_cache_size)
+        SpendCache(libpq_conninfo(engine, LISTENER_LIMITS), settings.spend_cache_size)
         if settings.spend_cache and engine.dialect.name == "postgresql"
         else None
     )

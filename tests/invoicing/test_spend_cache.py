@@ -169,7 +169,7 @@ def test_a_write_through_one_process_shows_at_once_in_another(
         # to it while it runs a statement (here, half a second of sleep).
         loop = other._loop
         assert loop is not None
-        loop.call_soon_threadsafe(other._send, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
         started = time.monotonic()
         pg.ingest([event(team_id, sku, 600, "2030-06-12T10:00:00Z")])  # through the first app
         assert time.monotonic() - started > 0.3  # the response waited for the other process
@@ -317,7 +317,7 @@ def test_refused_requests_do_not_wait_for_the_other_processes(
     eventually(lambda: other.name in cache_of(pg).members)
     loop = other._loop
     assert loop is not None
-    loop.call_soon_threadsafe(other._send, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+    loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
     time.sleep(0.05)
     started = time.monotonic()
     bad_key = {"Authorization": "Bearer nope"}
@@ -326,3 +326,109 @@ def test_refused_requests_do_not_wait_for_the_other_processes(
     assert time.monotonic() - started < 0.3
     pg.create_team()  # a write: waits for the slow process
     assert time.monotonic() - started > 0.3
+
+
+def _notify_as_someone_else(url: str, channel: str, payload: str) -> None:
+    with psycopg.connect(normalize_database_url(url).replace("+psycopg", ""), autocommit=True) as c:
+        c.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def test_foreign_notifications_are_ignored_never_run(pg: Api, postgres_url: str) -> None:
+    """Any role that can log in may NOTIFY on our channels: payloads are parsed, never SQL."""
+    team_id, _ = priced_team(pg)
+    cache = cache_of(pg)
+    injection = (
+        "sync:x, 'a'; UPDATE teams SET hard_limit_override_cents = 424242"
+        f" WHERE id = '{team_id}'; --:1"
+    )
+    for channel, payload in [
+        ("billfold_spend", injection),
+        ("billfold_spend", "hello:ghost"),
+        ("billfold_spend", "garbage:1:2:3"),
+        (cache.name, "garbage"),
+        (cache.name, "ack:not-a-number:x"),
+    ]:
+        _notify_as_someone_else(postgres_url, channel, payload)
+    eventually(lambda: check(pg.client, team_id) is not None and cache.ready)
+    assert check(pg.client, team_id)["effectiveSpendingLimit"] == {"val": "100000"}
+    assert "ghost" not in cache.members and not any("UPDATE" in m for m in cache.members)
+    assert team_id in cache  # still answering from memory
+
+
+def test_a_stuck_listener_stops_answering_from_memory(pg: Api, other_worker: TestClient) -> None:
+    """The lease: a process whose own hellos stop coming back (here its listening connection is
+    busy for 3 s) reads the database instead, so a write that gave up waiting for it (1 s) is
+    still seen there; so is the next write, which no longer waits for it at all."""
+    other = other_cache(other_worker)
+    team = other_worker.post("/admin/v1/teams", headers=OPERATOR, json={"name": "s"}).json()
+    team_id = team["teamId"]
+    eventually(lambda: other.name in cache_of(pg).members)
+    check(other_worker, team_id)
+    assert team_id in other
+    loop = other._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(3); END $$")
+    time.sleep(0.05)
+    for limit in ("7", "8"):
+        response = pg.admin(
+            "PUT", f"/admin/v1/teams/{team_id}/hard-spending-limit", json={"amount": limit}
+        )
+        assert response.status_code == 200
+        assert check(other_worker, team_id)["effectiveSpendingLimit"] == {"val": limit}
+    assert not other.ready
+    eventually(lambda: other.ready)  # back once its hellos return
+
+
+def test_a_locked_table_is_a_quick_503_not_a_frozen_worker(pg: Api, postgres_url: str) -> None:
+    """The check reads on the event loop: a lock on a table it reads (an ALTER TABLE, say) must
+    cost it a lock timeout and a 503, not the whole process its requests."""
+    cached_team, _ = priced_team(pg)
+    uncached_team, _ = priced_team(pg)
+    check(pg.client, cached_team)
+    url = normalize_database_url(postgres_url).replace("+psycopg", "")
+    with psycopg.connect(url) as locker:
+        locker.execute("LOCK TABLE credit_accounts IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        response = pg.client.get(f"/admin/v1/teams/{uncached_team}/spend-status", headers=OPERATOR)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "unavailable"
+        assert time.monotonic() - started < 1.0
+        assert check(pg.client, cached_team)["allowed"] is True  # from memory, meanwhile
+        locker.rollback()
+    assert check(pg.client, uncached_team)["allowed"] is True
+
+
+def test_a_get_that_settles_a_top_up_waits_for_the_other_processes(
+    pg: Api, other_worker: TestClient
+) -> None:
+    """Reading the balance settles a pending top-up (its charge's answer was lost): that GET
+    wrote credit, so it waits like a write; a plain GET does not."""
+    team_id, headers = pg.team_with_key()
+    pg.add_card(team_id, "4000000000000119")  # the charge succeeds, its answer is lost once
+    with frozen_at("2030-06-20T12:00:00"):
+        other = other_cache(other_worker)
+        eventually(lambda: other.name in cache_of(pg).members)
+        assert check(other_worker, team_id)["prepaidRemaining"] == {"val": "0"}
+        top_up = pg.client.post(
+            f"/v1/billing/teams/{team_id}/prepaid/top-up",
+            headers=headers,
+            json={"amount": {"val": "2000"}},
+        )
+        assert top_up.status_code == 202, top_up.text  # pending: no credit yet
+        assert check(other_worker, team_id)["prepaidRemaining"] == {"val": "0"}
+
+        loop = other._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+        time.sleep(0.05)
+        started = time.monotonic()
+        balance = pg.client.get(f"/v1/billing/teams/{team_id}/prepaid/balance", headers=headers)
+        assert balance.json()["total"] == {"val": "-2000"}
+        assert time.monotonic() - started > 0.3  # it settled the top-up: it waited
+        assert check(other_worker, team_id)["prepaidRemaining"] == {"val": "2000"}
+
+        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+        time.sleep(0.05)
+        started = time.monotonic()
+        pg.client.get(f"/v1/billing/teams/{team_id}/prepaid/balance", headers=headers)
+        assert time.monotonic() - started < 0.3  # nothing to settle: no wait

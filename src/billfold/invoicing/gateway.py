@@ -12,26 +12,33 @@ else that changes an answer is a write to ``teams``' limits, ``credit_accounts``
 when -- and only if -- that transaction commits. Each process listens on a connection of its own
 (:class:`SpendCache`) and drops the team's answer when the notification arrives:
 
-* *A write through Billfold's HTTP API* is answered only once **every** process has dropped
-  what it changed: before the response starts, the writing process notifies a barrier
-  (``sync:...``) after its commit, and waits until each other process listening on the
-  database has acknowledged it. PostgreSQL delivers notifications in commit order, so a process
-  that has seen the barrier has seen the write's notifications. Hence a check that follows the
-  write's response -- the same client, or anyone it told, on any worker -- reads the new rows.
-  (bench/spend_check.py checks exactly that under load: write, then check on a new connection.)
+* **The lease.** A process answers from memory only while the latest of its own ``hello``
+  messages (one every ``_HELLO_EVERY`` s) to have come back to it was sent less than ``_LEASE``
+  ago. Notifications arrive in commit order, so it has then seen every write committed more than
+  ``_LEASE`` ago. A process whose listening connection is stuck, slow or gone therefore stops
+  answering from memory on its own within ``_LEASE`` (and reconnects after ``_LOST_AFTER``).
+* *A request through Billfold's HTTP API that may have committed a write* -- any method but
+  GET/HEAD/OPTIONS answered 2xx/3xx or 402 (a declined top-up may first settle an older one), a
+  GET during which a session flushed a change (reading a balance settles pending top-ups), or
+  one that fails after committing -- starts its response only once no process can answer from
+  before it: the writing process notifies a barrier (``sync:...``) after its commit and waits
+  until every process it knows of (by their hellos) has acknowledged it; a process that has seen
+  the barrier has seen the write. If the barrier cannot complete (a process does not answer in
+  ``_ACK_TIMEOUT``, or this process is not listening), the response waits until ``_LEASE`` has
+  passed since the commit instead: by then every process still answering from memory has seen
+  the write. A process that was not known when the barrier was sent either had not started
+  keeping answers (it keeps none until its first hello has come back, and that hello was
+  committed after the write) or was not acknowledging, i.e. had no lease. So a check that follows
+  the response -- the same client, or anyone it told, on any worker -- reads the new rows.
+  (bench/spend_check.py checks that under load: write, then check on a new connection.)
 * *Other writes* -- the CLI, the scheduler's cycle close, a fix in psql -- are not waited for:
   each process drops the answer when the notification arrives (PostgreSQL signals every
-  listening backend at commit; the benchmark prints the delay), and every answer from memory
-  first reads whatever has already arrived on the socket.
+  listening backend at commit), and every answer from memory first reads whatever has already
+  arrived on the socket.
 * An answer is never kept from a read that a notification overtook (:attr:`SpendCache.epoch`).
-* Processes know each other by ``hello`` messages every ``_HELLO_EVERY`` s, and a process keeps
-  answers only once its first hello has come back to it: a barrier committed after that hello
-  waits for it, and a write committed before it is in every read it makes afterwards, so no
-  write can skip a process that answers from memory. One that does not acknowledge a barrier
-  within ``_ACK_TIMEOUT`` is taken for gone (writes stop waiting for it until its next hello). A
-  process whose own hellos stop coming back, or whose connection drops (PostgreSQL restarts),
-  empties its cache and reads the database for every check until it listens again, then starts
-  empty.
+* Payloads are matched against fixed patterns and never become SQL: any role that can log in to
+  the database can NOTIFY on these channels. Such a role can still make writes wait
+  ``_ACK_TIMEOUT`` by announcing processes that do not exist.
 * At most ``BILLFOLD_SPEND_CACHE_SIZE`` answers (default 50,000, ~420 bytes each with the
   dictionary's share: ~21 MB); when full, the oldest tenth is dropped.
 
@@ -51,7 +58,9 @@ import contextlib
 import hmac
 import itertools
 import logging
+import math
 import os
+import re
 import secrets
 import uuid
 from collections import deque
@@ -59,6 +68,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGconn
@@ -68,13 +78,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billfold.invoicing.limits import SpendDecision
 from billfold.invoicing.service import invoicing_service
 from billfold.kit.clock import utc_now
+from billfold.kit.db import watch_writes
+from billfold.kit.errors import ServiceUnavailable
 
 log = logging.getLogger("billfold.spend_cache")
 
 CHANNEL = b"billfold_spend"  # migration 0007's triggers notify here
-_HELLO_EVERY = 2.0  # seconds between a process's hellos
-_MEMBER_TTL = 3 * _HELLO_EVERY  # not heard of for this long: gone
-_ACK_TIMEOUT = 1.0  # a sync waits this long for the other processes' acknowledgements
+_HELLO_EVERY = 0.2  # seconds between a process's hellos (each renews its lease)
+_LEASE = 0.6  # answers from memory only this long after the latest own hello that came back
+_ACK_TIMEOUT = 1.0  # a sync waits this long for acknowledgements (at least _LEASE)
+_MEMBER_TTL = 3.0  # a process not heard of for this long is gone
+_LOST_AFTER = 5.0  # our own hellos have not come back for this long: reconnect
+_NOTIFY = b"SELECT pg_notify($1, $2)"
+# The listener's connection: connecting happens in a thread, but a peer gone silent must be
+# noticed (keepalives) so the cache reconnects instead of trusting a dead socket.
+LISTENER_LIMITS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+_DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.5, 10.0
 
 
@@ -133,8 +158,18 @@ class _Barrier:
     acknowledge it (known once the barrier itself has come back to us: None until then)."""
 
     number: int
-    waiters: list[asyncio.Future[None]]
+    waiters: list[asyncio.Future[bool]]
     pending: set[str] | None = None
+
+
+# The caches' own messages; anything else on the channels is ignored (any role that can log in
+# may NOTIFY): a payload is parsed by these patterns only, and never becomes SQL.
+_NAME = rb"billfold_cache_\d{1,10}_[0-9a-f]{8}"
+_TEAM = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\*")
+_HELLO = re.compile(rb"hello:(" + _NAME + rb"):(\d{1,12}\.\d{6})")
+_BYE = re.compile(rb"bye:(" + _NAME + rb")")
+_SYNC = re.compile(rb"sync:(" + _NAME + rb"):(\d{1,18})")
+_ACK = re.compile(rb"ack:(\d{1,18}):(" + _NAME + rb")")
 
 
 class SpendCache:
@@ -142,41 +177,45 @@ class SpendCache:
 
     Used on the event loop only (the check runs there on PostgreSQL; the listener is a reader of
     that loop), so it takes no locks. ``get``/``put`` work whether or not it is listening: when it
-    is not, ``get`` finds nothing and ``put`` keeps nothing.
+    cannot vouch for its answers, ``get`` finds nothing and ``put`` keeps nothing.
 
     The channel ``billfold_spend`` carries, in commit order, the triggers' team ids and the
-    caches' own messages (``kind:...``; a team id has no colon): ``hello:<process>`` every
-    ``_HELLO_EVERY`` s (a process that has not said hello for ``_MEMBER_TTL`` s is gone; hearing
-    our own proves the connection delivers), ``bye:<process>`` when one stops, and
-    ``sync:<process>:<n>`` for :meth:`sync`. Acknowledgements go to the syncing process's own
-    channel (its name).
+    caches' own messages: ``hello:<process>:<sent at>`` every ``_HELLO_EVERY`` s, ``bye:<process>``
+    when one stops, and ``sync:<process>:<n>`` for :meth:`sync`; acknowledgements
+    (``ack:<n>:<process>``) go to the syncing process's own channel (its name).
+
+    **The lease.** A process answers from memory only while the latest of its own hellos to have
+    come back was sent less than ``_LEASE`` ago. Hellos come back in commit order, so it has then
+    seen every notification committed before that hello: every write older than ``_LEASE``. A
+    write whose barrier cannot be completed -- a process does not acknowledge in
+    ``_ACK_TIMEOUT``, or the writer's own listener is down -- is answered only once ``_LEASE``
+    has passed since it committed; by then any process still answering from memory has seen it.
+    So no write depends on the membership list being right, only on the lease.
     """
 
     def __init__(self, conninfo: bytes, size: int = 50_000) -> None:
         self._conninfo = conninfo
         self.size = size
-        self._instants: dict[datetime, datetime] = {}
         self.name = f"billfold_cache_{os.getpid()}_{secrets.token_hex(4)}"
         self._answers: dict[str, _Answer] = {}
+        self._instants: dict[datetime, datetime] = {}
         self._epoch = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: PGconn | None = None
         self._fd = -1
+        self._connected_at = 0.0
+        self._lease_from = -math.inf  # when the latest own hello that came back was sent
         self._closed = False
         self._reconnect_delay = _RECONNECT_FIRST
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._members: dict[str, float] = {}  # the other processes -> when last heard of
-        self._heard_myself = 0.0
-        # Answers are kept only once our first hello has come back: every barrier committed after
-        # it waits for us, and every write committed before it is in what we read afterwards.
-        self._known = False
-        # libpq runs one command at a time: the rest wait in the outbox.
-        self._outbox: deque[bytes] = deque()
+        # libpq runs one command at a time: the rest wait in the outbox (channel, payload).
+        self._outbox: deque[tuple[bytes, bytes] | bytes] = deque()
         self._command_done = True
         self._numbers = itertools.count(1)
         self._barrier: _Barrier | None = None
-        self._waiting: list[asyncio.Future[None]] = []  # for the barrier after the current one
+        self._waiting: list[asyncio.Future[bool]] = []  # for the barrier after the current one
 
     # --- answers --------------------------------------------------------------------------------
 
@@ -186,8 +225,12 @@ class SpendCache:
 
     @property
     def ready(self) -> bool:
-        """Listening, and known to the other processes: answers are kept from now on."""
-        return self._conn is not None and self._known
+        """Listening, and within its lease: answers are served from memory."""
+        return self._conn is not None and self._leased()
+
+    def _leased(self) -> bool:
+        assert self._loop is not None
+        return self._loop.time() - self._lease_from < _LEASE
 
     @property
     def epoch(self) -> int:
@@ -205,6 +248,8 @@ class SpendCache:
         if self._conn is None:
             return None
         self._drain()  # a notification already on the socket is never missed
+        if not self._leased():
+            return None
         answer = self._answers.get(team)
         if answer is None or not answer[1] <= now < answer[2]:
             return None
@@ -213,7 +258,7 @@ class SpendCache:
     def put(
         self, team: str, body: bytes, valid_from: datetime, valid_until: datetime, epoch: int
     ) -> None:
-        if self._conn is None or not self._known or epoch != self._epoch:
+        if self._conn is None or epoch != self._epoch or not self._leased():
             return
         answers = self._answers
         if len(answers) >= self.size:
@@ -247,17 +292,22 @@ class SpendCache:
     # --- keeping every process's answers current ----------------------------------------------
 
     async def sync(self) -> None:
-        """Return once every process listening on this database -- this one included -- has
-        received every notification committed before this call (so dropped what it changed)."""
-        if self._conn is None or self._loop is None:
-            return  # not listening: nothing is answered from memory here
-        waiter = self._loop.create_future()
-        self._waiting.append(waiter)
-        self._start_barrier()
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), 2 * _ACK_TIMEOUT)
-        except TimeoutError:
-            self._lost("a sync got no answer in time")
+        """Return once no process answers from memory without the writes committed before this
+        call: every listening process has acknowledged a barrier, or ``_LEASE`` has passed."""
+        if self._loop is None:
+            return
+        started = self._loop.time()
+        complete = False
+        if self._conn is not None:
+            waiter: asyncio.Future[bool] = self._loop.create_future()
+            self._waiting.append(waiter)
+            self._start_barrier()
+            try:
+                complete = await asyncio.wait_for(asyncio.shield(waiter), 2 * _ACK_TIMEOUT)
+            except TimeoutError:
+                complete = False
+        if not complete:
+            await asyncio.sleep(max(0.0, started + _LEASE - self._loop.time()))
 
     def _start_barrier(self) -> None:
         if self._conn is None or self._barrier is not None or not self._waiting:
@@ -266,28 +316,26 @@ class SpendCache:
         number = next(self._numbers)
         self._barrier = _Barrier(number, self._waiting)
         self._waiting = []
-        self._send(b"NOTIFY %s, 'sync:%s:%d'" % (CHANNEL, self.name.encode(), number))
+        self._notify(CHANNEL, b"sync:%s:%d" % (self.name.encode(), number))
         self._loop.call_later(_ACK_TIMEOUT, self._barrier_timed_out, number)
 
-    def _end_barrier(self) -> None:
+    def _end_barrier(self, complete: bool) -> None:
         barrier, self._barrier = self._barrier, None
         if barrier is not None:
-            _release(barrier.waiters)
+            _release(barrier.waiters, complete)
         self._start_barrier()
 
     def _barrier_timed_out(self, number: int) -> None:
         barrier = self._barrier
         if barrier is None or barrier.number != number:
             return
-        if barrier.pending is None:  # our own message did not come back: we are not listening
-            self._lost("a sync did not come back in time")
-            return
-        # Those that did not answer are stuck or gone; a stuck one drops its own answers when it
-        # stops hearing its hellos (_tick). Writes stop waiting for them until they say hello.
-        log.warning("spend cache: no answer from %s; writes stop waiting for them", barrier.pending)
-        for name in barrier.pending:
-            self._members.pop(name, None)
-        self._end_barrier()
+        if barrier.pending:
+            # Stuck or gone: writes stop waiting for them until their next hello. A stuck one
+            # stops answering from memory when its lease runs out (before this timeout).
+            log.warning("spend cache: no answer from %s", ", ".join(sorted(barrier.pending)))
+            for name in barrier.pending:
+                self._members.pop(name, None)
+        self._end_barrier(complete=False)  # its writes wait out the lease
 
     # --- the connection -------------------------------------------------------------------------
 
@@ -304,7 +352,7 @@ class SpendCache:
             task.cancel()
         if self._conn is not None and self._command_done:
             with contextlib.suppress(psycopg.Error):  # best effort: the others stop waiting for us
-                self._conn.send_query(b"NOTIFY %s, 'bye:%s'" % (CHANNEL, self.name.encode()))
+                self._conn.send_query_params(_NOTIFY, [CHANNEL, b"bye:%s" % self.name.encode()])
                 self._conn.flush()
         self._close()
 
@@ -321,7 +369,8 @@ class SpendCache:
             return
         self._conn, self._fd = conn, conn.socket
         self._invalidate(None)  # whatever happened while not listening is unknown
-        self._heard_myself = self._loop.time()
+        self._connected_at = self._loop.time()
+        self._lease_from = -math.inf  # until our first hello comes back
         self._loop.add_reader(self._fd, self._drain)
         self._reconnect_delay = _RECONNECT_FIRST
         self._hello()
@@ -344,18 +393,28 @@ class SpendCache:
         return conn
 
     def _hello(self) -> None:
-        self._send(b"NOTIFY %s, 'hello:%s'" % (CHANNEL, self.name.encode()))
+        assert self._loop is not None
+        self._notify(CHANNEL, b"hello:%s:%.6f" % (self.name.encode(), self._loop.time()))
 
-    def _send(self, command: bytes) -> None:
-        self._outbox.append(command)
+    def _notify(self, channel: bytes, payload: bytes) -> None:
+        self._outbox.append((channel, payload))
+        self._send_next()
+
+    def _send_sql(self, sql: bytes) -> None:
+        """A statement of our own on the listening connection (tests use it to hold it busy)."""
+        self._outbox.append(sql)
         self._send_next()
 
     def _send_next(self) -> None:
         conn = self._conn
         if conn is None or not self._command_done or not self._outbox:
             return
+        command = self._outbox.popleft()
         try:
-            conn.send_query(self._outbox.popleft())
+            if isinstance(command, bytes):
+                conn.send_query(command)
+            else:  # parameters, never text built from a payload
+                conn.send_query_params(_NOTIFY, list(command))
             while conn.flush():  # a few bytes: the socket takes them at once in practice
                 pass
         except psycopg.OperationalError as failure:
@@ -374,7 +433,7 @@ class SpendCache:
                 result = conn.get_result()
                 if result is None:
                     self._command_done = True
-                elif result.status != pq.ExecStatus.COMMAND_OK:
+                elif result.status not in _DONE:
                     raise _Lost(_error(conn))
             while (notification := conn.notifies()) is not None:
                 self._notified(notification.relname, notification.extra)
@@ -385,56 +444,55 @@ class SpendCache:
 
     def _notified(self, channel: bytes, payload: bytes) -> None:
         assert self._loop is not None
-        if channel != CHANNEL:  # our own channel: an acknowledgement "ack:<n>:<process>"
-            _, number, name = payload.decode().split(":", 2)
-            barrier = self._barrier
-            if (
-                barrier is not None
-                and barrier.pending is not None
-                and int(number) == barrier.number
-            ):
-                barrier.pending.discard(name)
-                if not barrier.pending:
-                    self._end_barrier()
-            return
-        if b":" not in payload:
+        now = self._loop.time()
+        if channel != CHANNEL:  # our own channel: acknowledgements
+            if ack := _ACK.fullmatch(payload):
+                barrier = self._barrier
+                if barrier and barrier.pending is not None and int(ack[1]) == barrier.number:
+                    barrier.pending.discard(ack[2].decode())
+                    if not barrier.pending:
+                        self._end_barrier(complete=True)
+        elif _TEAM.fullmatch(payload):
             self._invalidate(None if payload == b"*" else payload.decode())
-            return
-        kind, _, rest = payload.decode().partition(":")
-        if kind == "sync":
-            name, _, number = rest.rpartition(":")
+        elif hello := _HELLO.fullmatch(payload):
+            name = hello[1].decode()
+            if name == self.name:
+                self._lease_from = max(self._lease_from, float(hello[2]))
+            else:
+                self._members[name] = now
+        elif sync := _SYNC.fullmatch(payload):
+            name = sync[1].decode()
             if name != self.name:
                 # Everything committed before that barrier has reached us: say so.
-                self._members[name] = self._loop.time()
-                self._send(
-                    b"NOTIFY %s, 'ack:%s:%s'" % (name.encode(), number.encode(), self.name.encode())
-                )
-            elif self._barrier is not None and int(number) == self._barrier.number:
+                self._members[name] = now
+                self._notify(sync[1], b"ack:%s:%s" % (sync[2], self.name.encode()))
+            elif self._barrier is not None and int(sync[2]) == self._barrier.number:
                 self._barrier.pending = self.members
                 if not self._barrier.pending:
-                    self._end_barrier()
-        elif kind == "hello":
-            if rest == self.name:
-                self._heard_myself = self._loop.time()
-                self._known = True
-            else:
-                self._members[rest] = self._loop.time()
-        elif kind == "bye":
-            self._members.pop(rest, None)
+                    self._end_barrier(complete=True)
+        elif bye := _BYE.fullmatch(payload):
+            name = bye[1].decode()
+            self._members.pop(name, None)
             barrier = self._barrier
             if barrier is not None and barrier.pending is not None:
-                barrier.pending.discard(rest)
+                barrier.pending.discard(name)
                 if not barrier.pending:
-                    self._end_barrier()
+                    self._end_barrier(complete=True)
+        else:
+            log.debug("spend cache: ignored a notification %r", payload[:100])
 
     def _tick(self) -> None:
-        """Every _HELLO_EVERY s: say hello; and stop trusting a connection that stopped
-        delivering (our own hellos do not come back)."""
+        """Every _HELLO_EVERY s: say hello (it renews our lease when it comes back), forget
+        processes not heard of for _MEMBER_TTL, and give up on a connection whose own hellos
+        stopped coming back."""
         assert self._loop is not None
         self._timer = self._loop.call_later(_HELLO_EVERY, self._tick)
+        now = self._loop.time()
+        for name in [n for n, heard in self._members.items() if now - heard >= _MEMBER_TTL]:
+            del self._members[name]
         if self._conn is None:
             return
-        if self._loop.time() - self._heard_myself > _MEMBER_TTL:
+        if now - max(self._lease_from, self._connected_at) > _LOST_AFTER:
             self._lost("our own notifications stopped coming back")
             return
         self._hello()
@@ -448,7 +506,7 @@ class SpendCache:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        self._known = False
+        self._lease_from = -math.inf
         if conn is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._fd)
@@ -458,7 +516,7 @@ class SpendCache:
         self._command_done = True
         waiting = self._waiting + (self._barrier.waiters if self._barrier is not None else [])
         self._barrier, self._waiting = None, []
-        _release(waiting)  # nothing is answered from memory here now: they need not wait
+        _release(waiting, complete=False)  # they wait out the lease instead
 
     def _retry_later(self) -> None:
         if self._closed or self._loop is None:
@@ -477,10 +535,10 @@ class SpendCache:
         task.add_done_callback(self._tasks.discard)
 
 
-def _release(waiting: list[asyncio.Future[None]]) -> None:
+def _release(waiting: list[asyncio.Future[bool]], complete: bool) -> None:
     for waiter in waiting:
         if not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(complete)
 
 
 def _error(conn: PGconn) -> str:
@@ -491,7 +549,6 @@ def _error(conn: PGconn) -> str:
 
 _PREFIX = "/admin/v1/teams/"
 _SUFFIX = "/spend-status"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class GatewayMiddleware:
@@ -513,39 +570,49 @@ class GatewayMiddleware:
         if method == "GET":
             path: str = scope["path"]
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
-                body = self._spend_check(scope, path[len(_PREFIX) : -len(_SUFFIX)])
-                if body is not None:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", b"%d" % len(body)),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                try:
+                    body = self._spend_check(scope, path[len(_PREFIX) : -len(_SUFFIX)])
+                except _Unavailable as unavailable:
+                    error = unavailable.args[0]
+                    await _send_json(send, error.status_code, orjson.dumps(error.body()))
                     return
-            await self.app(scope, receive, send)
-            return
+                if body is not None:
+                    await _send_json(send, 200, body)
+                    return
         cache: SpendCache | None = self.state.spend_cache
-        if method in _SAFE_METHODS or cache is None or not cache.listening:
+        if cache is None or method in ("HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        # A GET waits only if it wrote (reading a balance may settle a pending top-up); other
+        # methods whenever they may have committed. Not listening ourselves is no excuse: sync()
+        # then waits out the lease of the processes that are.
+        wrote = watch_writes() if method == "GET" else None
+        synced = False
+
+        def must_sync(status: int) -> bool:
+            return _may_have_written(status) and (wrote is None or wrote[0])
 
         async def send_when_synced(message: Message) -> None:
+            nonlocal synced
             # The request's transaction is over (committed or rolled back) before its response
             # starts: wait until every process has seen that commit's notifications. Only when
             # something may have been committed: a success, or a declined top-up (402: the call
             # may first have settled an older pending purchase). Other errors roll the request
             # back, and a flood of them -- bad keys, unknown paths -- must not turn into
             # barriers across every process.
-            if message["type"] == "http.response.start" and _may_have_written(message["status"]):
+            if message["type"] == "http.response.start" and must_sync(message["status"]):
+                synced = True
                 await cache.sync()
             await send(message)
 
-        await self.app(scope, receive, send_when_synced)
+        try:
+            await self.app(scope, receive, send_when_synced)
+        except Exception:
+            # An unexpected error after a commit (a flow that commits in steps): the 500 that
+            # Starlette sends for it must not overtake the barrier either.
+            if not synced and (wrote is None or wrote[0]):
+                await cache.sync()
+            raise
 
     def _spend_check(self, scope: Scope, team: str) -> bytes | None:
         if self._token is None or not self._inline or "/" in team:
@@ -554,8 +621,21 @@ class GatewayMiddleware:
             return None
         try:
             return spend_answer(self.state, uuid.UUID(team))
+        except ServiceUnavailable as unavailable:
+            # Answered here: the route would try the database again (twice) on the event loop.
+            raise _Unavailable(unavailable) from None
         except Exception:  # the route answers it again, with the usual error body
             return None
+
+
+class _Unavailable(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _may_have_written(status: int) -> bool:

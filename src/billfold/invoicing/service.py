@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -371,6 +372,16 @@ _SPEND_CHECK_LIBPQ = _SPEND_CHECK_SQL.format(
 ).encode()
 _SPEND_CHECK_NAME = b"billfold_spend_check"
 _UNDEFINED_STATEMENT = b"26000"  # SQLSTATE invalid_sql_statement_name: not prepared here
+_TIMED_OUT = (b"55P03", b"57014")  # lock_not_available, query_canceled (statement_timeout)
+_READER_LIMITS = {
+    "connect_timeout": "2",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "options": "-c lock_timeout=100 -c statement_timeout=1000",
+}
+_READER_BACKOFF = 1.0  # after a failed connection, checks answer 503 at once for this long
 
 # (soft limit, hard override, posted credit, expiry due, next expiry in us since the epoch (None
 # on SQLite), year, month, spend): one per open cycle
@@ -436,10 +447,17 @@ class _SpendReader:
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.conninfo = libpq_conninfo(engine)
+        # The read runs on the event loop, so nothing may make it wait long: a table lock (an
+        # ALTER TABLE queued behind a long transaction), a slow statement, a connection attempt
+        # or a peer gone silent would stall every request of the process. Hence the timeouts
+        # (a lock or statement timeout answers 503 like an unreachable database) and keepalives.
+        self.conninfo = libpq_conninfo(engine, _READER_LIMITS)
         self._idle: list[PGconn] = []  # list.pop/append are atomic: safe across threads
+        self._down_until = 0.0
 
     def read(self, team_id: uuid.UUID, now: datetime) -> list[SpendRow]:
+        if time.monotonic() < self._down_until:  # failed a moment ago: do not wait again now
+            raise ServiceUnavailable("the database is unreachable; retry", code="unavailable")
         params = [str(team_id).encode(), now.isoformat().encode()]
         try:
             return self._read(params)
@@ -449,6 +467,7 @@ class _SpendReader:
             return self._read(params)
         except _ConnectionLost as lost:
             log.warning("spend check: the database is unreachable: %s", lost)
+            self._down_until = time.monotonic() + _READER_BACKOFF
             raise ServiceUnavailable(
                 "the database is unreachable; retry", code="unavailable"
             ) from lost
@@ -480,6 +499,9 @@ class _SpendReader:
             connection.finish()
             raise _ConnectionLost(message)
         self._release(connection)  # the statement failed, the connection is fine: no retry
+        if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) in _TIMED_OUT:
+            log.warning("spend check: %s", message)
+            raise ServiceUnavailable("the database is busy; retry", code="unavailable")
         raise psycopg.DatabaseError(message)
 
     def _execute(self, connection: PGconn, params: list[bytes]) -> PGresult | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,27 @@ from sqlalchemy.types import TypeDecorator
 
 DEFAULT_DATABASE_URL = "sqlite:///./billfold.db"
 READ_ONLY_OPTION = "billfold_read_only"
+
+# Set by the HTTP layer for a request whose method says nothing about writing (a GET can settle a
+# pending top-up): a session flushing changes marks it (invoicing/gateway.py waits for the other
+# processes' caches only then).
+_WROTE: ContextVar[list[bool] | None] = ContextVar("billfold_wrote", default=None)
+
+
+def watch_writes() -> list[bool]:
+    """A cell that becomes ``[True]`` when a session of this context (threads it starts
+    included: they copy the context) flushes a change."""
+    cell = [False]
+    _WROTE.set(cell)
+    return cell
+
+
+@event.listens_for(Session, "after_flush")
+def _mark_write(session: Session, flush_context: Any) -> None:
+    cell = _WROTE.get()
+    if cell is not None:
+        cell[0] = True
+
 
 # BIGINT everywhere it matters; SQLite needs INTEGER for autoincrement primary keys.
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
@@ -96,14 +118,19 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
-def libpq_conninfo(engine: Engine) -> bytes:
+def libpq_conninfo(engine: Engine, defaults: dict[str, str] | None = None) -> bytes:
     """The connection string of a PostgreSQL engine's URL, for connections made with libpq itself
     (the spend check's reads and its cache's listener): host, port, user, password, sslmode, ...
-    The dialect's other entries are psycopg.connect() arguments, not libpq's."""
+    The dialect's other entries are psycopg.connect() arguments, not libpq's. ``defaults`` fill
+    what the URL leaves out; an ``options`` default is appended to the URL's own options."""
     _, params = engine.dialect.create_connect_args(engine.url)
-    return make_conninfo(
-        "", **{k: v for k, v in params.items() if isinstance(v, (str, int))}
-    ).encode()
+    given = {k: str(v) for k, v in params.items() if isinstance(v, (str, int))}
+    for key, value in (defaults or {}).items():
+        if key == "options" and given.get("options"):
+            given["options"] = f"{given['options']} {value}"
+        else:
+            given.setdefault(key, value)
+    return make_conninfo("", **given).encode()
 
 
 def _configure_sqlite(engine: Engine) -> None:
