@@ -88,7 +88,7 @@ def test_latest_due_month() -> None:
     assert latest_due_month(at("2033-01-15T00:00:00"), 24 * 40) == (2032, 11)
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():

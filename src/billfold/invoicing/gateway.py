@@ -84,12 +84,14 @@ from billfold.kit.errors import ServiceUnavailable
 log = logging.getLogger("billfold.spend_cache")
 
 CHANNEL = b"billfold_spend"  # migration 0007's triggers notify here
-_HELLO_EVERY = 0.2  # seconds between a process's hellos (each renews its lease)
-_LEASE = 0.6  # answers from memory only this long after the latest own hello that came back
-_ACK_TIMEOUT = 1.0  # a sync waits this long for acknowledgements (at least _LEASE)
+_HELLO_EVERY = 0.25  # seconds between a process's hellos (each renews its lease)
+# Answers from memory only this long after the latest own hello that came back. On a saturated
+# 2-core machine a hello's round trip (a notifying commit) took up to ~1 s now and then; a
+# shorter lease sent checks to the database meanwhile.
+_LEASE = 2.0
+_ACK_TIMEOUT = 2.0  # a sync waits this long for acknowledgements (at least _LEASE)
 _MEMBER_TTL = 3.0  # a process not heard of for this long is gone
 _LOST_AFTER = 5.0  # our own hellos have not come back for this long: reconnect
-_NOTIFY = b"SELECT pg_notify($1, $2)"
 # The listener's connection: connecting happens in a thread, but a peer gone silent must be
 # noticed (keepalives) so the cache reconnects instead of trusting a dead socket.
 LISTENER_LIMITS = {
@@ -352,7 +354,8 @@ class SpendCache:
             task.cancel()
         if self._conn is not None and self._command_done:
             with contextlib.suppress(psycopg.Error):  # best effort: the others stop waiting for us
-                self._conn.send_query_params(_NOTIFY, [CHANNEL, b"bye:%s" % self.name.encode()])
+                bye = [CHANNEL, b"bye:%s" % self.name.encode()]
+                self._conn.send_query_params(b"SELECT pg_notify($1, $2)", list[bytes | None](bye))
                 self._conn.flush()
         self._close()
 
@@ -409,12 +412,19 @@ class SpendCache:
         conn = self._conn
         if conn is None or not self._command_done or not self._outbox:
             return
-        command = self._outbox.popleft()
+        outbox = self._outbox
         try:
-            if isinstance(command, bytes):
-                conn.send_query(command)
-            else:  # parameters, never text built from a payload
-                conn.send_query_params(_NOTIFY, list(command))
+            if isinstance(outbox[0], bytes):
+                conn.send_query(outbox.popleft())  # type: ignore[arg-type]
+            else:
+                # Every queued message in one statement, so one commit: each notifying commit
+                # takes PostgreSQL's cluster-wide notify lock and a WAL flush, and one at a time
+                # they fell behind under load. Parameters, never text built from a payload.
+                params: list[bytes] = []
+                while outbox and not isinstance(outbox[0], bytes) and len(params) < 200:
+                    params.extend(outbox.popleft())  # type: ignore[arg-type]
+                calls = ", ".join(f"pg_notify(${i}, ${i + 1})" for i in range(1, len(params), 2))
+                conn.send_query_params(f"SELECT {calls}".encode(), params)
             while conn.flush():  # a few bytes: the socket takes them at once in practice
                 pass
         except psycopg.OperationalError as failure:
