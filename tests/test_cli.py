@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +14,7 @@ from typer.testing import CliRunner
 
 from billfold.cli import app
 from billfold.config import get_settings
+from tests.served import start_serve, wait_healthy
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -60,28 +56,6 @@ def test_cli_errors_are_clean(cli_db: str) -> None:
     assert bad.exit_code != 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(base: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"server exited: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become healthy")
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_serve_real_http(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """``billfold serve`` migrates, prints a generated operator token once, and serves."""
@@ -91,22 +65,9 @@ def test_serve_real_http(backend: str, request: pytest.FixtureRequest, tmp_path:
     else:
         url = request.getfixturevalue("postgres_url")
         workers = "2"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
-    env["BILLFOLD_DATABASE_URL"] = url
-    env["BILLFOLD_LOG_LEVEL"] = "warning"
     # A fresh token store for this run: the PostgreSQL database is shared by the test session.
-    if backend == "postgres":
-        env["BILLFOLD_ADMIN_TOKEN"] = "served-operator-token"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "billfold", "serve", "--port", str(port), "--workers", workers],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
+    token_setting = {"ADMIN_TOKEN": "served-operator-token"} if backend == "postgres" else {}
+    process, base = start_serve(url, int(workers), tmp_path, **token_setting)
     try:
         if backend == "sqlite":
             assert process.stdout is not None
@@ -119,7 +80,7 @@ def test_serve_real_http(backend: str, request: pytest.FixtureRequest, tmp_path:
             token = match.group(1)
         else:
             token = "served-operator-token"
-        _wait_healthy(base, process)
+        wait_healthy(base, process)
         operator = {"Authorization": f"Bearer {token}"}
         team = httpx.post(base + "/admin/v1/teams", json={"name": "served"}, headers=operator)
         assert team.status_code == 201, team.text

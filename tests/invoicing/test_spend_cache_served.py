@@ -8,39 +8,21 @@ listening connection) is test_spend_cache.py's.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from tests.test_cli import _free_port, _wait_healthy
+from tests.served import start_serve, wait_healthy
 
 TOKEN = "served-spend-token"
 
 
 def test_every_worker_shows_a_write_once_it_has_answered(postgres_url: str, tmp_path: Path) -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
-    env |= {
-        "BILLFOLD_DATABASE_URL": postgres_url,
-        "BILLFOLD_ADMIN_TOKEN": TOKEN,
-        "BILLFOLD_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "billfold", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_serve(postgres_url, 2, tmp_path, ADMIN_TOKEN=TOKEN)
     operator = {"Authorization": f"Bearer {TOKEN}"}
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection, any worker, each time
     try:
-        _wait_healthy(base, process)
+        wait_healthy(base, process)
         with httpx.Client(base_url=base, headers=operator, limits=fresh, timeout=10) as http:
             team = http.post("/admin/v1/teams", json={"name": "served"}).json()["teamId"]
             stale = []
