@@ -86,7 +86,7 @@ log = logging.getLogger("billfold.spend_cache")
 CHANNEL = b"billfold_spend"  # migration 0007's triggers notify here
 _HELLO_EVERY = 0.25  # seconds between a process's hellos (each renews its lease)
 # Answers from memory only this long after the latest own hello that came back. On a saturated
-# 2-core machine a hello's round trip (a notifying commit) took up to ~1 s now and then; a
+# 2-core machine a hello's round trip (a notifying commit) took 1-2 s now and then; a
 # shorter lease sent checks to the database meanwhile.
 _LEASE = 2.0
 _ACK_TIMEOUT = 2.0  # a sync waits this long for acknowledgements (at least _LEASE)
