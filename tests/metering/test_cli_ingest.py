@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -25,7 +22,7 @@ from billfold.metering import cli as usage_cli
 from billfold.metering.models import UsageEvent
 from billfold.metering.service import IngestResult
 from tests.conftest import Api, event, unique_sku
-from tests.test_cli import _free_port, _wait_healthy
+from tests.served import free_port, start_serve, wait_healthy
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -271,24 +268,11 @@ def test_memory_into_the_database_is_bounded_too(
 
 def test_ingest_through_a_running_server(tmp_path: Path) -> None:
     """--url posts each batch to /admin/v1/usage-events of a real ``billfold serve``."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
-    env |= {
-        "BILLFOLD_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
-        "BILLFOLD_ADMIN_TOKEN": "cli-ingest-token",
-        "BILLFOLD_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "billfold", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
+    process, base = start_serve(
+        f"sqlite:///{tmp_path / 'served.db'}", 1, tmp_path, ADMIN_TOKEN="cli-ingest-token"
     )
     try:
-        _wait_healthy(base, process)
+        wait_healthy(base, process)
         operator = {"Authorization": "Bearer cli-ingest-token"}
         team_id = httpx.post(base + "/admin/v1/teams", json={"name": "t"}, headers=operator).json()[
             "teamId"
@@ -331,7 +315,7 @@ def test_unreachable_server_stops_after_retries(
     monkeypatch.setattr(usage_cli, "HTTP_BACKOFF_SECONDS", 0.01)
     path = tmp_path / "events.jsonl"
     path.write_text(json.dumps({"eventId": "x"}) + "\n")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = ingest(str(path), "--url", url, "--token", "t", code=1)
     assert "cannot reach" in result["stopped"]
     assert result["accepted"] == 0
