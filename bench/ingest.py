@@ -38,11 +38,9 @@ import os
 import random
 import secrets
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,7 +53,8 @@ import httpx
 import orjson
 import psycopg
 
-from procfs import RssSampler, free_port, libpq_url, machine  # bench/procfs.py
+from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
+from served import start_server  # bench/served.py
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -146,56 +145,6 @@ def cpu_by_kind(
 
 def database_url(base: str, name: str) -> str:
     return libpq_url(base).rsplit("/", 1)[0] + "/" + name
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(
-    db_url: str, token: str, workers: int, server_command: str | None
-) -> tuple[Server, list[str]]:
-    port = free_port()
-    billfold = Path(sys.executable).with_name("billfold")
-    command = [str(billfold), "serve", "--workers", str(workers), "--port", str(port)]
-    if server_command:  # an experiment: the same server under another command (see --help)
-        command = shlex.split(server_command.format(port=port, workers=workers))
-    env = {
-        **os.environ,
-        "BILLFOLD_DATABASE_URL": db_url,
-        "BILLFOLD_ADMIN_TOKEN": token,
-        "BILLFOLD_LOG_LEVEL": os.environ.get("BILLFOLD_LOG_LEVEL", "warning"),
-    }
-    log = Path(tempfile.mkstemp(prefix="billfold-bench-", suffix=".log")[1])
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                # the workers answer one by one; give the second a moment to come up too
-                time.sleep(1.0)
-                return server, command
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    sys.exit(f"the server did not answer /healthz within 90 s:\n{log.read_text()}")
 
 
 # --- the workload -----------------------------------------------------------------------------
@@ -541,7 +490,11 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        server, command = start_server(db, token, args.workers, args.server_command)
+        server, command = start_server(
+            args.workers,
+            {"BILLFOLD_DATABASE_URL": db, "BILLFOLD_ADMIN_TOKEN": token},
+            args.server_command,
+        )
         processes = server_processes(server.process.pid)
         print(f"machine:  {machine()}; PostgreSQL {pg_version}")
         print(f"server:   {' '.join(command[1:])} (pids {sorted(processes)}), database {name}")

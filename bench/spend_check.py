@@ -53,7 +53,6 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,8 @@ import httpx
 import orjson
 import psycopg
 
-from procfs import RssSampler, free_port, libpq_url, machine  # bench/procfs.py
+from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
+from served import Server, start_server  # bench/served.py
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-operator-token"
@@ -171,56 +171,6 @@ def create_teams(db_url: str, count: int) -> list[str]:
             session.commit()
     engine.dispose()
     return ids
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(db_url: str, workers: int, spend_cache: bool) -> tuple[Server, list[str]]:
-    port = free_port()
-    billfold = Path(sys.executable).with_name("billfold")
-    command = [str(billfold), "serve", "--workers", str(workers), "--port", str(port)]
-    env = {
-        **os.environ,
-        "BILLFOLD_DATABASE_URL": db_url,
-        "BILLFOLD_ADMIN_TOKEN": TOKEN,
-        "BILLFOLD_SPEND_CACHE": "true" if spend_cache else "false",
-        "BILLFOLD_LOG_LEVEL": os.environ.get("BILLFOLD_LOG_LEVEL", "warning"),
-    }
-    log = Path(tempfile.mkstemp(prefix="billfold-spend-bench-", suffix=".log")[1])
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                time.sleep(1.0)  # the second worker comes up a moment later
-                return server, command
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    sys.exit(f"the server did not answer /healthz within 90 s:\n{log.read_text()}")
 
 
 def events_body(teams: list[str], count: int, rng: random.Random) -> bytes:
@@ -853,7 +803,14 @@ def main() -> None:
         started = time.monotonic()
         teams = create_teams(db_url, args.teams)
         print(f"created {len(teams):,} teams in {time.monotonic() - started:.1f} s")
-        server, command = start_server(db_url, args.workers, args.spend_cache == "on")
+        server, command = start_server(
+            args.workers,
+            {
+                "BILLFOLD_DATABASE_URL": db_url,
+                "BILLFOLD_ADMIN_TOKEN": TOKEN,
+                "BILLFOLD_SPEND_CACHE": "true" if args.spend_cache == "on" else "false",
+            },
+        )
         operator = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=server.base_url, headers=operator, timeout=120) as http:
             month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0)
