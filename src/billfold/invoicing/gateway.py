@@ -562,8 +562,9 @@ _SUFFIX = "/spend-status"
 
 
 class GatewayMiddleware:
-    """The outermost ASGI layer: answers spend checks it can answer (see the module docstring)
-    and holds each write request's response until this process's cache is in sync."""
+    """The outermost ASGI layer: answers spend checks it can answer, and holds the response of
+    each request that may have written until no process answers from before it (see the module
+    docstring)."""
 
     def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
@@ -582,8 +583,8 @@ class GatewayMiddleware:
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
                 try:
                     body = self._spend_check(scope, path[len(_PREFIX) : -len(_SUFFIX)])
-                except _Unavailable as unavailable:
-                    error = unavailable.args[0]
+                except ServiceUnavailable as error:
+                    # Answered here: the route would try the database again (twice) on the loop.
                     await _send_json(send, error.status_code, orjson.dumps(error.body()))
                     return
                 if body is not None:
@@ -631,15 +632,10 @@ class GatewayMiddleware:
             return None
         try:
             return spend_answer(self.state, uuid.UUID(team))
-        except ServiceUnavailable as unavailable:
-            # Answered here: the route would try the database again (twice) on the event loop.
-            raise _Unavailable(unavailable) from None
+        except ServiceUnavailable:
+            raise
         except Exception:  # the route answers it again, with the usual error body
             return None
-
-
-class _Unavailable(Exception):
-    pass
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
