@@ -78,7 +78,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billfold.invoicing.limits import SpendDecision
 from billfold.invoicing.service import invoicing_service
 from billfold.kit.clock import utc_now
-from billfold.kit.db import watch_writes
+from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
 from billfold.kit.errors import ServiceUnavailable
 
 log = logging.getLogger("billfold.spend_cache")
@@ -94,13 +94,7 @@ _MEMBER_TTL = 3.0  # a process not heard of for this long is gone
 _LOST_AFTER = 5.0  # our own hellos have not come back for this long: reconnect
 # The listener's connection: connecting happens in a thread, but a peer gone silent must be
 # noticed (keepalives) so the cache reconnects instead of trusting a dead socket.
-LISTENER_LIMITS = {
-    "connect_timeout": "5",
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-}
+LISTENER_LIMITS = {**LIBPQ_KEEPALIVES, "connect_timeout": "5"}
 _DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.5, 10.0
 

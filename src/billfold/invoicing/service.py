@@ -63,7 +63,13 @@ from billfold.invoicing.models import BillingCycle, ClosedPeriod, Invoice, Invoi
 from billfold.invoicing.numbers import next_invoice_number
 from billfold.invoicing.periods import lock_month_exclusive, month_end, month_of, month_start
 from billfold.kit.clock import rfc3339, utc_now
-from billfold.kit.db import UTCDateTime, dialect_insert, libpq_conninfo, transaction
+from billfold.kit.db import (
+    LIBPQ_KEEPALIVES,
+    UTCDateTime,
+    dialect_insert,
+    libpq_conninfo,
+    transaction,
+)
 from billfold.kit.errors import (
     BadRequest,
     Conflict,
@@ -374,11 +380,8 @@ _SPEND_CHECK_NAME = b"billfold_spend_check"
 _UNDEFINED_STATEMENT = b"26000"  # SQLSTATE invalid_sql_statement_name: not prepared here
 _TIMED_OUT = (b"55P03", b"57014")  # lock_not_available, query_canceled (statement_timeout)
 _READER_LIMITS = {
+    **LIBPQ_KEEPALIVES,
     "connect_timeout": "2",
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
     "options": "-c lock_timeout=100 -c statement_timeout=1000",
 }
 _READER_BACKOFF = 1.0  # after a failed connection, checks answer 503 at once for this long
