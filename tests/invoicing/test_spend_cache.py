@@ -76,6 +76,20 @@ def other_cache(client: TestClient) -> SpendCache:
     return cache
 
 
+def hold_listener(cache: SpendCache, seconds: float) -> None:
+    """Keep ``cache``'s listening connection busy: PostgreSQL delivers nothing to it meanwhile."""
+    loop = cache._loop
+    assert loop is not None
+    sql = b"DO $$ BEGIN PERFORM pg_sleep(%g); END $$" % seconds
+    loop.call_soon_threadsafe(cache._send_sql, sql)
+    time.sleep(0.05)
+
+
+def libpq(url: str) -> str:
+    """The test database's URL as psycopg.connect() takes it."""
+    return normalize_database_url(url).replace("+psycopg", "")
+
+
 def priced_team(api: Api, soft_limit: str | None = None) -> tuple[str, str]:
     sku = unique_sku()
     api.set_price(sku, "0.01", "2030-01-01T00:00:00Z")
@@ -167,9 +181,7 @@ def test_a_write_through_one_process_shows_at_once_in_another(
         eventually(lambda: other.name in cache_of(pg).members)
         # ... even when the other's listening connection is slow: PostgreSQL delivers nothing
         # to it while it runs a statement (here, half a second of sleep).
-        loop = other._loop
-        assert loop is not None
-        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
+        hold_listener(other, 0.5)
         started = time.monotonic()
         pg.ingest([event(team_id, sku, 600, "2030-06-12T10:00:00Z")])  # through the first app
         assert time.monotonic() - started > 0.3  # the response waited for the other process
@@ -200,12 +212,12 @@ def test_a_read_overtaken_by_a_notification_is_not_kept(pg: Api) -> None:
 
 
 def _backend_pids(url: str) -> list[int]:
-    with psycopg.connect(normalize_database_url(url).replace("+psycopg", ""), autocommit=True) as c:
+    with psycopg.connect(libpq(url), autocommit=True) as c:
         return [row[0] for row in c.execute("SELECT pid FROM pg_stat_activity")]
 
 
 def _terminate(url: str, pids: list[int]) -> None:
-    with psycopg.connect(normalize_database_url(url).replace("+psycopg", ""), autocommit=True) as c:
+    with psycopg.connect(libpq(url), autocommit=True) as c:
         for pid in pids:
             c.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
@@ -315,10 +327,7 @@ def test_refused_requests_do_not_wait_for_the_other_processes(
     or unknown paths must not become barriers across every process."""
     other = other_cache(other_worker)
     eventually(lambda: other.name in cache_of(pg).members)
-    loop = other._loop
-    assert loop is not None
-    loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
-    time.sleep(0.05)
+    hold_listener(other, 0.5)
     started = time.monotonic()
     bad_key = {"Authorization": "Bearer nope"}
     assert pg.client.post("/admin/v1/teams", headers=bad_key, json={"name": "x"}).status_code == 401
@@ -329,7 +338,7 @@ def test_refused_requests_do_not_wait_for_the_other_processes(
 
 
 def _notify_as_someone_else(url: str, channel: str, payload: str) -> None:
-    with psycopg.connect(normalize_database_url(url).replace("+psycopg", ""), autocommit=True) as c:
+    with psycopg.connect(libpq(url), autocommit=True) as c:
         c.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
@@ -365,10 +374,7 @@ def test_a_stuck_listener_stops_answering_from_memory(pg: Api, other_worker: Tes
     eventually(lambda: other.name in cache_of(pg).members)
     check(other_worker, team_id)
     assert team_id in other
-    loop = other._loop
-    assert loop is not None
-    loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(3); END $$")
-    time.sleep(0.05)
+    hold_listener(other, 3)
     for limit in ("7", "8"):
         response = pg.admin(
             "PUT", f"/admin/v1/teams/{team_id}/hard-spending-limit", json={"amount": limit}
@@ -385,7 +391,7 @@ def test_a_locked_table_is_a_quick_503_not_a_frozen_worker(pg: Api, postgres_url
     cached_team, _ = priced_team(pg)
     uncached_team, _ = priced_team(pg)
     check(pg.client, cached_team)
-    url = normalize_database_url(postgres_url).replace("+psycopg", "")
+    url = libpq(postgres_url)
     with psycopg.connect(url) as locker:
         locker.execute("LOCK TABLE credit_accounts IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
@@ -417,18 +423,14 @@ def test_a_get_that_settles_a_top_up_waits_for_the_other_processes(
         assert top_up.status_code == 202, top_up.text  # pending: no credit yet
         assert check(other_worker, team_id)["prepaidRemaining"] == {"val": "0"}
 
-        loop = other._loop
-        assert loop is not None
-        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
-        time.sleep(0.05)
+        hold_listener(other, 0.5)
         started = time.monotonic()
         balance = pg.client.get(f"/v1/billing/teams/{team_id}/prepaid/balance", headers=headers)
         assert balance.json()["total"] == {"val": "-2000"}
         assert time.monotonic() - started > 0.3  # it settled the top-up: it waited
         assert check(other_worker, team_id)["prepaidRemaining"] == {"val": "2000"}
 
-        loop.call_soon_threadsafe(other._send_sql, b"DO $$ BEGIN PERFORM pg_sleep(0.5); END $$")
-        time.sleep(0.05)
+        hold_listener(other, 0.5)
         started = time.monotonic()
         pg.client.get(f"/v1/billing/teams/{team_id}/prepaid/balance", headers=headers)
         assert time.monotonic() - started < 0.3  # nothing to settle: no wait
