@@ -14,9 +14,8 @@ What it does, in one run:
    background writers) and everything else on the machine, and the peak RSS of each server
    process (VmRSS from /proc/<pid>/status, sampled every 200 ms while the load runs);
 4. checks the result in the database (events, rollups, cycle lines and cycle spend agree);
-5. times the usage analytics query (a month, DAY buckets, groupBy description) and the invoice
-   preview for the big and the small team -- or prints "not available yet" while those routes
-   answer 404;
+5. times the usage analytics query (a month, DAY buckets, groupBy description, and the same
+   groupBy api_key_id) and the invoice preview for the big and the small team;
 6. stops the server, then times a raw ``COPY`` of the same rows into a bare table (the columns of
    usage_events, no key, no index) and into one with usage_events' key and index, and prints
    Billfold's rate as a share of each;
@@ -374,18 +373,22 @@ def read_latencies(
             "filters": [],
         }
     }
+    # the same by API key: clients chart that too (billing-api §14); it reads the rollups that
+    # keep the properties (5 keys x 2 models x 2 clusters here)
+    by_key = {"analyticsRequest": {**analytics["analyticsRequest"], "groupBy": ["api_key_id"]}}
     out = []
     teams = [
         (f"{workload.events[team]:>9,} events", team)
         for team in (workload.big_team, workload.small_team)
     ]
-    for label, team in teams:
-        out.append(
-            f"  usage analytics ({month:%Y-%m}, DAY, by description), team with {label}: "
-            + time_request(
-                http, "POST", f"/v1/billing/teams/{team}/usage", keys[team], analytics, runs
+    for name, body in (("description", analytics), ("api_key_id ", by_key)):
+        for label, team in teams:
+            out.append(
+                f"  usage analytics ({month:%Y-%m}, DAY, by {name}), team with {label}: "
+                + time_request(
+                    http, "POST", f"/v1/billing/teams/{team}/usage", keys[team], body, runs
+                )
             )
-        )
     for label, team in teams:
         out.append(
             f"  invoice preview,                                   team with {label}: "

@@ -786,7 +786,7 @@ def test_transitions_missed_by_sampling_still_give_exact_answers(
     read_rollups = analytics.UsageAnalytics._read_rollups
 
     def recording(*args: Any) -> Any:
-        reads.append(args[4].kind)
+        reads.append(args[2].kind)  # (session, query, partition, ...)
         return read_rollups(*args)
 
     monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))

@@ -4,8 +4,9 @@ PostgreSQL ingests through ``PostgresWriter`` (one JSONB document per table), SQ
 ``CoreWriter`` (SQLAlchemy Core). Both run behind the same validation and rating code, and here the
 same batches go through each on PostgreSQL -- to two sets of teams -- and must give the same
 answers (accepted, duplicates, every rejection) and the same stored rows, event for event. The
-property tests then check, on both databases, that rollups, rollups by version and cycle lines sum
-to the raw events, rollups by version are the rollups summed over their property dimensions, line
+property tests then check, on both databases, that the four rollup tables and cycle lines sum to
+the raw events, rollups by version are the rollups summed over their property dimensions, the
+hourly tables the quarter-hour ones summed per hour, line
 amounts are the one rounding of their exact totals, and a cycle's spend is the sum of its lines.
 """
 
@@ -19,6 +20,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +31,14 @@ from billfold.config import Settings
 from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
+from billfold.metering.models import (
+    CycleLine,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupByVersion,
+    UsageRollupHourly,
+    UsageRollupHourlyByVersion,
+)
 from billfold.metering.service import (
     MAX_QUANTITY,
     CoreWriter,
@@ -140,6 +149,12 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
         by_version = session.scalars(
             select(UsageRollupByVersion).where(UsageRollupByVersion.team_id.in_(ids))
         )
+        hourly = session.scalars(
+            select(UsageRollupHourly).where(UsageRollupHourly.team_id.in_(ids))
+        )
+        hourly_by_version = session.scalars(
+            select(UsageRollupHourlyByVersion).where(UsageRollupHourlyByVersion.team_id.in_(ids))
+        )
         lines = session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids)))
         cycles = session.scalars(select(BillingCycle).where(BillingCycle.team_id.in_(ids)))
         return {
@@ -171,6 +186,21 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
                 (position[r.team_id], r.bucket_start, r.price_version_id, r.quantity, r.events)
                 for r in by_version
             ),
+            "hourly_rollups": sorted(
+                (
+                    position[r.team_id],
+                    r.bucket_start,
+                    r.price_version_id,
+                    r.dims_key,
+                    r.quantity,
+                    r.events,
+                )
+                for r in hourly
+            ),
+            "hourly_version_rollups": sorted(
+                (position[r.team_id], r.bucket_start, r.price_version_id, r.quantity, r.events)
+                for r in hourly_by_version
+            ),
             "lines": sorted(
                 (
                     position[c.team_id],
@@ -187,9 +217,16 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
+def r_dims(row: Any) -> tuple[str, ...]:
+    """The hourly table's dims key, if it has one."""
+    return (row.dims_key,) if isinstance(row, UsageRollupHourly) else ()
+
+
 def _check_aggregates(api: Api, teams: list[str]) -> None:
-    """Rollups, rollups by version and lines sum to the raw events; rollups by version are the
-    rollups summed over their dims; amounts are rounded once; spend = sum of lines."""
+    """The rollup tables and lines sum to the raw events; rollups by version are the rollups
+    summed over their dims, the hourly tables the quarter-hour ones summed per hour (and the
+    hourly dims_key is the JSON of the quarter-hour rows' dims); amounts are rounded once; spend =
+    sum of lines."""
     ids = [uuid.UUID(t) for t in teams]
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         prices = dict(session.execute(select(PriceVersion.id, PriceVersion.unit_price_pico)).all())
@@ -228,6 +265,23 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
             summed[(team_id, bucket, version_id)][0] += quantity
             summed[(team_id, bucket, version_id)][1] += count
         assert by_version == summed
+        hourly_tables: list[tuple[dict[Any, list[int]], Any]] = [
+            (rollups, UsageRollupHourly),
+            (by_version, UsageRollupHourlyByVersion),
+        ]
+        for quarters, table in hourly_tables:
+            per_hour: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+            for (team_id, bucket, *rest), (quantity, count) in quarters.items():
+                hour = (team_id, bucket.replace(minute=0), *rest)
+                per_hour[hour][0] += quantity
+                per_hour[hour][1] += count
+            hours = {
+                (r.team_id, r.bucket_start, r.price_version_id, *r_dims(r)): [r.quantity, r.events]
+                for r in session.scalars(select(table).where(table.team_id.in_(ids)))
+            }
+            assert hours == per_hour, table.__tablename__
+        for r in session.scalars(select(UsageRollup).where(UsageRollup.team_id.in_(ids))):
+            assert orjson.loads(r.dims_key) == r.dims
         spend: dict[tuple[Any, ...], int] = defaultdict(int)
         lines = {}
         for c in session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids))):

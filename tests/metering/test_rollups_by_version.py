@@ -1,20 +1,23 @@
-"""``usage_rollups_by_version``: the rollups without property dimensions, on SQLite and PostgreSQL.
+"""The rollup tables analytics chooses from, on SQLite and PostgreSQL: ``usage_rollups_by_version``
+(the rollups without property dimensions) and the hourly twins of both.
 
-* Analytics reads it for every query that needs no event property, and ``usage_rollups``
-  otherwise; the answer must not depend on which it reads. Here the same random queries (zones
-  with :30 and :45 offsets and DST, every rollup unit, groupBy and filters on price attributes)
-  run through both code paths on the same random data -- :class:`UsageAnalytics` reading the
-  table by version, and one forced to read ``usage_rollups`` -- and must give identical results;
-  on PostgreSQL also with local days and hours partitioned by epoch seconds instead of
+* Analytics reads the tables by version for every query that needs no event property, and the
+  ones with properties otherwise; whole UTC hours come from the hourly tables when every bucket
+  starts on one. The answer must not depend on which it reads. Here the same random queries
+  (zones with :30 and :45 offsets and DST, every rollup unit, unaligned ranges, groupBy and
+  filters on price attributes) run through four code paths on the same random data -- by
+  version or with properties, with or without the hourly tables -- and must give identical
+  results; on PostgreSQL also with local days and hours partitioned by epoch seconds instead of
   ``date_bin`` (the expression for servers before 14).
   (tests/metering/test_analytics_properties.py checks the default path against a brute force over
-  the events; tests/metering/test_ingest_paths.py that the table equals the rollups summed.)
-* Migration 0006 backfills it from ``usage_rollups``: the backfilled rows equal what ingestion
-  wrote.
+  the events; tests/metering/test_ingest_paths.py that the tables equal the rollups summed.)
+* Migrations 0006 and 0008 backfill them from the quarter-hour rollups: the backfilled rows equal
+  what ingestion wrote.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +41,12 @@ from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine, normalize_database_url
 from billfold.metering import analytics
 from billfold.metering.analytics import AnalyticsResult, UsageAnalytics, parse_query
-from billfold.metering.models import UsageRollup, UsageRollupByVersion
+from billfold.metering.models import (
+    UsageRollup,
+    UsageRollupByVersion,
+    UsageRollupHourly,
+    UsageRollupHourlyByVersion,
+)
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.migrate import alembic_config, upgrade
 from tests.conftest import POSTGRES_URL, Api, _make_api, event, unique_sku
@@ -46,6 +54,15 @@ from tests.metering.test_analytics import NOW, post_usage, request_body
 
 BY_VERSION = UsageAnalytics()
 BY_DIMS = UsageAnalytics(version_rollups=False)
+BY_VERSION_QUARTERS = UsageAnalytics(hourly=False)
+BY_DIMS_QUARTERS = UsageAnalytics(version_rollups=False, hourly=False)
+# The tables each may read (the hourly ones only when the query allows).
+READS = {
+    "by version": (BY_VERSION, {"usage_rollups_by_version", "usage_rollups_hourly_by_version"}),
+    "by dims": (BY_DIMS, {"usage_rollups", "usage_rollups_hourly"}),
+    "by version, quarters": (BY_VERSION_QUARTERS, {"usage_rollups_by_version"}),
+    "by dims, quarters": (BY_DIMS_QUARTERS, {"usage_rollups"}),
+}
 
 WINDOW_START = datetime(2026, 10, 20, tzinfo=UTC)  # over Berlin's, New York's and St John's DST
 WINDOW = timedelta(days=20)
@@ -170,19 +187,13 @@ def statements_on(engine: Engine) -> Iterator[list[str]]:
 
 def tables_read(statements: list[str]) -> set[str]:
     """The rollup tables the statements name."""
-    found = set()
-    for statement in statements:
-        if "usage_rollups_by_version" in statement:
-            found.add("usage_rollups_by_version")
-        if "usage_rollups " in statement or "usage_rollups." in statement:
-            found.add("usage_rollups")
-    return found
+    return {name for statement in statements for name in re.findall(r"usage_rollups\w*", statement)}
 
 
-def run_both(
+def run_all(
     api: Api, session: Session, team_id: str, body: dict[str, Any]
-) -> tuple[AnalyticsResult, AnalyticsResult]:
-    """The query through each code path; checks which table each one read."""
+) -> dict[str, AnalyticsResult]:
+    """The query through each code path of READS; checks which tables each one read."""
     app_settings: Settings = api.client.app.state.settings  # type: ignore[attr-defined]
     query = parse_query(
         AnalyticsRequest.model_validate(body["analyticsRequest"]),
@@ -190,20 +201,19 @@ def run_both(
         uuid.UUID(team_id),
     )
     engine = api.client.app.state.engine  # type: ignore[attr-defined]
-    with statements_on(engine) as seen:
-        by_version = BY_VERSION.run(session, app_settings, query)
-    assert tables_read(seen) == {"usage_rollups_by_version"}
-    with statements_on(engine) as seen:
-        by_dims = BY_DIMS.run(session, app_settings, query)
-    assert tables_read(seen) == {"usage_rollups"}
+    answers = {}
+    for name, (reader, allowed) in READS.items():
+        with statements_on(engine) as seen:
+            answers[name] = reader.run(session, app_settings, query)
+        assert tables_read(seen) <= allowed, name
     if api.backend == "postgresql":
         with (
             statements_on(engine) as seen,
             mock.patch.object(analytics, "_has_date_bin", lambda session: False),
         ):
-            assert BY_VERSION.run(session, app_settings, query) == by_version
+            assert BY_VERSION.run(session, app_settings, query) == answers["by version"]
         assert not [s for s in seen if "date_bin" in s]
-    return by_version, by_dims
+    return answers
 
 
 def wire_events(team_id: str, c: Catalogue, events: list[Usage]) -> list[dict[str, Any]]:
@@ -234,7 +244,7 @@ def wire_events(team_id: str, c: Catalogue, events: list[Usage]) -> list[dict[st
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(events=st.lists(usages, max_size=40), asked=st.lists(queries(), min_size=1, max_size=4))
-def test_both_tables_give_identical_answers(
+def test_every_table_gives_identical_answers(
     api: Api, catalogue: Catalogue, events: list[Usage], asked: list[Query]
 ) -> None:
     filters = filter_texts(catalogue)
@@ -260,8 +270,9 @@ def test_both_tables_give_identical_answers(
                 zone = ZoneInfo(query.zone)
                 if local_end.replace(tzinfo=zone) <= local_start.replace(tzinfo=zone):
                     continue  # empty once the zone's gap is applied: a 400 either way
-                by_version, by_dims = run_both(api, session, team_id, body)
-                assert by_version == by_dims, query
+                answers = run_all(api, session, team_id, body)
+                for name, answer in answers.items():
+                    assert answer == answers["by version"], (name, query)
 
 
 def test_the_endpoint_reads_the_table_the_query_needs(
@@ -276,7 +287,7 @@ def test_the_endpoint_reads_the_table_the_query_needs(
     read_rollups = analytics.UsageAnalytics._read_rollups
 
     def recording(*args: Any) -> Any:
-        reads.append(args[4].kind)
+        reads.append(args[2].kind)  # (session, query, partition, ...)
         return read_rollups(*args)
 
     monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
@@ -346,7 +357,128 @@ def test_the_endpoint_reads_the_table_the_query_needs(
         assert daily_totals(answer) == expected, name
 
 
-# --- migration 0006 ------------------------------------------------------------------------------
+def test_whole_hours_come_from_the_hourly_tables(
+    api: Api, catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through HTTP: in zones with whole-hour offsets (New York across its DST change too), the
+    whole hours of a range are read from the hourly tables and only its ragged quarter hours at
+    either end from the quarter-hour ones, in one read without a re-read; a :45 zone, quarter-
+    hour buckets and a range shorter than an hour read the quarter-hour tables only. Totals per
+    bucket equal the events summed by hand."""
+    reads: list[str] = []
+    read_rollups = analytics.UsageAnalytics._read_rollups
+
+    def recording(*args: Any) -> Any:
+        reads.append(args[2].kind)  # (session, query, partition, ...)
+        return read_rollups(*args)
+
+    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    with frozen(NOW):
+        team_id, headers = api.team_with_key()
+        # every 37 minutes from Oct 31 to Nov 3 (New York leaves DST on Nov 1 at 06:00 UTC),
+        # so every hour and most quarter hours hold usage, the ragged ends included
+        first = datetime(2026, 10, 31, 0, 3, tzinfo=UTC)
+        events = [
+            event(
+                team_id,
+                catalogue.skus[i % 3],
+                1 + i,
+                (first + timedelta(minutes=37 * i)).isoformat(),
+                model=f"m{i % 2}",
+            )
+            for i in range(3 * 24 * 60 // 37)
+        ]
+        assert api.ingest(events)["accepted"] == len(events)
+        engine = api.client.app.state.engine  # type: ignore[attr-defined]
+        hourly = {"usage_rollups_hourly_by_version", "usage_rollups_by_version"}
+        hourly_dims = {"usage_rollups_hourly", "usage_rollups"}
+        for zone, unit, start, end, group_by, tables in [
+            # ragged at both ends: 00:20 -> 00:15, 23:50 -> 00:00 (local)
+            ("Etc/GMT", "TIME_UNIT_DAY", "2026-10-31 00:20:00", "2026-11-02 23:50:00", [], hourly),
+            ("Etc/GMT", "TIME_UNIT_HOUR", "2026-10-31 05:50:00", "2026-11-01 02:10:00", [], hourly),
+            ("Etc/GMT", "TIME_UNIT_NONE", "2026-10-31 05:50:00", "2026-11-01 02:10:00", [], hourly),
+            ("UTC", "TIME_UNIT_MONTH", "2026-10-31 00:00:00", "2026-11-03 00:00:00", [], hourly),
+            (
+                "America/New_York",
+                "TIME_UNIT_DAY",
+                "2026-10-31 00:00:00",
+                "2026-11-02 12:30:00",
+                ["model"],
+                hourly_dims,
+            ),
+            (
+                "America/New_York",
+                "TIME_UNIT_HOUR",
+                "2026-11-01 00:10:00",
+                "2026-11-01 03:00:00",
+                ["description"],
+                hourly,
+            ),
+            (
+                "Asia/Kathmandu",
+                "TIME_UNIT_DAY",
+                "2026-10-31 06:00:00",
+                "2026-11-02 00:00:00",
+                [],
+                {"usage_rollups_by_version"},
+            ),
+            (
+                "Etc/GMT",
+                "TIME_UNIT_QUARTER_HOUR",
+                "2026-10-31 05:50:00",
+                "2026-10-31 09:00:00",
+                [],
+                {"usage_rollups_by_version"},
+            ),
+            (
+                "Etc/GMT",
+                "TIME_UNIT_DAY",
+                "2026-10-31 05:20:00",
+                "2026-10-31 06:10:00",
+                [],
+                {"usage_rollups_by_version"},
+            ),
+        ]:
+            body = request_body(
+                start, end, unit=unit, tz=zone, group_by=group_by, values=[VALUES[1], VALUES[2]]
+            )
+            reads.clear()
+            with statements_on(engine) as seen:
+                response = post_usage(api, team_id, headers, body)
+            assert response.status_code == 200, response.text
+            case = (zone, unit, start)
+            assert tables_read(seen) == tables, case
+            assert reads == [
+                "none"
+                if unit == "TIME_UNIT_NONE"
+                else "bucket"
+                if unit == "TIME_UNIT_QUARTER_HOUR"
+                else "local"
+            ], case
+            # by hand: the range widened to quarter hours, each event in the bucket that starts
+            # last at or before it
+            tz = ZoneInfo(zone)
+            low = analytics.floor_to(datetime.fromisoformat(start).replace(tzinfo=tz), 900)
+            high = analytics.ceil_to(datetime.fromisoformat(end).replace(tzinfo=tz), 900)
+            answer = response.json()
+            stamps = [p["timestamp"] for p in answer["timeSeries"][0]["dataPoints"]]
+            starts = [datetime.fromisoformat(stamp) for stamp in stamps]
+            expected = {stamp: [0, 0] for stamp in stamps}
+            for e in events:
+                at = datetime.fromisoformat(e["timestamp"])
+                if low <= at < high:
+                    bucket = max(i for i, s in enumerate(starts) if s <= at or i == 0)
+                    expected[stamps[bucket]][0] += int(e["quantity"])
+                    expected[stamps[bucket]][1] += 1
+            totals = {stamp: [0, 0] for stamp in stamps}
+            for series in answer["timeSeries"]:
+                for point in series["dataPoints"]:
+                    totals[point["timestamp"]][0] += point["values"][0]
+                    totals[point["timestamp"]][1] += point["values"][1]
+            assert totals == expected, case
+
+
+# --- migrations 0006 and 0008 -------------------------------------------------------------------
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -375,11 +507,14 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def by_version_rows(engine: Engine) -> list[tuple[Any, ...]]:
+BACKFILLED = (UsageRollupByVersion, UsageRollupHourly, UsageRollupHourlyByVersion)
+
+
+def rows_of(engine: Engine, table: type[Any]) -> list[tuple[Any, ...]]:
+    columns = [column.name for column in table.__table__.columns]
     with Session(engine) as session:
         return sorted(
-            (r.team_id, r.bucket_start, r.price_version_id, r.quantity, r.events)
-            for r in session.scalars(select(UsageRollupByVersion))
+            tuple(getattr(row, name) for name in columns) for row in session.scalars(select(table))
         )
 
 
@@ -415,7 +550,9 @@ def test_migration_backfills_what_ingestion_writes(fresh_url: str) -> None:
                         teams[i % 2],
                         skus[i % 3 % 2],
                         i * 1_000_003 % 10**12,
-                        f"2026-11-{1 + i % 20:02d}T{i % 24:02d}:{i * 7 % 60:02d}:00Z",
+                        # (several quarter hours of one hour share events: i // 120)
+                        f"2026-11-{1 + i % 20:02d}T{i % 24:02d}:"
+                        f"{(i * 7 + i // 120 * 17) % 60:02d}:00Z",
                         model=f"m{i % 4}",
                         apiKeyId=f"k{i % 3}",
                     )
@@ -424,14 +561,18 @@ def test_migration_backfills_what_ingestion_writes(fresh_url: str) -> None:
                 assert api.ingest(batch)["accepted"] == 600
                 again = [*batch[:100], event(teams[0], skus[0], 5, "2026-11-03T00:00:00Z")]
                 assert api.ingest(again)["accepted"] == 1
-        written = by_version_rows(engine)
-        assert written == summed_rollups(engine)
-        assert len(written) < len(batch)  # buckets really are shared
+        written = {table: rows_of(engine, table) for table in BACKFILLED}
+        assert written[UsageRollupByVersion] == summed_rollups(engine)
+        assert len(written[UsageRollupByVersion]) < len(batch)  # buckets really are shared
+        # hours really are shared (the sums themselves are checked in test_ingest_paths.py)
+        assert len(written[UsageRollupHourlyByVersion]) < len(written[UsageRollupByVersion])
 
         downgrade(engine, "0005")
         with engine.connect() as connection:
-            assert connection.dialect.has_table(connection, "usage_rollups_by_version") is False
+            for table in BACKFILLED:
+                assert connection.dialect.has_table(connection, table.__tablename__) is False
         upgrade(engine)
-        assert by_version_rows(engine) == written
+        for table in BACKFILLED:
+            assert rows_of(engine, table) == written[table], table.__tablename__
     finally:
         engine.dispose()

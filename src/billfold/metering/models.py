@@ -21,6 +21,15 @@
   combination), which is what analytics reads when a query groups and filters by price attributes
   only (description, unit type, SKU) -- the common case. Same 15-minute buckets, for the same
   reason as above.
+* ``usage_rollups_hourly`` and ``usage_rollups_hourly_by_version``: the two tables above summed
+  per UTC hour (same batch, same transaction). An hour of a busy team is one row per price version
+  (per property combination) instead of four, and a local hour or day of every zone whose UTC
+  offset is a whole number of hours -- nearly all of them, ``Etc/GMT`` and ``UTC`` included -- is
+  a union of UTC hours; so analytics reads them for hours, days, weeks, months and single-bucket
+  queries in such zones, and the quarter-hour tables only for the ragged quarter hours at the
+  ends of a range and for :30/:45 zones (metering/analytics.py). A month then costs the same few
+  thousand rows whether the team sent a thousand events or a billion. The hourly table with
+  properties keeps no ``dims`` column: ``dims_key`` is the canonical JSON of the same object.
 """
 
 from __future__ import annotations
@@ -71,6 +80,31 @@ class UsageRollupByVersion(Base):
     """
 
     __tablename__ = "usage_rollups_by_version"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
+    quantity: Mapped[int]
+    events: Mapped[int]
+
+
+class UsageRollupHourly(Base):
+    """``usage_rollups`` summed per UTC hour: ``bucket_start`` is the hour's start."""
+
+    __tablename__ = "usage_rollups_hourly"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
+    dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    quantity: Mapped[int]
+    events: Mapped[int]
+
+
+class UsageRollupHourlyByVersion(Base):
+    """``usage_rollups_by_version`` summed per UTC hour: ``bucket_start`` is the hour's start."""
+
+    __tablename__ = "usage_rollups_hourly_by_version"
 
     team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(primary_key=True)

@@ -2,9 +2,9 @@
 
 Raw ``usage_events`` exist for two reasons: exactly-once ingestion (the primary key
 ``(team_id, event_id)``) and MINUTE/SECOND analytics. Everything billed or charted at 15 minutes and
-coarser lives in ``usage_rollups``, ``usage_rollups_by_version`` and ``cycle_lines``, which
-compaction never touches. So events older than ``BILLFOLD_USAGE_RETENTION_DAYS`` (default 400) may
-be deleted.
+coarser lives in the rollup tables (quarter-hour and hourly, metering/models.py) and
+``cycle_lines``, which compaction never touches. So events older than
+``BILLFOLD_USAGE_RETENTION_DAYS`` (default 400) may be deleted.
 
 Why deleting them cannot double-count: ingestion rejects events older than the same window
 (``timestamp_too_old``), so an event id that compaction removed can never be accepted again as new.

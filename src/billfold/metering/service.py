@@ -11,16 +11,17 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
    only if an event is stored already does ``INSERT ... ON CONFLICT DO NOTHING`` sort it out
    (:meth:`PostgresWriter.insert_events`); elsewhere that statement always does, and the keys that
    come back are the accepted ones;
-4. rollups, rollups by version, cycle lines and billing cycles are upserted in key order (so row
-   locks are always taken in the same order: events, rollups, rollups by version, lines, cycles,
-   each sorted by key), and each touched line's rounded amount is recomputed from its new
-   quantity. Rollups by version are the rollups summed over their property dimensions, computed
-   from the same sums and written in the same transaction, so the two tables always agree.
+4. the four rollup tables, cycle lines and billing cycles are upserted in key order (so row
+   locks are always taken in the same order: events, rollups, rollups by version, hourly rollups,
+   hourly rollups by version, lines, cycles, each sorted by key), and each touched line's rounded
+   amount is recomputed from its new quantity. Rollups by version are the rollups summed over
+   their property dimensions, and the hourly ones both summed per hour (metering/models.py), all
+   computed from the same sums and written in the same transaction, so the tables always agree.
 
 Accepted means durable: the request's transaction commits before the response is sent.
 
 Everything up to the writes -- validation, rating, de-duplication inside the batch, sorting, and
-summing the accepted events into rollup, rollup-by-version and line deltas -- is one code path.
+summing the accepted events into rollup and line deltas -- is one code path.
 The writes have two implementations of the same statements (``tests/metering/test_ingest_paths.py``
 checks that they agree on every outcome and every stored row):
 
@@ -71,7 +72,14 @@ from billfold.kit.clock import utc_now
 from billfold.kit.db import dialect_insert, is_postgres
 from billfold.kit.errors import BadRequest
 from billfold.kit.money import Pico, round_to_cents
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
+from billfold.metering.models import (
+    CycleLine,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupByVersion,
+    UsageRollupHourly,
+    UsageRollupHourlyByVersion,
+)
 from billfold.pricing.models import PriceVersion
 from billfold.pricing.service import pricing_service
 from billfold.teams.models import Team
@@ -352,6 +360,7 @@ class EventParser:
 
 # --- what a batch adds to the aggregates ---------------------------------------------------------
 
+# The bucket number is the quarter hour's (bucket_number); in hourly keys, the hour's first one.
 RollupKey = tuple[str, int, int, str]  # team key, bucket number, price version, dims key
 VersionRollupKey = tuple[str, int, int]  # team key, bucket number, price version
 LineKey = tuple[str, int, int, int]  # team key, year, month, price version
@@ -366,7 +375,18 @@ class BatchSums:
     rollups: dict[RollupKey, Sums]
     dims_of: dict[str, dict[str, str]]  # the dims of each dims key
     version_rollups: dict[VersionRollupKey, Sums]
+    hourly_rollups: dict[RollupKey, Sums]
+    hourly_version_rollups: dict[VersionRollupKey, Sums]
     lines: dict[LineKey, Sums]
+
+
+def _add_sums(into: dict[Any, Sums], key: Any, quantity: int, count: int) -> None:
+    sums = into.get(key)
+    if sums is None:
+        into[key] = [quantity, count]
+    else:
+        sums[0] += quantity
+        sums[1] += count
 
 
 def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
@@ -383,32 +403,30 @@ def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
         else:
             sums[0] += quantity
             sums[1] += 1
-    # Rollups by version from the rollups (a batch has ~100x fewer rollups than events), and
-    # lines from those (fewer still: one per price version and bucket).
+    # The coarser sums from the finer ones (a batch has ~100x fewer rollups than events): by
+    # version and per hour from the rollups, hourly by version from the rollups by version, and
+    # lines from those (fewer still: one per price version and hour).
     version_rollups: dict[VersionRollupKey, Sums] = {}
-    for (team_key, number, version_id, _), (quantity, count) in rollups.items():
-        vkey = (team_key, number, version_id)
-        sums = version_rollups.get(vkey)
-        if sums is None:
-            version_rollups[vkey] = [quantity, count]
-        else:
-            sums[0] += quantity
-            sums[1] += count
+    hourly_rollups: dict[RollupKey, Sums] = {}
+    for (team_key, number, version_id, key), (quantity, count) in rollups.items():
+        _add_sums(version_rollups, (team_key, number, version_id), quantity, count)
+        _add_sums(hourly_rollups, (team_key, number - number % 4, version_id, key), quantity, count)
+    hourly_version_rollups: dict[VersionRollupKey, Sums] = {}
+    for (team_key, number, version_id), (quantity, count) in version_rollups.items():
+        _add_sums(
+            hourly_version_rollups, (team_key, number - number % 4, version_id), quantity, count
+        )
     lines: dict[LineKey, Sums] = {}
     months: dict[int, tuple[int, int]] = {}
-    for (team_key, number, version_id), (quantity, count) in version_rollups.items():
+    for (team_key, number, version_id), (quantity, count) in hourly_version_rollups.items():
         month = months.get(number)
         if month is None:
             start = bucket_start(number)
             month = months[number] = (start.year, start.month)
-        lkey = (team_key, *month, version_id)
-        sums = lines.get(lkey)
-        if sums is None:
-            lines[lkey] = [quantity, count]
-        else:
-            sums[0] += quantity
-            sums[1] += count
-    return BatchSums(rollups, dims_of, version_rollups, lines)
+        _add_sums(lines, (team_key, *month, version_id), quantity, count)
+    return BatchSums(
+        rollups, dims_of, version_rollups, hourly_rollups, hourly_version_rollups, lines
+    )
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -429,11 +447,17 @@ class Writer(Protocol):
         session: Session,
         rollups: Sequence[tuple[RollupKey, Sums]],
         dims_of: dict[str, dict[str, str]],
-    ) -> None: ...
+        *,
+        hourly: bool,
+    ) -> None:
+        """``usage_rollups``, or with ``hourly`` ``usage_rollups_hourly``."""
+        ...
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
-    ) -> None: ...
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
+    ) -> None:
+        """``usage_rollups_by_version``, or with ``hourly`` its hourly twin."""
+        ...
 
     def add_to_lines(
         self, session: Session, lines: Sequence[tuple[LineKey, Sums]]
@@ -477,58 +501,61 @@ class CoreWriter:
         inserted = {(str(team_id), event_id) for team_id, event_id in session.execute(stmt, rows)}
         return {i for i, e in enumerate(events) if (e[0], e[1]) not in inserted}
 
+    @staticmethod
+    def _add_sums(
+        session: Session, table: type[Any], keys: list[str], rows: list[dict[str, Any]]
+    ) -> None:
+        stmt = dialect_insert(session)(table)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=keys,
+                set_={
+                    "quantity": table.quantity + stmt.excluded.quantity,
+                    "events": table.events + stmt.excluded.events,
+                },
+            ),
+            rows,
+        )
+
     def add_to_rollups(
         self,
         session: Session,
         rollups: Sequence[tuple[RollupKey, Sums]],
         dims_of: dict[str, dict[str, str]],
+        *,
+        hourly: bool,
     ) -> None:
-        stmt = dialect_insert(session)(UsageRollup)
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["team_id", "bucket_start", "price_version_id", "dims_key"],
-                set_={
-                    "quantity": UsageRollup.quantity + stmt.excluded.quantity,
-                    "events": UsageRollup.events + stmt.excluded.events,
-                },
-            ),
-            [
-                {
-                    "team_id": uuid.UUID(team),
-                    "bucket_start": bucket_start(number),
-                    "price_version_id": version_id,
-                    "dims_key": key,
-                    "dims": dims_of[key],
-                    "quantity": quantity,
-                    "events": count,
-                }
-                for (team, number, version_id, key), (quantity, count) in rollups
-            ],
-        )
+        rows: list[dict[str, Any]] = [
+            {
+                "team_id": uuid.UUID(team),
+                "bucket_start": bucket_start(number),
+                "price_version_id": version_id,
+                "dims_key": key,
+                # the hourly table keeps no dims column (dims_key is their JSON)
+                **({} if hourly else {"dims": dims_of[key]}),
+                "quantity": quantity,
+                "events": count,
+            }
+            for (team, number, version_id, key), (quantity, count) in rollups
+        ]
+        keys = ["team_id", "bucket_start", "price_version_id", "dims_key"]
+        self._add_sums(session, UsageRollupHourly if hourly else UsageRollup, keys, rows)
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
     ) -> None:
-        stmt = dialect_insert(session)(UsageRollupByVersion)
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["team_id", "bucket_start", "price_version_id"],
-                set_={
-                    "quantity": UsageRollupByVersion.quantity + stmt.excluded.quantity,
-                    "events": UsageRollupByVersion.events + stmt.excluded.events,
-                },
-            ),
-            [
-                {
-                    "team_id": uuid.UUID(team),
-                    "bucket_start": bucket_start(number),
-                    "price_version_id": version_id,
-                    "quantity": quantity,
-                    "events": count,
-                }
-                for (team, number, version_id), (quantity, count) in rollups
-            ],
-        )
+        rows = [
+            {
+                "team_id": uuid.UUID(team),
+                "bucket_start": bucket_start(number),
+                "price_version_id": version_id,
+                "quantity": quantity,
+                "events": count,
+            }
+            for (team, number, version_id), (quantity, count) in rollups
+        ]
+        table = UsageRollupHourlyByVersion if hourly else UsageRollupByVersion
+        self._add_sums(session, table, ["team_id", "bucket_start", "price_version_id"], rows)
 
     def add_to_lines(
         self, session: Session, lines: Sequence[tuple[LineKey, Sums]]
@@ -634,9 +661,17 @@ class PostgresWriter:
         ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
         SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
     """
+    HOURLY_ROLLUPS = """
+        INSERT INTO usage_rollups_hourly AS r (team_id, bucket_start, price_version_id, dims_key,
+                                               quantity, events)
+        SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, e->>3,
+               (e->>4)::bigint, (e->>5)::bigint
+        FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
+        ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
+        SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
+    """
     VERSION_ROLLUPS = """
-        INSERT INTO usage_rollups_by_version AS r (team_id, bucket_start, price_version_id,
-                                                   quantity, events)
+        INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, quantity, events)
         SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, (e->>3)::bigint,
                (e->>4)::bigint
         FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
@@ -731,17 +766,25 @@ class PostgresWriter:
         session: Session,
         rollups: Sequence[tuple[RollupKey, Sums]],
         dims_of: dict[str, dict[str, str]],
+        *,
+        hourly: bool,
     ) -> None:
-        document = self._document(
-            [
+        if hourly:  # no dims column (dims_key is their JSON)
+            rows: list[tuple[Any, ...]] = [
+                (team, bucket_start(number), version_id, key, quantity, count)
+                for (team, number, version_id, key), (quantity, count) in rollups
+            ]
+        else:
+            rows = [
                 (team, bucket_start(number), version_id, key, dims_of[key], quantity, count)
                 for (team, number, version_id, key), (quantity, count) in rollups
             ]
+        session.connection().exec_driver_sql(
+            self.HOURLY_ROLLUPS if hourly else self.ROLLUPS, {"rows": self._document(rows)}
         )
-        session.connection().exec_driver_sql(self.ROLLUPS, {"rows": document})
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]]
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
     ) -> None:
         document = self._document(
             [
@@ -749,7 +792,10 @@ class PostgresWriter:
                 for (team, number, version_id), (quantity, count) in rollups
             ]
         )
-        session.connection().exec_driver_sql(self.VERSION_ROLLUPS, {"rows": document})
+        table = "usage_rollups_hourly_by_version" if hourly else "usage_rollups_by_version"
+        session.connection().exec_driver_sql(
+            self.VERSION_ROLLUPS.format(table=table), {"rows": document}
+        )
 
     def add_to_lines(
         self, session: Session, lines: Sequence[tuple[LineKey, Sums]]
@@ -960,12 +1006,16 @@ class MeteringService:
     ) -> None:
         sums = sum_accepted(events)
         # The tables in the lock order of the module docstring, each in key order.
-        writer.add_to_rollups(
-            session, sorted(sums.rollups.items(), key=itemgetter(0)), sums.dims_of
-        )
-        writer.add_to_version_rollups(
-            session, sorted(sums.version_rollups.items(), key=itemgetter(0))
-        )
+        for hourly, rollups, version_rollups in (
+            (False, sums.rollups, sums.version_rollups),
+            (True, sums.hourly_rollups, sums.hourly_version_rollups),
+        ):
+            writer.add_to_rollups(
+                session, sorted(rollups.items(), key=itemgetter(0)), sums.dims_of, hourly=hourly
+            )
+            writer.add_to_version_rollups(
+                session, sorted(version_rollups.items(), key=itemgetter(0)), hourly=hourly
+            )
 
         sorted_lines = sorted(sums.lines.items(), key=itemgetter(0))
         new_quantities = writer.add_to_lines(session, sorted_lines)
