@@ -56,7 +56,9 @@ def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
         op.execute("LOCK TABLE usage_rollups, usage_rollups_by_version IN SHARE MODE")
-        hour = "date_trunc('hour', bucket_start)"
+        # The UTC hour whatever the session's TimeZone (date_trunc of a timestamptz truncates in
+        # it: a +05:30 server would otherwise give half hours).
+        hour = "date_trunc('hour', bucket_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     else:
         # SQLite keeps UTC times as 'YYYY-MM-DD HH:MM:SS.ffffff' text (SQLAlchemy's format).
         hour = "substr(bucket_start, 1, 13) || ':00:00.000000'"
