@@ -48,7 +48,7 @@ from billfold.ledger.schemas import (
     PaymentProcessor,
     PrepaidBalance,
 )
-from billfold.metering.models import UsageEvent, UsageRollup
+from billfold.metering.models import UsageEvent, UsageRollupByVersion
 from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import (
     ChargeResult,
@@ -312,18 +312,18 @@ class LedgerService:
     def _spend_before(
         self, session: Session, team_id: uuid.UUID, start: datetime, at: datetime
     ) -> int:
-        # Whole 15-minute rollup buckets before the one holding ``at``, then the raw events of
-        # that last partial bucket (still within retention: the cycle is open).
+        # Whole 15-minute rollup buckets (by version) before the one holding ``at``, then the raw
+        # events of that last partial bucket (still within retention: the cycle is open).
         bucket = at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
         quantities: dict[int, int] = defaultdict(int)
         rollups = session.execute(
-            select(UsageRollup.price_version_id, func.sum(UsageRollup.quantity))
+            select(UsageRollupByVersion.price_version_id, func.sum(UsageRollupByVersion.quantity))
             .where(
-                UsageRollup.team_id == team_id,
-                UsageRollup.bucket_start >= start,
-                UsageRollup.bucket_start < bucket,
+                UsageRollupByVersion.team_id == team_id,
+                UsageRollupByVersion.bucket_start >= start,
+                UsageRollupByVersion.bucket_start < bucket,
             )
-            .group_by(UsageRollup.price_version_id)
+            .group_by(UsageRollupByVersion.price_version_id)
         ).all()
         events = session.execute(
             select(UsageEvent.price_version_id, func.sum(UsageEvent.quantity))

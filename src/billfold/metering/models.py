@@ -13,7 +13,11 @@
   same transaction as the events. Every read path (analytics, preview, spend check) reads rollups
   or the per-cycle lines, never raw events, so their cost does not grow with the event count.
   15 minutes, because every real time zone offset is a multiple of 15 minutes: day and hour buckets
-  in any IANA zone are unions of whole rollup buckets.
+  in any IANA zone are unions of whole rollup buckets. Like ``usage_events`` (and for the same
+  reason: a lookup and a KEY SHARE lock per new row, a quarter of its upsert), it and its hourly
+  twin have no foreign key to ``price_versions`` (migration 0008), and no index by price
+  version: they hold one row per property combination, ~10x the rows of the tables by version,
+  which have both and are written by the same batch with the same version ids.
 * ``usage_rollups_by_version``: the same sums without the property dimensions -- per team,
   15-minute bucket and price version, i.e. ``usage_rollups`` summed over ``dims_key`` (written by
   the same statements' batch, in the same transaction, so the two always agree). A month of a busy
@@ -59,15 +63,16 @@ class UsageEvent(Base):
 
 
 class UsageRollup(Base):
+    """No foreign key and no index on ``price_version_id`` (see the module docstring)."""
+
     __tablename__ = "usage_rollups"
-    __table_args__ = (Index("ix_usage_rollups_price_version", "price_version_id", "bucket_start"),)
 
     team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
-    # Canonical JSON of the groupable properties, so one row per distinct combination.
+    price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
+    # Canonical JSON of the groupable properties' text values (metering.service.dims_key), so one
+    # row per distinct combination; readers parse it back into the properties.
     dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
-    dims: Mapped[dict[str, Any]]
     quantity: Mapped[int]
     events: Mapped[int]
 
@@ -75,11 +80,15 @@ class UsageRollup(Base):
 class UsageRollupByVersion(Base):
     """``usage_rollups`` without the property dimensions (see the module docstring).
 
-    No index besides the primary key: analytics reads it by ``(team_id, bucket_start)`` ranges,
-    and each extra index would cost ingestion a write per new row.
+    Analytics reads it by ``(team_id, bucket_start)`` ranges (the primary key); the index by
+    price version serves setting a price (is usage after ``effectiveFrom`` rated already?) and
+    costs ingestion a write per new row -- here, not on the ~10x more rows of ``usage_rollups``.
     """
 
     __tablename__ = "usage_rollups_by_version"
+    __table_args__ = (
+        Index("ix_usage_rollups_by_version_price_version", "price_version_id", "bucket_start"),
+    )
 
     team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
@@ -89,13 +98,14 @@ class UsageRollupByVersion(Base):
 
 
 class UsageRollupHourly(Base):
-    """``usage_rollups`` summed per UTC hour: ``bucket_start`` is the hour's start."""
+    """``usage_rollups`` summed per UTC hour: ``bucket_start`` is the hour's start. No foreign
+    key, as ``usage_rollups``."""
 
     __tablename__ = "usage_rollups_hourly"
 
     team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
+    price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
     dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
     quantity: Mapped[int]
     events: Mapped[int]

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import msgspec
 from pydantic import Field
 
 from billfold.kit.schemas import UtcDateTime, WireModel
+
+# --- usage ingestion (POST /admin/v1/usage-events) ---------------------------------------------
+
+
+class WireEvent(msgspec.Struct, gc=False):
+    """One usage event of a well-typed batch, as msgspec decodes it (the ingestion hot path).
+
+    Only the JSON types are fixed here -- what every valid event has; the values (ids, quantity,
+    timestamp, properties) are checked by ``metering.service.EventParser`` exactly as for a plain
+    JSON object. A batch in which any event does not fit these types is decoded as plain JSON
+    instead, and each event is then checked (and rejected) alone (``metering.endpoints``).
+
+    Why msgspec: a 10,000-event batch decodes into these in ~5 ms, twice as fast as into dicts,
+    and -- ``gc=False``, and dicts holding only strings and numbers -- into objects the cyclic
+    garbage collector never tracks: decoded into dicts, a batch's 10,000 tracked objects made the
+    collections that ran while other batches were held cost 2-4 us per event.
+    """
+
+    eventId: str  # the wire's names (camelCase)
+    teamId: str
+    sku: str
+    quantity: str | int | float
+    timestamp: str
+    properties: dict[str, str | int | float | bool] | None = None
+
+
+class WireBatch(msgspec.Struct, gc=False):
+    events: list[WireEvent]
 
 
 class RejectedEvent(WireModel):

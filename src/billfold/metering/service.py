@@ -80,6 +80,7 @@ from billfold.metering.models import (
     UsageRollupHourly,
     UsageRollupHourlyByVersion,
 )
+from billfold.metering.schemas import WireEvent
 from billfold.pricing.models import PriceVersion
 from billfold.pricing.service import pricing_service
 from billfold.teams.models import Team
@@ -129,17 +130,20 @@ class IngestResult:
 
 
 # An event's properties as the writes need them, built once per distinct combination of values
-# (EventParser keeps them): the properties as sent (the usage_events column); the groupable ones as
-# rollups keep them (the values' text) and their canonical JSON (the rollup key); and the
-# properties' JSON in PostgreSQL's binary JSONB format (version byte 1, then the JSON text), which
-# PostgresWriter's binary COPY sends as it is.
-Properties = tuple[dict[str, Any], dict[str, str], str, bytes]
+# (EventParser keeps them): the properties as sent (the usage_events column); the canonical JSON
+# of the groupable ones as rollups keep them (the values' text), which is the rollups' dims_key;
+# and the properties' JSON in PostgreSQL's binary JSONB format (version byte 1, then the JSON
+# text), which PostgresWriter's binary COPY sends as it is.
+Properties = tuple[dict[str, Any], str, bytes]
 # A valid event: (index in the batch, team key, event id, sku, quantity, ts, properties). The
 # team key is the canonical text of the team's UUID (str(UUID)): sort key, dict key, and what
 # PostgreSQL parses back into a uuid.
 ParsedEvent = tuple[int, str, str, str, int, datetime, Properties]
 # A rated event: (team key, event id, ts, sku, quantity, price version id, properties).
 RatedEvent = tuple[str, str, datetime, str, int, int, Properties]
+
+
+_MISSING = object()  # a field left out (where that differs from null)
 
 
 class _Invalid(Exception):
@@ -238,12 +242,27 @@ class EventParser:
         # strings: equal tuples of strings are the same values, whereas 1 == 1.0 == True as dict
         # keys.
         self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
-        self._none: Properties = ({}, {}, dims_key({}), b"\x01{}")
+        self._none: Properties = ({}, dims_key({}), b"\x01{}")
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
-        if not isinstance(raw, dict):
+        """Check one event: a :class:`WireEvent` (its JSON types already known) or any JSON
+        value; both go through the same checks."""
+        if type(raw) is WireEvent:
+            event_id: Any = raw.eventId
+            team: Any = raw.teamId
+            sku: Any = raw.sku
+            quantity: Any = raw.quantity
+            timestamp: Any = raw.timestamp
+            properties: Any = raw.properties
+        elif isinstance(raw, dict):
+            event_id = raw.get("eventId")
+            team = raw.get("teamId")
+            sku = raw.get("sku")
+            quantity = raw.get("quantity", _MISSING)
+            timestamp = raw.get("timestamp")
+            properties = raw.get("properties")
+        else:
             raise _Invalid("invalid_event", "an event must be a JSON object")
-        event_id = raw.get("eventId")
         if (
             not isinstance(event_id, str)
             or not 1 <= len(event_id) <= MAX_ID_LENGTH
@@ -253,11 +272,9 @@ class EventParser:
                 "invalid_event_id",
                 "eventId must be a string of 1 to 200 characters (no NUL characters)",
             )
-        team = raw.get("teamId")
         team_key = self.team_keys.get(team) if isinstance(team, str) else None
         if team_key is None:
             team_key = self._team_key(team)
-        sku = raw.get("sku")
         if (
             not isinstance(sku, str)
             or not 1 <= len(sku) <= MAX_ID_LENGTH
@@ -266,19 +283,18 @@ class EventParser:
             raise _Invalid(
                 "invalid_sku", "sku must be a string of 1 to 200 characters (no NUL characters)"
             )
-        quantity: Any = raw.get("quantity")
         if type(quantity) is str and quantity.isdigit() and quantity.isascii():
             quantity = int(quantity)  # the usual "1200"; the limit is checked below
             if quantity > MAX_QUANTITY:
                 raise _Invalid(
                     "invalid_quantity", f"quantity exceeds {MAX_QUANTITY} units per event"
                 )
-        elif quantity is None and "quantity" not in raw:
+        elif quantity is _MISSING:
             raise _Invalid("invalid_quantity", "quantity is required")
         else:
             quantity = parse_quantity(quantity)
-        ts = parse_timestamp(raw.get("timestamp"))
-        properties = raw.get("properties")  # absent, null (or any falsy value): none
+        ts = parse_timestamp(timestamp)
+        # properties absent, null (or any falsy value): none
         return (
             index,
             team_key,
@@ -352,7 +368,7 @@ class EventParser:
                 raise _Invalid("invalid_properties", f"property {key!r} must be a string or number")
         # Rollups keep the text of each groupable value (str(): "1.5", "True").
         dims = {p: str(properties[p]) for p in self.groupable if p in properties}
-        result = (properties, dims, dims_key(dims), b"\x01" + orjson.dumps(properties))
+        result = (properties, dims_key(dims), b"\x01" + orjson.dumps(properties))
         if all_strings:
             self._checked[items] = result
         return result
@@ -373,7 +389,6 @@ class BatchSums:
     """What a batch's accepted events add to each aggregate table."""
 
     rollups: dict[RollupKey, Sums]
-    dims_of: dict[str, dict[str, str]]  # the dims of each dims key
     version_rollups: dict[VersionRollupKey, Sums]
     hourly_rollups: dict[RollupKey, Sums]
     hourly_version_rollups: dict[VersionRollupKey, Sums]
@@ -392,14 +407,12 @@ def _add_sums(into: dict[Any, Sums], key: Any, quantity: int, count: int) -> Non
 def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
     """The accepted events summed per rollup, per rollup by version, and per cycle line."""
     rollups: dict[RollupKey, Sums] = {}
-    dims_of: dict[str, dict[str, str]] = {}
-    for team_key, _, ts, _, quantity, version_id, (_, dims, key, _) in events:
+    for team_key, _, ts, _, quantity, version_id, (_, key, _) in events:
         # bucket_number(ts), inlined: this loop runs once per event
         rkey = (team_key, (ts.toordinal() * 24 + ts.hour) * 4 + ts.minute // 15, version_id, key)
         sums = rollups.get(rkey)
         if sums is None:
             rollups[rkey] = [quantity, 1]
-            dims_of[key] = dims
         else:
             sums[0] += quantity
             sums[1] += 1
@@ -424,9 +437,7 @@ def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
             start = bucket_start(number)
             month = months[number] = (start.year, start.month)
         _add_sums(lines, (team_key, *month, version_id), quantity, count)
-    return BatchSums(
-        rollups, dims_of, version_rollups, hourly_rollups, hourly_version_rollups, lines
-    )
+    return BatchSums(rollups, version_rollups, hourly_rollups, hourly_version_rollups, lines)
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -443,12 +454,7 @@ class Writer(Protocol):
         ...
 
     def add_to_rollups(
-        self,
-        session: Session,
-        rollups: Sequence[tuple[RollupKey, Sums]],
-        dims_of: dict[str, dict[str, str]],
-        *,
-        hourly: bool,
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
     ) -> None:
         """``usage_rollups``, or with ``hourly`` ``usage_rollups_hourly``."""
         ...
@@ -518,21 +524,14 @@ class CoreWriter:
         )
 
     def add_to_rollups(
-        self,
-        session: Session,
-        rollups: Sequence[tuple[RollupKey, Sums]],
-        dims_of: dict[str, dict[str, str]],
-        *,
-        hourly: bool,
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
     ) -> None:
-        rows: list[dict[str, Any]] = [
+        rows = [
             {
                 "team_id": uuid.UUID(team),
                 "bucket_start": bucket_start(number),
                 "price_version_id": version_id,
                 "dims_key": key,
-                # the hourly table keeps no dims column (dims_key is their JSON)
-                **({} if hourly else {"dims": dims_of[key]}),
                 "quantity": quantity,
                 "events": count,
             }
@@ -652,24 +651,17 @@ class PostgresWriter:
         " ingested_at) FROM STDIN (FORMAT BINARY)"
     )
     COPY_TYPES = ("bytea", "text", "timestamptz", "text", "int8", "int8", "bytea", "timestamptz")
+    # {table}: usage_rollups or usage_rollups_hourly.
     ROLLUPS = """
-        INSERT INTO usage_rollups AS r (team_id, bucket_start, price_version_id, dims_key, dims,
-                                        quantity, events)
-        SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, e->>3, e->4,
-               (e->>5)::bigint, (e->>6)::bigint
-        FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
-        ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
-        SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
-    """
-    HOURLY_ROLLUPS = """
-        INSERT INTO usage_rollups_hourly AS r (team_id, bucket_start, price_version_id, dims_key,
-                                               quantity, events)
+        INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, dims_key, quantity,
+                                  events)
         SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, e->>3,
                (e->>4)::bigint, (e->>5)::bigint
         FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
         ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
         SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
     """
+    # {table}: usage_rollups_by_version or usage_rollups_hourly_by_version.
     VERSION_ROLLUPS = """
         INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, quantity, events)
         SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, (e->>3)::bigint,
@@ -744,7 +736,7 @@ class PostgresWriter:
                         copy.set_types(self.COPY_TYPES)
                         write_row = copy.write_row
                         for team, id_, ts, sku, qty, version, props in events:
-                            write_row((team_ids[team], id_, ts, sku, qty, version, props[3], now))
+                            write_row((team_ids[team], id_, ts, sku, qty, version, props[2], now))
             return set()
         except UniqueViolation:
             pass
@@ -762,26 +754,16 @@ class PostgresWriter:
         return set(not_inserted)
 
     def add_to_rollups(
-        self,
-        session: Session,
-        rollups: Sequence[tuple[RollupKey, Sums]],
-        dims_of: dict[str, dict[str, str]],
-        *,
-        hourly: bool,
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
     ) -> None:
-        if hourly:  # no dims column (dims_key is their JSON)
-            rows: list[tuple[Any, ...]] = [
+        document = self._document(
+            [
                 (team, bucket_start(number), version_id, key, quantity, count)
                 for (team, number, version_id, key), (quantity, count) in rollups
             ]
-        else:
-            rows = [
-                (team, bucket_start(number), version_id, key, dims_of[key], quantity, count)
-                for (team, number, version_id, key), (quantity, count) in rollups
-            ]
-        session.connection().exec_driver_sql(
-            self.HOURLY_ROLLUPS if hourly else self.ROLLUPS, {"rows": self._document(rows)}
         )
+        table = "usage_rollups_hourly" if hourly else "usage_rollups"
+        session.connection().exec_driver_sql(self.ROLLUPS.format(table=table), {"rows": document})
 
     def add_to_version_rollups(
         self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
@@ -896,7 +878,13 @@ class MeteringService:
                     )
                 parsed.append(event)
             except _Invalid as exc:
-                event_id = raw.get("eventId") if isinstance(raw, dict) else None
+                event_id = (
+                    raw.eventId
+                    if type(raw) is WireEvent
+                    else raw.get("eventId")
+                    if isinstance(raw, dict)
+                    else None
+                )
                 result.rejected.append(
                     Rejection(
                         index, event_id if isinstance(event_id, str) else "", exc.code, exc.error
@@ -1011,7 +999,7 @@ class MeteringService:
             (True, sums.hourly_rollups, sums.hourly_version_rollups),
         ):
             writer.add_to_rollups(
-                session, sorted(rollups.items(), key=itemgetter(0)), sums.dims_of, hourly=hourly
+                session, sorted(rollups.items(), key=itemgetter(0)), hourly=hourly
             )
             writer.add_to_version_rollups(
                 session, sorted(version_rollups.items(), key=itemgetter(0)), hourly=hourly

@@ -14,7 +14,7 @@ from billfold.invoicing.periods import is_closed, month_of
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import Conflict, InvalidField
 from billfold.kit.money import Pico, parse_usd_price
-from billfold.metering.models import UsageRollup
+from billfold.metering.models import UsageRollupByVersion
 from billfold.pricing.models import PriceVersion
 
 
@@ -108,12 +108,12 @@ class PricingService:
         # an event at or after it.
         horizon = effective_from - timedelta(minutes=15)
         rated = session.scalar(
-            select(UsageRollup.bucket_start)
+            select(UsageRollupByVersion.bucket_start)
             .where(
-                UsageRollup.price_version_id.in_([v.id for v in existing]),
-                UsageRollup.bucket_start > horizon,
+                UsageRollupByVersion.price_version_id.in_([v.id for v in existing]),
+                UsageRollupByVersion.bucket_start > horizon,
             )
-            .order_by(UsageRollup.bucket_start.desc())
+            .order_by(UsageRollupByVersion.bucket_start.desc())
             .limit(1)
         )
         if rated is not None:

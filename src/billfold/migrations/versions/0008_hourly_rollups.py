@@ -1,11 +1,18 @@
-"""metering: usage_rollups_hourly and usage_rollups_hourly_by_version, the rollups per UTC hour
+"""metering: hourly rollups; the rollups with properties lose their price-version key and index
 
 Revision ID: 0008
 Revises: 0007
 
-Analytics reads these for hours, days, weeks and months in zones with whole-hour offsets
-(metering/models.py): a quarter of the rows of the quarter-hour tables. Both are backfilled here
-from the quarter-hour tables, and from now on ingestion writes all four in the same transaction.
+* ``usage_rollups_hourly`` and ``usage_rollups_hourly_by_version``: the quarter-hour rollups
+  summed per UTC hour, which analytics reads for hours, days, weeks and months in zones with
+  whole-hour offsets (metering/models.py). Backfilled here from the quarter-hour tables; from now
+  on ingestion writes all four in the same transaction.
+* ``usage_rollups`` (one row per property combination, ~10x the rows of the tables by version)
+  drops its foreign key to ``price_versions``, its index by price version and its ``dims``
+  column: the key cost every new row a lookup and a KEY SHARE lock (a quarter of the upsert), as
+  it did for ``usage_events`` (0004); the index moves to ``usage_rollups_by_version``, written by
+  the same batch with the same version ids, where setting a price looks for rated usage; and
+  ``dims`` repeated ``dims_key``, the canonical JSON of the same object, which readers parse.
 
 Upgrading: as for 0006, stop the previous version's ingesters first. A batch that an old process
 commits after this migration lands in the quarter-hour tables only, and hourly reads would not
@@ -19,6 +26,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import SchemaItem
 
 import billfold.kit.db
@@ -27,6 +35,19 @@ revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# PostgreSQL's name for 0001's foreign key; SQLite's are unnamed, so a naming convention gives the
+# reflected one a name to drop by (as in 0004).
+_POSTGRES_FK = "usage_rollups_price_version_id_fkey"
+_SQLITE_NAMING = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
+_SQLITE_FK = "fk_usage_rollups_price_version_id_price_versions"
+_OLD_INDEX = ("ix_usage_rollups_price_version", "usage_rollups")
+_NEW_INDEX = ("ix_usage_rollups_by_version_price_version", "usage_rollups_by_version")
+_DIMS_TYPE = (
+    sa.JSON()
+    .with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+    .with_variant(sqlite.JSON(), "sqlite")
+)
 
 
 def _columns(*, dims: bool) -> list[SchemaItem]:
@@ -37,13 +58,14 @@ def _columns(*, dims: bool) -> list[SchemaItem]:
             "price_version_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
     ]
-    if dims:
+    if dims:  # no foreign key, as usage_rollups
         columns.append(sa.Column("dims_key", sa.String(length=1000), nullable=False))
+    else:
+        columns.append(sa.ForeignKeyConstraint(["price_version_id"], ["price_versions.id"]))
     return [
         *columns,
         sa.Column("quantity", sa.BigInteger(), nullable=False),
         sa.Column("events", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["price_version_id"], ["price_versions.id"]),
         sa.PrimaryKeyConstraint(
             "team_id", "bucket_start", "price_version_id", *(["dims_key"] if dims else [])
         ),
@@ -80,7 +102,37 @@ def upgrade() -> None:
         if postgres:  # statistics now, not at autovacuum's next visit (see 0006)
             op.execute(f"ANALYZE {table}")
 
+    op.create_index(_NEW_INDEX[0], _NEW_INDEX[1], ["price_version_id", "bucket_start"])
+    op.drop_index(*_OLD_INDEX)
+    if postgres:
+        op.drop_constraint(_POSTGRES_FK, "usage_rollups", type_="foreignkey")
+        op.drop_column("usage_rollups", "dims")
+        return
+    with op.batch_alter_table(
+        "usage_rollups", recreate="always", naming_convention=_SQLITE_NAMING
+    ) as batch_op:
+        batch_op.drop_constraint(_SQLITE_FK, type_="foreignkey")
+        batch_op.drop_column("dims")
+
 
 def downgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
+    op.add_column("usage_rollups", sa.Column("dims", _DIMS_TYPE, nullable=True))
+    op.execute(
+        "UPDATE usage_rollups SET dims = CAST(dims_key AS jsonb)"
+        if postgres
+        else "UPDATE usage_rollups SET dims = json(dims_key)"
+    )
+    if postgres:
+        op.alter_column("usage_rollups", "dims", nullable=False)
+        op.create_foreign_key(
+            _POSTGRES_FK, "usage_rollups", "price_versions", ["price_version_id"], ["id"]
+        )
+    else:
+        with op.batch_alter_table("usage_rollups", recreate="always") as batch_op:
+            batch_op.alter_column("dims", existing_type=_DIMS_TYPE, nullable=False)
+            batch_op.create_foreign_key(_SQLITE_FK, "price_versions", ["price_version_id"], ["id"])
+    op.create_index(_OLD_INDEX[0], _OLD_INDEX[1], ["price_version_id", "bucket_start"])
+    op.drop_index(*_NEW_INDEX)
     op.drop_table("usage_rollups_hourly_by_version")
     op.drop_table("usage_rollups_hourly")
