@@ -17,8 +17,9 @@ What it does, in one run:
 5. times the usage analytics query (a month, DAY buckets, groupBy description, and the same
    groupBy api_key_id) and the invoice preview for the big and the small team;
 6. stops the server, then times a raw ``COPY`` of the same rows into a bare table (the columns of
-   usage_events, no key, no index) and into one with usage_events' key and index, and prints
-   Billfold's rate as a share of each;
+   usage_events, no key, no index; three times, the median counts) and into one with
+   usage_events' key and index, and prints Billfold's rate as a share of each. The ingestion run
+   and each COPY start right after a ``CHECKPOINT``;
 7. drops the database (``--keep-database`` keeps it).
 
 Everything runs on one machine: client, server and PostgreSQL share its cores, so the figures are
@@ -435,7 +436,9 @@ def timed_copy(db: str, table: str, ddl: str, data: bytes) -> float:
         return time.perf_counter() - started
 
 
-def raw_copy(db: str, workload: Workload) -> tuple[float, float]:
+def raw_copy(db: str, workload: Workload, runs: int) -> tuple[list[float], float]:
+    """Seconds of ``runs`` COPYs into a bare table (the goal's reference, which varied by up to
+    1.5x between runs minutes apart on this machine), and of one into a keyed table."""
     with psycopg.connect(db) as conn:
         version_ids = {
             sku: int(version_id)
@@ -447,7 +450,10 @@ def raw_copy(db: str, workload: Workload) -> tuple[float, float]:
         "sku varchar(200) NOT NULL, quantity bigint NOT NULL, price_version_id bigint NOT NULL, "
         "properties jsonb NOT NULL, ingested_at timestamptz NOT NULL"
     )
-    bare = timed_copy(db, "bench_raw_bare", f"CREATE TABLE bench_raw_bare ({columns})", data)
+    bare = [
+        timed_copy(db, "bench_raw_bare", f"CREATE TABLE bench_raw_bare ({columns})", data)
+        for _ in range(runs)
+    ]
     keyed = timed_copy(
         db,
         "bench_raw_keyed",
@@ -469,6 +475,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--workers", type=int, default=2, help="billfold serve --workers")
     parser.add_argument("--read-runs", type=int, default=30, help="timed runs per read query")
+    parser.add_argument(
+        "--copy-runs", type=int, default=3, help="raw COPYs into the bare table (the median counts)"
+    )
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument(
         "--server-command",
@@ -515,6 +524,10 @@ def main() -> None:
             f"{args.concurrency} requests in flight"
         )
 
+        with psycopg.connect(db, autocommit=True) as conn:
+            # The same clean state as each raw COPY below starts from: no checkpoint's backlog of
+            # dirty pages, and every page's first change after it a full-page image in the WAL.
+            conn.execute("CHECKPOINT")
         load_before = os.getloadavg()[0]
         busy_before = machine_busy_seconds()
         pg_before = postgres_cpu(name)
@@ -599,11 +612,19 @@ def main() -> None:
 
         server.stop()  # the COPY reference gets the machine to itself, as the ingest run did not
         print()
-        bare, keyed = raw_copy(db, workload)
+        all_bare, keyed = raw_copy(db, workload, args.copy_runs)
+        bare = statistics.median(all_bare)
         rows = len(workload.rows)
         print(
             f"raw COPY: {rows:,} rows into a bare table in {bare:.2f} s = "
             f"{rows / bare:,.0f} rows/s; billfold = {rate / (rows / bare):.0%} of it"
+            + (
+                f"  (median of {len(all_bare)}: "
+                + ", ".join(f"{rows / seconds:,.0f}" for seconds in all_bare)
+                + " rows/s)"
+                if len(all_bare) > 1
+                else ""
+            )
         )
         print(
             f"          into a table with usage_events' key and index in {keyed:.2f} s = "
