@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from billfold.invoicing.models import BillingCycle
@@ -217,3 +218,33 @@ def test_extreme_events_are_rejected_alone(api: Api) -> None:
         "year-9999": "invalid_timestamp",
     }
     assert _cycle_spend(api, team_id, 2026, 11) == 100_000_000
+
+
+def test_groupable_values_too_long_together_are_rejected_alone(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rollups key each combination of groupable values by their JSON (at most 1,000 characters):
+    an operator who declares many groupable properties cannot make a batch fail on one event
+    whose values are long together -- that event is rejected alone, naming the limit."""
+    settings = api.client.app.state.settings  # type: ignore[attr-defined]
+    names = ["apiKeyId", "model", "clusterName", "region", "project"]
+    monkeypatch.setattr(
+        api.client.app.state,  # type: ignore[attr-defined]
+        "settings",
+        settings.model_copy(update={"groupable_properties": ",".join(names)}),
+    )
+    sku = unique_sku()
+    api.set_price(sku, "0.000001")
+    team_id = api.create_team()
+    long_values = {name: "v" * 200 for name in names}  # each allowed, 1,000+ together
+    result = api.ingest(
+        [
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "ok", **{n: "v" for n in names}),
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "too-long", **long_values),
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "not-groupable", other="v" * 200),
+        ]
+    )
+    assert result["accepted"] == 2, result
+    [rejected] = result["rejected"]
+    assert (rejected["eventId"], rejected["code"]) == ("too-long", "invalid_properties")
+    assert "1000" in rejected["error"].replace(",", "")

@@ -100,6 +100,9 @@ MAX_ID_LENGTH = 200
 MAX_PROPERTIES = 32
 MAX_PROPERTY_KEY_LENGTH = 64
 MAX_PROPERTY_LENGTH = 200
+# The rollups' dims_key column (varchar(1000)): with more groupable properties than the default
+# three, long values could exceed it together, and the database would refuse the whole batch.
+MAX_DIMS_KEY_LENGTH = 1000
 # Property numbers are stored as JSON numbers; beyond 64 bits orjson (and many JSON readers)
 # cannot carry them, so they are refused like any other value that cannot be stored.
 _MIN_PROPERTY_INT = -(2**63)
@@ -368,7 +371,14 @@ class EventParser:
                 raise _Invalid("invalid_properties", f"property {key!r} must be a string or number")
         # Rollups keep the text of each groupable value (str(): "1.5", "True").
         dims = {p: str(properties[p]) for p in self.groupable if p in properties}
-        result = (properties, dims_key(dims), b"\x01" + orjson.dumps(properties))
+        key = dims_key(dims)
+        if len(key) > MAX_DIMS_KEY_LENGTH:
+            raise _Invalid(
+                "invalid_properties",
+                f"the groupable properties ({', '.join(dims)}) take more than "
+                f"{MAX_DIMS_KEY_LENGTH} characters together (as JSON); shorten their values",
+            )
+        result = (properties, key, b"\x01" + orjson.dumps(properties))
         if all_strings:
             self._checked[items] = result
         return result
