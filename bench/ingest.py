@@ -14,8 +14,9 @@ What it does, in one run:
    background writers) and everything else on the machine, and the peak RSS of each server
    process (VmRSS from /proc/<pid>/status, sampled every 200 ms while the load runs);
 4. checks the result in the database (events, rollups, cycle lines and cycle spend agree);
-5. times the usage analytics query (a month, DAY buckets, groupBy description, and the same
-   groupBy api_key_id) and the invoice preview for the big and the small team;
+5. after a ``CHECKPOINT``, times the usage analytics query (a month, DAY buckets, groupBy
+   description, and the same groupBy api_key_id) and the invoice preview for the big and the small
+   team, the six reads interleaved;
 6. stops the server, then times a raw ``COPY`` of the same rows into a bare table (the columns of
    usage_events, no key, no index; three times, the median counts) and into one with
    usage_events' key and index, and prints Billfold's rate as a share of each. The ingestion run
@@ -335,24 +336,50 @@ def check_consistency(db: str, workload: Workload) -> list[str]:
     return problems
 
 
-def time_request(http: httpx.Client, method: str, path: str, key: str, body: Any, runs: int) -> str:
-    headers = {"Authorization": f"Bearer {key}"}
-    response = http.request(method, path, headers=headers, json=body)
-    if response.status_code in (404, 405):
-        return f"not available yet ({response.status_code} {response.json().get('code', '')})"
-    if response.status_code != 200:
-        return f"error {response.status_code}: {response.text[:200]}"
-    for _ in range(3):
-        http.request(method, path, headers=headers, json=body)
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        response = http.request(method, path, headers=headers, json=body)
-        samples.append((time.perf_counter() - started) * 1000)
-        response.raise_for_status()
-    samples.sort()
-    p95 = samples[min(len(samples) - 1, round(len(samples) * 0.95) - 1)]
-    return f"p50 {statistics.median(samples):6.1f} ms   p95 {p95:6.1f} ms   ({runs} runs)"
+@dataclass
+class Read:
+    label: str
+    method: str
+    path: str
+    key: str
+    body: Any
+
+
+def time_reads(http: httpx.Client, reads: list[Read], runs: int) -> list[str]:
+    """p50/p95 of each read, the reads interleaved (one of each per round, the order rotating),
+    so that whatever the machine does meanwhile -- the checkpointer writing out the load, another
+    process -- weighs on all of them alike, not on whichever happened to be timed first."""
+    samples: dict[int, list[float]] = {i: [] for i in range(len(reads))}
+    failed: dict[int, str] = {}
+    for i, read in enumerate(reads):
+        headers = {"Authorization": f"Bearer {read.key}"}
+        response = http.request(read.method, read.path, headers=headers, json=read.body)
+        if response.status_code != 200:
+            failed[i] = f"error {response.status_code}: {response.text[:200]}"
+    order = [i for i in range(len(reads)) if i not in failed]
+    for round_ in range(3 + runs):  # 3 warm-up rounds
+        shift = round_ % len(order) if order else 0
+        for i in order[shift:] + order[:shift]:
+            read = reads[i]
+            headers = {"Authorization": f"Bearer {read.key}"}
+            started = time.perf_counter()
+            response = http.request(read.method, read.path, headers=headers, json=read.body)
+            elapsed = (time.perf_counter() - started) * 1000
+            response.raise_for_status()
+            if round_ >= 3:
+                samples[i].append(elapsed)
+    out = []
+    for i, read in enumerate(reads):
+        if i in failed:
+            out.append(f"  {read.label}: {failed[i]}")
+            continue
+        ordered = sorted(samples[i])
+        p95 = ordered[min(len(ordered) - 1, round(len(ordered) * 0.95) - 1)]
+        out.append(
+            f"  {read.label}: p50 {statistics.median(ordered):6.1f} ms   p95 {p95:6.1f} ms   "
+            f"({runs} runs)"
+        )
+    return out
 
 
 def read_latencies(
@@ -377,32 +404,32 @@ def read_latencies(
     # the same by API key: clients chart that too (billing-api §14); it reads the rollups that
     # keep the properties (5 keys x 2 models x 2 clusters here)
     by_key = {"analyticsRequest": {**analytics["analyticsRequest"], "groupBy": ["api_key_id"]}}
-    out = []
     teams = [
         (f"{workload.events[team]:>9,} events", team)
         for team in (workload.big_team, workload.small_team)
     ]
-    for name, body in (("description", analytics), ("api_key_id ", by_key)):
-        for label, team in teams:
-            out.append(
-                f"  usage analytics ({month:%Y-%m}, DAY, by {name}), team with {label}: "
-                + time_request(
-                    http, "POST", f"/v1/billing/teams/{team}/usage", keys[team], body, runs
-                )
-            )
-    for label, team in teams:
-        out.append(
-            f"  invoice preview,                                   team with {label}: "
-            + time_request(
-                http,
-                "GET",
-                f"/v1/billing/teams/{team}/postpaid/invoice/preview",
-                keys[team],
-                None,
-                runs,
-            )
+    reads = [
+        Read(
+            f"usage analytics ({month:%Y-%m}, DAY, by {name}), team with {label}",
+            "POST",
+            f"/v1/billing/teams/{team}/usage",
+            keys[team],
+            body,
         )
-    return out
+        for name, body in (("description", analytics), ("api_key_id ", by_key))
+        for label, team in teams
+    ]
+    reads += [
+        Read(
+            f"invoice preview,                                   team with {label}",
+            "GET",
+            f"/v1/billing/teams/{team}/postpaid/invoice/preview",
+            keys[team],
+            None,
+        )
+        for label, team in teams
+    ]
+    return time_reads(http, reads, runs)
 
 
 # --- the raw COPY reference -------------------------------------------------------------------
@@ -603,6 +630,7 @@ def main() -> None:
             if setting is not None and setting[0] == "off":
                 conn.execute("ANALYZE")
                 print("analyze:  autovacuum is off on this server: ran ANALYZE as it would have")
+            conn.execute("CHECKPOINT")  # the load's dirty pages written before the reads
 
         print()
         print("reads (after the load):")
