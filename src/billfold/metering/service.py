@@ -100,8 +100,9 @@ MAX_ID_LENGTH = 200
 MAX_PROPERTIES = 32
 MAX_PROPERTY_KEY_LENGTH = 64
 MAX_PROPERTY_LENGTH = 200
-# The rollups' dims_key column (varchar(1000)): with more groupable properties than the default
-# three, long values could exceed it together, and the database would refuse the whole batch.
+# The rollups' dims_key column (varchar(1000)): long values full of characters that JSON escapes
+# (a quote takes two), or more groupable properties than the default three, could exceed it
+# together, and the database would refuse the whole batch.
 MAX_DIMS_KEY_LENGTH = 1000
 # Property numbers are stored as JSON numbers; beyond 64 bits orjson (and many JSON readers)
 # cannot carry them, so they are refused like any other value that cannot be stored.
