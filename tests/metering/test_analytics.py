@@ -55,6 +55,20 @@ def post_usage(api: Api, team_id: str, headers: dict[str, str], body: dict[str, 
     return api.client.post(f"/v1/billing/teams/{team_id}/usage", json=body, headers=headers)
 
 
+def record_partitions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The partition kind ("none", "bucket", "local") of every rollup read analytics makes from
+    now on, in order: one per read, so a re-read after a straddling partition shows as two."""
+    reads: list[str] = []
+    read_rollups = analytics.UsageAnalytics._read_rollups
+
+    def recording(*args: Any) -> Any:
+        reads.append(args[2].kind)  # (session, query, partition, ...)
+        return read_rollups(*args)
+
+    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    return reads
+
+
 def usage(api: Api, team_id: str, headers: dict[str, str], *args: str, **kwargs: Any) -> Any:
     response = post_usage(api, team_id, headers, request_body(*args, **kwargs))
     assert response.status_code == 200, response.text
@@ -782,14 +796,7 @@ def test_transitions_missed_by_sampling_still_give_exact_answers(
             event(team_id, prompt, 1000, "2026-11-02T05:30:00Z"),  # Nov 2 00:30 EST
         ],
     )
-    reads: list[str] = []
-    read_rollups = analytics.UsageAnalytics._read_rollups
-
-    def recording(*args: Any) -> Any:
-        reads.append(args[2].kind)  # (session, query, partition, ...)
-        return read_rollups(*args)
-
-    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    reads = record_partitions(monkeypatch)
     expected = {
         "2026-10-31T04:00:00Z": 1,
         "2026-11-01T04:00:00Z": 110,

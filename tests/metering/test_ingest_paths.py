@@ -138,22 +138,25 @@ def _outcome(result: IngestResult) -> tuple[int, int, list[tuple[int, str, str]]
     )
 
 
+ROLLUP_TABLES: dict[str, Any] = {
+    "rollups": UsageRollup,
+    "version_rollups": UsageRollupByVersion,
+    "hourly_rollups": UsageRollupHourly,
+    "hourly_version_rollups": UsageRollupHourlyByVersion,
+}
+
+
+def r_dims(row: Any) -> tuple[str, ...]:
+    """A rollup's dims key, if its table has one."""
+    return (row.dims_key,) if isinstance(row, UsageRollup | UsageRollupHourly) else ()
+
+
 def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
     """Everything ingestion wrote for these teams, with each team replaced by its position."""
     ids = [uuid.UUID(t) for t in teams]
     position = {team_id: i for i, team_id in enumerate(ids)}
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         events = session.scalars(select(UsageEvent).where(UsageEvent.team_id.in_(ids)))
-        rollups = session.scalars(select(UsageRollup).where(UsageRollup.team_id.in_(ids)))
-        by_version = session.scalars(
-            select(UsageRollupByVersion).where(UsageRollupByVersion.team_id.in_(ids))
-        )
-        hourly = session.scalars(
-            select(UsageRollupHourly).where(UsageRollupHourly.team_id.in_(ids))
-        )
-        hourly_by_version = session.scalars(
-            select(UsageRollupHourlyByVersion).where(UsageRollupHourlyByVersion.team_id.in_(ids))
-        )
         lines = session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids)))
         cycles = session.scalars(select(BillingCycle).where(BillingCycle.team_id.in_(ids)))
         return {
@@ -169,36 +172,20 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
                 )
                 for e in events
             ),
-            "rollups": sorted(
-                (
-                    position[r.team_id],
-                    r.bucket_start,
-                    r.price_version_id,
-                    r.dims_key,
-                    r.quantity,
-                    r.events,
+            **{
+                name: sorted(
+                    (
+                        position[r.team_id],
+                        r.bucket_start,
+                        r.price_version_id,
+                        *r_dims(r),
+                        r.quantity,
+                        r.events,
+                    )
+                    for r in session.scalars(select(table).where(table.team_id.in_(ids)))
                 )
-                for r in rollups
-            ),
-            "version_rollups": sorted(
-                (position[r.team_id], r.bucket_start, r.price_version_id, r.quantity, r.events)
-                for r in by_version
-            ),
-            "hourly_rollups": sorted(
-                (
-                    position[r.team_id],
-                    r.bucket_start,
-                    r.price_version_id,
-                    r.dims_key,
-                    r.quantity,
-                    r.events,
-                )
-                for r in hourly
-            ),
-            "hourly_version_rollups": sorted(
-                (position[r.team_id], r.bucket_start, r.price_version_id, r.quantity, r.events)
-                for r in hourly_by_version
-            ),
+                for name, table in ROLLUP_TABLES.items()
+            },
             "lines": sorted(
                 (
                     position[c.team_id],
@@ -213,11 +200,6 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
             ),
             "cycles": sorted((position[c.team_id], c.year, c.month, c.spend_cents) for c in cycles),
         }
-
-
-def r_dims(row: Any) -> tuple[str, ...]:
-    """The hourly table's dims key, if it has one."""
-    return (row.dims_key,) if isinstance(row, UsageRollupHourly) else ()
 
 
 def _check_aggregates(api: Api, teams: list[str]) -> None:

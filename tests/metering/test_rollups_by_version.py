@@ -50,7 +50,7 @@ from billfold.metering.models import (
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.migrate import alembic_config, upgrade
 from tests.conftest import POSTGRES_URL, Api, _make_api, event, unique_sku
-from tests.metering.test_analytics import NOW, post_usage, request_body
+from tests.metering.test_analytics import NOW, post_usage, record_partitions, request_body
 
 BY_VERSION = UsageAnalytics()
 BY_DIMS = UsageAnalytics(version_rollups=False)
@@ -291,14 +291,7 @@ def test_the_endpoint_reads_the_table_the_query_needs(
     zone whose offset is 5:45 (day buckets are unions of whole 15-minute rollup buckets), each in
     one read by local day (partitions aligned to Kathmandu's midnight, none straddling two
     days)."""
-    reads: list[str] = []
-    read_rollups = analytics.UsageAnalytics._read_rollups
-
-    def recording(*args: Any) -> Any:
-        reads.append(args[2].kind)  # (session, query, partition, ...)
-        return read_rollups(*args)
-
-    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    reads = record_partitions(monkeypatch)
     with frozen(NOW):
         team_id, headers = api.team_with_key()
         # 18:10-18:15 UTC: 23:55 to 00:00 in Kathmandu, on both sides of local midnight
@@ -373,14 +366,7 @@ def test_whole_hours_come_from_the_hourly_tables(
     either end from the quarter-hour ones, in one read without a re-read; a :45 zone, quarter-
     hour buckets and a range shorter than an hour read the quarter-hour tables only. Totals per
     bucket equal the events summed by hand."""
-    reads: list[str] = []
-    read_rollups = analytics.UsageAnalytics._read_rollups
-
-    def recording(*args: Any) -> Any:
-        reads.append(args[2].kind)  # (session, query, partition, ...)
-        return read_rollups(*args)
-
-    monkeypatch.setattr(analytics.UsageAnalytics, "_read_rollups", staticmethod(recording))
+    reads = record_partitions(monkeypatch)
     with frozen(NOW):
         team_id, headers = api.team_with_key()
         # every 37 minutes from Oct 31 to Nov 3 (New York leaves DST on Nov 1 at 06:00 UTC),
