@@ -4,10 +4,10 @@ PostgreSQL ingests through ``PostgresWriter`` (one JSONB document per table), SQ
 ``CoreWriter`` (SQLAlchemy Core). Both run behind the same validation and rating code, and here the
 same batches go through each on PostgreSQL -- to two sets of teams -- and must give the same
 answers (accepted, duplicates, every rejection) and the same stored rows, event for event. The
-property tests then check, on both databases, that the four rollup tables and cycle lines sum to
+property tests then check, on both databases, that the six rollup tables and cycle lines sum to
 the raw events, rollups by version are the rollups summed over their property dimensions, the
-hourly tables the quarter-hour ones summed per hour, line
-amounts are the one rounding of their exact totals, and a cycle's spend is the sum of its lines.
+hourly and daily tables the quarter-hour ones summed per UTC hour and day, line amounts are the
+one rounding of their exact totals, and a cycle's spend is the sum of its lines.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
 from billfold.metering.models import (
+    ROLLUPS_BY_WIDTH,
+    VERSION_ROLLUPS_BY_WIDTH,
     CycleLine,
     UsageEvent,
     UsageRollup,
     UsageRollupByVersion,
-    UsageRollupHourly,
-    UsageRollupHourlyByVersion,
 )
 from billfold.metering.service import (
     MAX_QUANTITY,
@@ -139,16 +139,14 @@ def _outcome(result: IngestResult) -> tuple[int, int, list[tuple[int, str, str]]
 
 
 ROLLUP_TABLES: dict[str, Any] = {
-    "rollups": UsageRollup,
-    "version_rollups": UsageRollupByVersion,
-    "hourly_rollups": UsageRollupHourly,
-    "hourly_version_rollups": UsageRollupHourlyByVersion,
+    **{f"rollups_{width}": table for width, table in ROLLUPS_BY_WIDTH.items()},
+    **{f"version_rollups_{width}": table for width, table in VERSION_ROLLUPS_BY_WIDTH.items()},
 }
 
 
 def r_dims(row: Any) -> tuple[str, ...]:
     """A rollup's dims key, if its table has one."""
-    return (row.dims_key,) if isinstance(row, UsageRollup | UsageRollupHourly) else ()
+    return (row.dims_key,) if type(row) in ROLLUPS_BY_WIDTH.values() else ()
 
 
 def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
@@ -205,8 +203,8 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
 def _check_aggregates(api: Api, teams: list[str]) -> None:
     """The rollup tables and lines sum to the raw events (each rollup's dims_key the JSON of its
     events' groupable properties); rollups by version are the rollups summed over their dims, the
-    hourly tables the quarter-hour ones summed per hour; amounts are rounded once; spend = sum of
-    lines."""
+    hourly and daily tables the quarter-hour ones summed per UTC hour and day; amounts are
+    rounded once; spend = sum of lines."""
     ids = [uuid.UUID(t) for t in teams]
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         prices = dict(session.execute(select(PriceVersion.id, PriceVersion.unit_price_pico)).all())
@@ -245,21 +243,25 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
             summed[(team_id, bucket, version_id)][0] += quantity
             summed[(team_id, bucket, version_id)][1] += count
         assert by_version == summed
-        hourly_tables: list[tuple[dict[Any, list[int]], Any]] = [
-            (rollups, UsageRollupHourly),
-            (by_version, UsageRollupHourlyByVersion),
+        coarser: list[tuple[dict[Any, list[int]], Any, dict[str, int]]] = [
+            (quarters, tables[width], start_of)
+            for quarters, tables in (
+                (rollups, ROLLUPS_BY_WIDTH),
+                (by_version, VERSION_ROLLUPS_BY_WIDTH),
+            )
+            for width, start_of in ((3600, {"minute": 0}), (86_400, {"minute": 0, "hour": 0}))
         ]
-        for quarters, table in hourly_tables:
-            per_hour: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+        for quarters, table, start_of in coarser:
+            per_bucket: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
             for (team_id, bucket, *rest), (quantity, count) in quarters.items():
-                hour = (team_id, bucket.replace(minute=0), *rest)
-                per_hour[hour][0] += quantity
-                per_hour[hour][1] += count
-            hours = {
+                key = (team_id, bucket.replace(**start_of), *rest)
+                per_bucket[key][0] += quantity
+                per_bucket[key][1] += count
+            stored = {
                 (r.team_id, r.bucket_start, r.price_version_id, *r_dims(r)): [r.quantity, r.events]
                 for r in session.scalars(select(table).where(table.team_id.in_(ids)))
             }
-            assert hours == per_hour, table.__tablename__
+            assert stored == per_bucket, table.__tablename__
         spend: dict[tuple[Any, ...], int] = defaultdict(int)
         lines = {}
         for c in session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids))):

@@ -7,21 +7,21 @@ What is read
     ``unit_type``, ``sku``, or none) reads ``usage_rollups_by_version``, the same sums without the
     property dimensions: up to ~40x fewer rows for a team with many property combinations, and
     the same answer (both are written by the same batch, in the same transaction). Each has an
-    hourly twin (``usage_rollups_hourly``, ``usage_rollups_hourly_by_version``): when every
-    requested bucket starts on a whole UTC hour (HOUR, DAY, CALENDAR_WEEK and MONTH in zones with
-    whole-hour offsets, ``Etc/GMT`` and ``UTC`` included) or there is one bucket (NONE), the whole
-    hours of the range are read from it and only the ragged quarter hours at its ends from the
-    quarter-hour table -- a quarter of the rows, in one statement (a UNION ALL). The database
-    sums rollups into *partitions* that are never wider than a requested bucket (a local hour, or
-    a local day, at a constant UTC offset); Python attributes each partition to its bucket,
-    filters, groups, and computes dollars exactly: ``usd = sum(quantity * unit_price_pico)`` in
-    Python ints, turned into a float only for the wire. The cost of a query grows with buckets x
-    price versions (x property combinations, when it needs properties), never with the number of
-    events: a month is at most ~720 hourly rows per price version (and combination) however many
-    events it holds. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than the
-    rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only inside the
-    retention window, and the point cap bounds their range (about 6.9 days of minutes, 2.8 hours of
-    seconds).
+    hourly and a daily twin (per UTC hour and day): where no requested bucket boundary falls
+    inside their buckets -- one bucket (NONE); every bucket starting on a whole UTC hour (HOUR,
+    DAY, CALENDAR_WEEK and MONTH in zones with whole-hour offsets) or day (DAY, CALENDAR_WEEK and
+    MONTH in ``UTC``/``Etc/GMT``, what dashboards send) -- the range is read from the coarsest
+    table that fits and only its ragged ends from the finer ones, in one statement (a UNION ALL):
+    a month by day in ``Etc/GMT`` is ~30 rows per price version (and property combination). The
+    database sums rollups into *partitions* that are never wider than a requested bucket (a
+    local hour, or a local day, at a constant UTC offset); Python attributes each partition to
+    its bucket, filters, groups, and computes dollars exactly: ``usd = sum(quantity *
+    unit_price_pico)`` in Python ints, turned into a float only for the wire. The cost of a query
+    grows with buckets x price versions (x property combinations, when it needs properties),
+    never with the number of events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than
+    the rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only
+    inside the retention window, and the point cap bounds their range (about 6.9 days of
+    minutes, 2.8 hours of seconds).
 
 Resolution (the rule clients see; docs/api-decisions.md)
     The rollups' resolution is 15 minutes, so for every unit but MINUTE and SECOND the range is
@@ -94,11 +94,14 @@ from billfold.kit.clock import utc_now
 from billfold.kit.errors import InvalidField
 from billfold.kit.money import pico_to_usd_float
 from billfold.metering.models import (
+    ROLLUPS_BY_WIDTH,
+    VERSION_ROLLUPS_BY_WIDTH,
+    RollupTable,
     UsageEvent,
     UsageRollup,
-    UsageRollupByVersion,
+    UsageRollupDaily,
     UsageRollupHourly,
-    UsageRollupHourlyByVersion,
+    VersionRollupTable,
 )
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.pricing.models import PriceVersion
@@ -708,26 +711,43 @@ class _Straddles(Exception):
     """A partition spans two requested buckets (a DST transition the sampling missed)."""
 
 
-# A rollup table: per quarter hour or hour, with property dimensions or without.
-_RollupTable = (
-    type[UsageRollup]
-    | type[UsageRollupByVersion]
-    | type[UsageRollupHourly]
-    | type[UsageRollupHourlyByVersion]
-)
+# A rollup table: per quarter hour, hour or day, with property dimensions or without.
+_RollupTable = RollupTable | VersionRollupTable
 # What one query reads: a table, from and to (exclusive).
 _Source = tuple[_RollupTable, datetime, datetime]
 
-HOUR_SECONDS = 3600
+
+def _split(
+    tables: dict[int, _RollupTable], widths: list[int], start: datetime, end: datetime
+) -> list[_Source]:
+    """[start, end) as whole buckets of the widest table (``widths`` ascending, in seconds), and
+    its ragged ends the same way from the finer ones: a month from 00:20 on the 1st reads the
+    quarter hours to 01:00, the hours to midnight, then days."""
+    if start >= end:
+        return []
+    width, finer = widths[-1], widths[:-1]
+    if not finer:
+        return [(tables[width], start, end)]
+    middle = (ceil_to(start, width), floor_to(end, width))
+    if middle[0] >= middle[1]:
+        return _split(tables, finer, start, end)
+    return [
+        *_split(tables, finer, start, middle[0]),
+        (tables[width], *middle),
+        *_split(tables, finer, middle[1], end),
+    ]
 
 
 class UsageAnalytics:
-    def __init__(self, *, version_rollups: bool = True, hourly: bool = True) -> None:
-        """``version_rollups=False`` reads the tables with property dimensions for every query,
-        ``hourly=False`` only the quarter-hour tables (the tests that compare the tables'
-        answers)."""
+    def __init__(
+        self, *, version_rollups: bool = True, widths: tuple[int, ...] = (900, 3600, 86_400)
+    ) -> None:
+        """``version_rollups=False`` reads the tables with property dimensions for every query;
+        ``widths`` are the rollup widths (seconds) it may read, 900 always among them (the tests
+        that compare the tables' answers)."""
+        assert ROLLUP_SECONDS in widths and set(widths) <= set(ROLLUPS_BY_WIDTH)
         self._version_rollups = version_rollups
-        self._hourly = hourly
+        self._widths = sorted(widths)
 
     def run(self, session: Session, settings: Settings, query: AnalyticsQuery) -> AnalyticsResult:
         """The time series of ``query``; reads only, so any transaction will do."""
@@ -779,8 +799,10 @@ class UsageAnalytics:
     ) -> list[tuple[int, _Slice]]:
         # Without properties, the rollups by version give the same sums from fewer rows.
         by_version = not with_dims and self._version_rollups
-        quarters: _RollupTable = UsageRollupByVersion if by_version else UsageRollup
-        hours: _RollupTable = UsageRollupHourlyByVersion if by_version else UsageRollupHourly
+        tables: dict[int, _RollupTable] = dict(
+            VERSION_ROLLUPS_BY_WIDTH if by_version else ROLLUPS_BY_WIDTH
+        )
+        quarters = tables[ROLLUP_SECONDS]
         span = self._data_span(session, quarters, query.team_id, start, end)
         if span is None:
             return []
@@ -792,22 +814,20 @@ class UsageAnalytics:
         else:
             partition = _Partition("local", 3600 if query.unit is TimeUnit.HOUR else 86_400)
             segments = offset_segments(query.zone, *span)
-        sources: list[_Source] = [(quarters, start, end)]
-        # Whole UTC hours come from the hourly table when no bucket boundary falls inside one:
-        # a single bucket, or buckets that all start on whole UTC hours (hours, days, weeks and
-        # months of every zone whose offsets are whole hours). An hourly row then lies in one
-        # bucket, so the straddle check on the partitions' first and last rows stays exact. The
-        # ragged quarter hours at the ends of the range come from the quarter-hour table (the
-        # range is widened to quarter hours only: the resolution clients see).
-        middle = (ceil_to(start, HOUR_SECONDS), floor_to(end, HOUR_SECONDS))
-        if (
-            self._hourly
-            and partition.kind != "bucket"
-            and middle[0] < middle[1]
-            and (partition.kind == "none" or all(floor_to(at, HOUR_SECONDS) == at for at in starts))
-        ):
-            sources = [(quarters, start, middle[0]), (hours, *middle), (quarters, middle[1], end)]
-            sources = [(table, lo, hi) for table, lo, hi in sources if lo < hi]
+        # A coarser table is read where no requested bucket boundary falls inside its buckets:
+        # for a single bucket, or when every bucket starts on a whole UTC hour (hours, days,
+        # weeks and months of every zone whose offsets are whole hours) or day (days, weeks and
+        # months in UTC). Each row then lies in one bucket, so the straddle check on the
+        # partitions' first and last rows stays exact. The range's ragged ends come from the
+        # finer tables (it is widened to quarter hours only: the resolution clients see).
+        widths = [
+            width
+            for width in self._widths
+            if width == ROLLUP_SECONDS
+            or partition.kind == "none"
+            or (partition.kind == "local" and all(floor_to(at, width) == at for at in starts))
+        ]
+        sources = _split(tables, widths, start, end)
         try:
             return self._attribute(
                 starts, self._read_rollups(session, query, partition, segments, with_dims, sources)
@@ -855,7 +875,7 @@ class UsageAnalytics:
                 r.events.label("events"),
             ]
             if with_dims:
-                assert r is UsageRollup or r is UsageRollupHourly, "a table without properties"
+                assert r in (UsageRollup, UsageRollupHourly, UsageRollupDaily), "no properties"
                 columns.append(r.dims_key.label("dims_key"))
             if partition.kind == "local":
                 offset: ColumnElement[Any] = (

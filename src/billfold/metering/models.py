@@ -25,15 +25,16 @@
   combination), which is what analytics reads when a query groups and filters by price attributes
   only (description, unit type, SKU) -- the common case. Same 15-minute buckets, for the same
   reason as above.
-* ``usage_rollups_hourly`` and ``usage_rollups_hourly_by_version``: the two tables above summed
-  per UTC hour (same batch, same transaction). An hour of a busy team is one row per price version
-  (per property combination) instead of four, and a local hour or day of every zone whose UTC
-  offset is a whole number of hours -- nearly all of them, ``Etc/GMT`` and ``UTC`` included -- is
-  a union of UTC hours; so analytics reads them for hours, days, weeks, months and single-bucket
-  queries in such zones, and the quarter-hour tables only for the ragged quarter hours at the
-  ends of a range and for :30/:45 zones (metering/analytics.py). A month then costs the same few
-  thousand rows whether the team sent a thousand events or a billion. The hourly table with
-  properties keeps no ``dims`` column: ``dims_key`` is the canonical JSON of the same object.
+* ``usage_rollups_hourly`` / ``_hourly_by_version`` and ``usage_rollups_daily`` /
+  ``_daily_by_version``: the two tables above summed per UTC hour and per UTC day (same batch,
+  same transaction). A local hour or day of every zone whose UTC offset is a whole number of hours
+  -- nearly all of them -- is a union of UTC hours, and in ``UTC``/``Etc/GMT`` (what dashboards
+  send) a day, week or month is a union of UTC days. So analytics reads each range from the
+  coarsest table whose buckets no requested bucket boundary cuts, and only the ragged ends from
+  the finer ones (metering/analytics.py): a month of a busy team by day in ``Etc/GMT`` is ~30
+  rows per price version (and property combination) whether the team sent a thousand events or a
+  billion. The tables by width: :data:`ROLLUPS_BY_WIDTH`, :data:`VERSION_ROLLUPS_BY_WIDTH`. The
+  coarser tables with properties keep no ``dims`` column either: ``dims_key`` is its JSON.
 """
 
 from __future__ import annotations
@@ -121,6 +122,49 @@ class UsageRollupHourlyByVersion(Base):
     price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
     quantity: Mapped[int]
     events: Mapped[int]
+
+
+class UsageRollupDaily(Base):
+    """``usage_rollups`` summed per UTC day: ``bucket_start`` is the day's start (00:00 UTC). No
+    foreign key, as ``usage_rollups``."""
+
+    __tablename__ = "usage_rollups_daily"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
+    dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    quantity: Mapped[int]
+    events: Mapped[int]
+
+
+class UsageRollupDailyByVersion(Base):
+    """``usage_rollups_by_version`` summed per UTC day: ``bucket_start`` is the day's start."""
+
+    __tablename__ = "usage_rollups_daily_by_version"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
+    quantity: Mapped[int]
+    events: Mapped[int]
+
+
+# The rollup tables by the width of their buckets in seconds, finest first.
+RollupTable = type[UsageRollup] | type[UsageRollupHourly] | type[UsageRollupDaily]
+VersionRollupTable = (
+    type[UsageRollupByVersion] | type[UsageRollupHourlyByVersion] | type[UsageRollupDailyByVersion]
+)
+ROLLUPS_BY_WIDTH: dict[int, RollupTable] = {
+    900: UsageRollup,
+    3600: UsageRollupHourly,
+    86_400: UsageRollupDaily,
+}
+VERSION_ROLLUPS_BY_WIDTH: dict[int, VersionRollupTable] = {
+    900: UsageRollupByVersion,
+    3600: UsageRollupHourlyByVersion,
+    86_400: UsageRollupDailyByVersion,
+}
 
 
 class CycleLine(Base):

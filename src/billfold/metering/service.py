@@ -11,12 +11,13 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
    only if an event is stored already does ``INSERT ... ON CONFLICT DO NOTHING`` sort it out
    (:meth:`PostgresWriter.insert_events`); elsewhere that statement always does, and the keys that
    come back are the accepted ones;
-4. the four rollup tables, cycle lines and billing cycles are upserted in key order (so row
-   locks are always taken in the same order: events, rollups, rollups by version, hourly rollups,
-   hourly rollups by version, lines, cycles, each sorted by key), and each touched line's rounded
-   amount is recomputed from its new quantity. Rollups by version are the rollups summed over
-   their property dimensions, and the hourly ones both summed per hour (metering/models.py), all
-   computed from the same sums and written in the same transaction, so the tables always agree.
+4. the six rollup tables, cycle lines and billing cycles are upserted in key order (so row locks
+   are always taken in the same order: events; rollups and rollups by version per quarter hour,
+   then per hour, then per day; lines; cycles; each sorted by key), and each touched line's
+   rounded amount is recomputed from its new quantity. Rollups by version are the rollups summed
+   over their property dimensions, the hourly and daily ones the same summed per UTC hour and day
+   (metering/models.py), all computed from the same sums and written in the same transaction, so
+   the tables always agree.
 
 Accepted means durable: the request's transaction commits before the response is sent.
 
@@ -73,12 +74,10 @@ from billfold.kit.db import dialect_insert, is_postgres
 from billfold.kit.errors import BadRequest
 from billfold.kit.money import Pico, round_to_cents
 from billfold.metering.models import (
+    ROLLUPS_BY_WIDTH,
+    VERSION_ROLLUPS_BY_WIDTH,
     CycleLine,
     UsageEvent,
-    UsageRollup,
-    UsageRollupByVersion,
-    UsageRollupHourly,
-    UsageRollupHourlyByVersion,
 )
 from billfold.metering.schemas import WireEvent
 from billfold.pricing.models import PriceVersion
@@ -387,22 +386,26 @@ class EventParser:
 
 # --- what a batch adds to the aggregates ---------------------------------------------------------
 
-# The bucket number is the quarter hour's (bucket_number); in hourly keys, the hour's first one.
+# The bucket number is the quarter hour's (bucket_number); in the keys of coarser rollups, the
+# number of their bucket's first quarter hour.
 RollupKey = tuple[str, int, int, str]  # team key, bucket number, price version, dims key
 VersionRollupKey = tuple[str, int, int]  # team key, bucket number, price version
 LineKey = tuple[str, int, int, int]  # team key, year, month, price version
 CycleKey = tuple[str, int, int]  # team key, year, month
 Sums = list[int]  # [quantity, events]
 
+# The rollups' bucket widths in seconds (metering.models.ROLLUPS_BY_WIDTH), finest first: also
+# the order in which a batch writes them.
+ROLLUP_WIDTHS = (900, 3600, 86_400)
+
 
 @dataclass
 class BatchSums:
-    """What a batch's accepted events add to each aggregate table."""
+    """What a batch's accepted events add to each aggregate table: rollups and rollups by version
+    per bucket width (seconds), and cycle lines."""
 
-    rollups: dict[RollupKey, Sums]
-    version_rollups: dict[VersionRollupKey, Sums]
-    hourly_rollups: dict[RollupKey, Sums]
-    hourly_version_rollups: dict[VersionRollupKey, Sums]
+    rollups: dict[int, dict[RollupKey, Sums]]
+    version_rollups: dict[int, dict[VersionRollupKey, Sums]]
     lines: dict[LineKey, Sums]
 
 
@@ -417,38 +420,43 @@ def _add_sums(into: dict[Any, Sums], key: Any, quantity: int, count: int) -> Non
 
 def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
     """The accepted events summed per rollup, per rollup by version, and per cycle line."""
-    rollups: dict[RollupKey, Sums] = {}
+    quarters: dict[RollupKey, Sums] = {}
     for team_key, _, ts, _, quantity, version_id, (_, key, _) in events:
         # bucket_number(ts), inlined: this loop runs once per event
         rkey = (team_key, (ts.toordinal() * 24 + ts.hour) * 4 + ts.minute // 15, version_id, key)
-        sums = rollups.get(rkey)
+        sums = quarters.get(rkey)
         if sums is None:
-            rollups[rkey] = [quantity, 1]
+            quarters[rkey] = [quantity, 1]
         else:
             sums[0] += quantity
             sums[1] += 1
-    # The coarser sums from the finer ones (a batch has ~100x fewer rollups than events): by
-    # version and per hour from the rollups, hourly by version from the rollups by version, and
-    # lines from those (fewer still: one per price version and hour).
-    version_rollups: dict[VersionRollupKey, Sums] = {}
-    hourly_rollups: dict[RollupKey, Sums] = {}
-    for (team_key, number, version_id, key), (quantity, count) in rollups.items():
-        _add_sums(version_rollups, (team_key, number, version_id), quantity, count)
-        _add_sums(hourly_rollups, (team_key, number - number % 4, version_id, key), quantity, count)
-    hourly_version_rollups: dict[VersionRollupKey, Sums] = {}
-    for (team_key, number, version_id), (quantity, count) in version_rollups.items():
-        _add_sums(
-            hourly_version_rollups, (team_key, number - number % 4, version_id), quantity, count
-        )
+    # The coarser sums from the finer ones (a batch has ~100x fewer rollups than events): each
+    # width from the one before, each table by version from its table with properties, and the
+    # lines from the daily rollups by version (fewer still).
+    rollups = {ROLLUP_WIDTHS[0]: quarters}
+    finer = quarters
+    for width in ROLLUP_WIDTHS[1:]:
+        per = width // ROLLUP_WIDTHS[0]  # quarter hours per bucket
+        coarser: dict[RollupKey, Sums] = {}
+        for (team_key, number, version_id, key), (quantity, count) in finer.items():
+            _add_sums(coarser, (team_key, number - number % per, version_id, key), quantity, count)
+        rollups[width] = finer = coarser
+    version_rollups: dict[int, dict[VersionRollupKey, Sums]] = {}
+    for width, sums_of in rollups.items():
+        by_version: dict[VersionRollupKey, Sums] = {}
+        for (team_key, number, version_id, _), (quantity, count) in sums_of.items():
+            _add_sums(by_version, (team_key, number, version_id), quantity, count)
+        version_rollups[width] = by_version
     lines: dict[LineKey, Sums] = {}
     months: dict[int, tuple[int, int]] = {}
-    for (team_key, number, version_id), (quantity, count) in hourly_version_rollups.items():
+    daily = version_rollups[ROLLUP_WIDTHS[-1]]
+    for (team_key, number, version_id), (quantity, count) in daily.items():
         month = months.get(number)
         if month is None:
             start = bucket_start(number)
             month = months[number] = (start.year, start.month)
         _add_sums(lines, (team_key, *month, version_id), quantity, count)
-    return BatchSums(rollups, version_rollups, hourly_rollups, hourly_version_rollups, lines)
+    return BatchSums(rollups, version_rollups, lines)
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -465,15 +473,15 @@ class Writer(Protocol):
         ...
 
     def add_to_rollups(
-        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, width: int
     ) -> None:
-        """``usage_rollups``, or with ``hourly`` ``usage_rollups_hourly``."""
+        """The rollups with properties of that bucket width (ROLLUPS_BY_WIDTH)."""
         ...
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, width: int
     ) -> None:
-        """``usage_rollups_by_version``, or with ``hourly`` its hourly twin."""
+        """The rollups by version of that bucket width (VERSION_ROLLUPS_BY_WIDTH)."""
         ...
 
     def add_to_lines(
@@ -535,7 +543,7 @@ class CoreWriter:
         )
 
     def add_to_rollups(
-        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, width: int
     ) -> None:
         rows = [
             {
@@ -549,10 +557,10 @@ class CoreWriter:
             for (team, number, version_id, key), (quantity, count) in rollups
         ]
         keys = ["team_id", "bucket_start", "price_version_id", "dims_key"]
-        self._add_sums(session, UsageRollupHourly if hourly else UsageRollup, keys, rows)
+        self._add_sums(session, ROLLUPS_BY_WIDTH[width], keys, rows)
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, width: int
     ) -> None:
         rows = [
             {
@@ -564,8 +572,8 @@ class CoreWriter:
             }
             for (team, number, version_id), (quantity, count) in rollups
         ]
-        table = UsageRollupHourlyByVersion if hourly else UsageRollupByVersion
-        self._add_sums(session, table, ["team_id", "bucket_start", "price_version_id"], rows)
+        keys = ["team_id", "bucket_start", "price_version_id"]
+        self._add_sums(session, VERSION_ROLLUPS_BY_WIDTH[width], keys, rows)
 
     def add_to_lines(
         self, session: Session, lines: Sequence[tuple[LineKey, Sums]]
@@ -662,7 +670,7 @@ class PostgresWriter:
         " ingested_at) FROM STDIN (FORMAT BINARY)"
     )
     COPY_TYPES = ("bytea", "text", "timestamptz", "text", "int8", "int8", "bytea", "timestamptz")
-    # {table}: usage_rollups or usage_rollups_hourly.
+    # {table}: a table of ROLLUPS_BY_WIDTH.
     ROLLUPS = """
         INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, dims_key, quantity,
                                   events)
@@ -672,7 +680,7 @@ class PostgresWriter:
         ON CONFLICT (team_id, bucket_start, price_version_id, dims_key) DO UPDATE
         SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
     """
-    # {table}: usage_rollups_by_version or usage_rollups_hourly_by_version.
+    # {table}: a table of VERSION_ROLLUPS_BY_WIDTH.
     VERSION_ROLLUPS = """
         INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, quantity, events)
         SELECT (e->>0)::uuid, (e->>1)::timestamptz, (e->>2)::bigint, (e->>3)::bigint,
@@ -765,7 +773,7 @@ class PostgresWriter:
         return set(not_inserted)
 
     def add_to_rollups(
-        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[RollupKey, Sums]], *, width: int
     ) -> None:
         document = self._document(
             [
@@ -773,11 +781,11 @@ class PostgresWriter:
                 for (team, number, version_id, key), (quantity, count) in rollups
             ]
         )
-        table = "usage_rollups_hourly" if hourly else "usage_rollups"
+        table = ROLLUPS_BY_WIDTH[width].__tablename__
         session.connection().exec_driver_sql(self.ROLLUPS.format(table=table), {"rows": document})
 
     def add_to_version_rollups(
-        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, hourly: bool
+        self, session: Session, rollups: Sequence[tuple[VersionRollupKey, Sums]], *, width: int
     ) -> None:
         document = self._document(
             [
@@ -785,7 +793,7 @@ class PostgresWriter:
                 for (team, number, version_id), (quantity, count) in rollups
             ]
         )
-        table = "usage_rollups_hourly_by_version" if hourly else "usage_rollups_by_version"
+        table = VERSION_ROLLUPS_BY_WIDTH[width].__tablename__
         session.connection().exec_driver_sql(
             self.VERSION_ROLLUPS.format(table=table), {"rows": document}
         )
@@ -1005,15 +1013,11 @@ class MeteringService:
     ) -> None:
         sums = sum_accepted(events)
         # The tables in the lock order of the module docstring, each in key order.
-        for hourly, rollups, version_rollups in (
-            (False, sums.rollups, sums.version_rollups),
-            (True, sums.hourly_rollups, sums.hourly_version_rollups),
-        ):
-            writer.add_to_rollups(
-                session, sorted(rollups.items(), key=itemgetter(0)), hourly=hourly
-            )
+        for width in ROLLUP_WIDTHS:
+            rollups, by_version = sums.rollups[width], sums.version_rollups[width]
+            writer.add_to_rollups(session, sorted(rollups.items(), key=itemgetter(0)), width=width)
             writer.add_to_version_rollups(
-                session, sorted(version_rollups.items(), key=itemgetter(0)), hourly=hourly
+                session, sorted(by_version.items(), key=itemgetter(0)), width=width
             )
 
         sorted_lines = sorted(sums.lines.items(), key=itemgetter(0))

@@ -1,12 +1,13 @@
-"""metering: hourly rollups; the rollups with properties lose their price-version key and index
+"""metering: hourly and daily rollups; the rollups with properties lose their price-version key
 
 Revision ID: 0008
 Revises: 0007
 
-* ``usage_rollups_hourly`` and ``usage_rollups_hourly_by_version``: the quarter-hour rollups
-  summed per UTC hour, which analytics reads for hours, days, weeks and months in zones with
-  whole-hour offsets (metering/models.py). Backfilled here from the quarter-hour tables; from now
-  on ingestion writes all four in the same transaction.
+* ``usage_rollups_hourly`` / ``_hourly_by_version`` and ``usage_rollups_daily`` /
+  ``_daily_by_version``: the quarter-hour rollups summed per UTC hour and per UTC day, which
+  analytics reads for whatever part of a range their buckets fit (metering/models.py).
+  Backfilled here, hours from quarter hours and days from hours; from now on ingestion writes all
+  six in the same transaction.
 * ``usage_rollups`` (one row per property combination, ~10x the rows of the tables by version)
   drops its foreign key to ``price_versions``, its index by price version and its ``dims``
   column: the key cost every new row a lookup and a KEY SHARE lock (a quarter of the upsert), as
@@ -14,9 +15,9 @@ Revises: 0007
   the same batch with the same version ids, where setting a price looks for rated usage; and
   ``dims`` repeated ``dims_key``, the canonical JSON of the same object, which readers parse.
 
-Upgrading: as for 0006, stop the previous version's ingesters first. A batch that an old process
-commits after this migration lands in the quarter-hour tables only, and hourly reads would not
-show it. On PostgreSQL the backfill takes SHARE locks on the quarter-hour tables, so batches in
+Upgrading: as for 0006, stop the previous version's ingesters first; a batch that an old process
+sends after this migration fails (it still writes ``usage_rollups.dims``) and has to be sent
+again. On PostgreSQL the backfill takes SHARE locks on the quarter-hour tables, so batches in
 flight when it starts are waited for and included, and new ones wait until it commits.
 """
 
@@ -73,30 +74,35 @@ def _columns(*, dims: bool) -> list[SchemaItem]:
 
 
 def upgrade() -> None:
-    op.create_table("usage_rollups_hourly", *_columns(dims=True))
-    op.create_table("usage_rollups_hourly_by_version", *_columns(dims=False))
+    for width in ("hourly", "daily"):
+        op.create_table(f"usage_rollups_{width}", *_columns(dims=True))
+        op.create_table(f"usage_rollups_{width}_by_version", *_columns(dims=False))
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
         op.execute("LOCK TABLE usage_rollups, usage_rollups_by_version IN SHARE MODE")
-        # The UTC hour whatever the session's TimeZone (date_trunc of a timestamptz truncates in
-        # it: a +05:30 server would otherwise give half hours).
+        # The UTC hour and day whatever the session's TimeZone (date_trunc of a timestamptz
+        # truncates in it: a +05:30 server would otherwise give half hours).
         hour = "date_trunc('hour', bucket_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        day = "date_trunc('day', bucket_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     else:
         # SQLite keeps UTC times as 'YYYY-MM-DD HH:MM:SS.ffffff' text (SQLAlchemy's format).
         hour = "substr(bucket_start, 1, 13) || ':00:00.000000'"
+        day = "substr(bucket_start, 1, 10) || ' 00:00:00.000000'"
     # Sums as in 0006: an overflow fails the insert instead of being stored wrong. The statement
     # is built from the constants below only.
-    for table, source, dims in (
-        ("usage_rollups_hourly", "usage_rollups", ", dims_key"),
-        ("usage_rollups_hourly_by_version", "usage_rollups_by_version", ""),
+    for table, source, start, dims in (
+        ("usage_rollups_hourly", "usage_rollups", hour, ", dims_key"),
+        ("usage_rollups_hourly_by_version", "usage_rollups_by_version", hour, ""),
+        ("usage_rollups_daily", "usage_rollups_hourly", day, ", dims_key"),
+        ("usage_rollups_daily_by_version", "usage_rollups_hourly_by_version", day, ""),
     ):
         op.execute(
             f"""
             INSERT INTO {table} (team_id, bucket_start, price_version_id{dims}, quantity, events)
-            SELECT team_id, {hour}, price_version_id{dims}, sum(quantity), sum(events)
+            SELECT team_id, {start}, price_version_id{dims}, sum(quantity), sum(events)
             FROM {source}
-            GROUP BY team_id, {hour}, price_version_id{dims}
-            ORDER BY team_id, {hour}, price_version_id{dims}
+            GROUP BY team_id, {start}, price_version_id{dims}
+            ORDER BY team_id, {start}, price_version_id{dims}
             """  # noqa: S608 -- names from this file only
         )
         if postgres:  # statistics now, not at autovacuum's next visit (see 0006)
@@ -134,5 +140,6 @@ def downgrade() -> None:
             batch_op.create_foreign_key(_SQLITE_FK, "price_versions", ["price_version_id"], ["id"])
     op.create_index(_OLD_INDEX[0], _OLD_INDEX[1], ["price_version_id", "bucket_start"])
     op.drop_index(*_NEW_INDEX)
-    op.drop_table("usage_rollups_hourly_by_version")
-    op.drop_table("usage_rollups_hourly")
+    for width in ("daily", "hourly"):
+        op.drop_table(f"usage_rollups_{width}_by_version")
+        op.drop_table(f"usage_rollups_{width}")
