@@ -16,7 +16,7 @@ What it does, in one run:
 4. checks the result in the database (events, rollups, cycle lines and cycle spend agree);
 5. after a ``CHECKPOINT``, times the usage analytics query (a month, DAY buckets, groupBy
    description, and the same groupBy api_key_id) and the invoice preview for the big and the small
-   team, the six reads interleaved;
+   team, the six reads interleaved (a random order each round);
 6. stops the server, then times a raw ``COPY`` of the same rows into a bare table (the columns of
    usage_events, no key, no index; three times, the median counts) and into one with
    usage_events' key and index, and prints Billfold's rate as a share of each. The ingestion run
@@ -346,9 +346,10 @@ class Read:
 
 
 def time_reads(http: httpx.Client, reads: list[Read], runs: int) -> list[str]:
-    """p50/p95 of each read, the reads interleaved (one of each per round, the order rotating),
-    so that whatever the machine does meanwhile -- the checkpointer writing out the load, another
-    process -- weighs on all of them alike, not on whichever happened to be timed first."""
+    """p50/p95 of each read, the reads interleaved (one of each per round, in a new random order
+    each round), so that whatever the machine does meanwhile -- the checkpointer writing out the
+    load, another process, the garbage the previous request left -- weighs on all of them alike,
+    not on whichever happened to be timed first or always came after the heaviest."""
     samples: dict[int, list[float]] = {i: [] for i in range(len(reads))}
     failed: dict[int, str] = {}
     for i, read in enumerate(reads):
@@ -357,9 +358,10 @@ def time_reads(http: httpx.Client, reads: list[Read], runs: int) -> list[str]:
         if response.status_code != 200:
             failed[i] = f"error {response.status_code}: {response.text[:200]}"
     order = [i for i in range(len(reads)) if i not in failed]
+    shuffle = random.Random(7).shuffle
     for round_ in range(3 + runs):  # 3 warm-up rounds
-        shift = round_ % len(order) if order else 0
-        for i in order[shift:] + order[:shift]:
+        shuffle(order)
+        for i in order:
             read = reads[i]
             headers = {"Authorization": f"Bearer {read.key}"}
             started = time.perf_counter()
