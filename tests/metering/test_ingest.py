@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from sqlalchemy import func, select
 
 from billfold.invoicing.models import BillingCycle
@@ -241,3 +244,58 @@ def test_groupable_values_too_long_together_are_rejected_alone(api: Api) -> None
     [rejected] = result["rejected"]
     assert (rejected["eventId"], rejected["code"]) == ("too-long", "invalid_properties")
     assert "1000" in rejected["error"].replace(",", "")
+
+
+def test_groupable_values_of_four_byte_characters_are_rejected_alone(api: Api) -> None:
+    """PostgreSQL refuses a B-tree entry over 2,704 bytes: 600 characters of 4 bytes each in
+    the rollups' key pass the 1,000-character limit but not the 2,000-byte one."""
+    sku = unique_sku()
+    api.set_price(sku, "0.000001")
+    team_id = api.create_team()
+    wide = "\U00020000" * 200  # CJK Extension B: 4 bytes each in UTF-8
+    names = ["apiKeyId", "model", "clusterName"]
+    result = api.ingest(
+        [
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "ok", apiKeyId=wide),
+            event(team_id, sku, 1, "2026-11-20T10:00:00Z", "too-wide", **{n: wide for n in names}),
+        ]
+    )
+    assert result["accepted"] == 1, result
+    [rejected] = result["rejected"]
+    assert (rejected["eventId"], rejected["code"]) == ("too-wide", "invalid_properties")
+
+
+def _body_with(api: Api, team_id: str, sku: str, raw_event_tail: bytes) -> Any:
+    """A one-event batch whose event object ends with ``raw_event_tail`` (raw JSON bytes)."""
+    good = event(team_id, sku, 1, "2026-11-20T10:00:00Z")
+    head = orjson.dumps({"events": [good]})[: -len(b"}]}")]
+    return api.admin(
+        "POST",
+        "/admin/v1/usage-events",
+        content=head + raw_event_tail + b"}]}",
+        headers={**api.operator, "Content-Type": "application/json"},
+    )
+
+
+def test_a_body_is_json_or_not_whatever_its_events_look_like(api: Api) -> None:
+    """Well-typed batches are decoded by a faster parser than the others; both must refuse the
+    same bodies: invalid UTF-8 or absurd nesting in a field Billfold does not read is still not
+    JSON it accepts (400, nothing stored), and an unknown well-formed field is ignored."""
+    sku = unique_sku()
+    api.set_price(sku, "0.000001")
+    team_id = api.create_team()
+    deep = b"[" * 1100 + b"]" * 1100
+    for tail in (b',"note":"\xff"', b',"note":' + deep, b',"note":' + b"[" * 300 + b"]" * 300):
+        response = _body_with(api, team_id, sku, tail)
+        assert response.status_code == 400, (tail[:20], response.text)
+        assert response.json()["code"] == "invalid_json"
+    nested = b'{"x":' + deep + b',"events":[]}'
+    response = api.admin(
+        "POST",
+        "/admin/v1/usage-events",
+        content=nested,
+        headers={**api.operator, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400 and response.json()["code"] == "invalid_json"
+    ok = _body_with(api, team_id, sku, b',"note":"fine"')
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text

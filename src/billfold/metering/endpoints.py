@@ -80,7 +80,9 @@ async def event_batch(
 def decode_event_batch(body: bytes) -> list[Any]:
     try:
         return _BATCH.decode(body).events
-    except msgspec.DecodeError:  # malformed JSON, or some value of another type: look closer
+    # Malformed JSON, a value of another type, a field it does not know, or nesting deeper than
+    # msgspec recurses: the plain parser looks closer (and says 400 for what is not JSON).
+    except (msgspec.DecodeError, RecursionError):
         pass
     payload = from_json(body, allow_inf_nan=False)  # raises ValueError when not JSON at all
     events = payload.get("events") if isinstance(payload, dict) else None

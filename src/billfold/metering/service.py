@@ -99,10 +99,12 @@ MAX_ID_LENGTH = 200
 MAX_PROPERTIES = 32
 MAX_PROPERTY_KEY_LENGTH = 64
 MAX_PROPERTY_LENGTH = 200
-# The rollups' dims_key column (varchar(1000)): long values full of characters that JSON escapes
-# (a quote takes two), or more groupable properties than the default three, could exceed it
-# together, and the database would refuse the whole batch.
+# The rollups' dims_key column (varchar(1000)), and PostgreSQL's limit on a B-tree entry (2,704
+# bytes, the primary keys of the rollup tables): long values full of characters that JSON
+# escapes (a quote takes two) or that take 4 bytes in UTF-8, or more groupable properties than
+# the default three, could exceed them together, and the database would refuse the whole batch.
 MAX_DIMS_KEY_LENGTH = 1000
+MAX_DIMS_KEY_BYTES = 2000
 # Property numbers are stored as JSON numbers; beyond 64 bits orjson (and many JSON readers)
 # cannot carry them, so they are refused like any other value that cannot be stored.
 _MIN_PROPERTY_INT = -(2**63)
@@ -372,11 +374,12 @@ class EventParser:
         # Rollups keep the text of each groupable value (str(): "1.5", "True").
         dims = {p: str(properties[p]) for p in self.groupable if p in properties}
         key = dims_key(dims)
-        if len(key) > MAX_DIMS_KEY_LENGTH:
+        if len(key) > MAX_DIMS_KEY_LENGTH or len(key.encode()) > MAX_DIMS_KEY_BYTES:
             raise _Invalid(
                 "invalid_properties",
                 f"the groupable properties ({', '.join(dims)}) take more than "
-                f"{MAX_DIMS_KEY_LENGTH} characters together (as JSON); shorten their values",
+                f"{MAX_DIMS_KEY_LENGTH} characters or {MAX_DIMS_KEY_BYTES} bytes together "
+                "(as JSON in UTF-8); shorten their values",
             )
         result = (properties, key, b"\x01" + orjson.dumps(properties))
         if all_strings:
