@@ -34,6 +34,7 @@ from billfold.metering.models import (
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
     CycleLine,
+    RollupWithDims,
     UsageEvent,
     UsageRollup,
     UsageRollupByVersion,
@@ -146,7 +147,7 @@ ROLLUP_TABLES: dict[str, Any] = {
 
 def r_dims(row: Any) -> tuple[str, ...]:
     """A rollup's dims key, if its table has one."""
-    return (row.dims_key,) if type(row) in ROLLUPS_BY_WIDTH.values() else ()
+    return (row.dims_key,) if isinstance(row, RollupWithDims) else ()
 
 
 def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:

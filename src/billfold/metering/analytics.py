@@ -94,14 +94,12 @@ from billfold.kit.clock import utc_now
 from billfold.kit.errors import InvalidField
 from billfold.kit.money import pico_to_usd_float
 from billfold.metering.models import (
+    ROLLUP_WIDTHS,
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
-    RollupTable,
+    RollupByVersion,
+    RollupWithDims,
     UsageEvent,
-    UsageRollup,
-    UsageRollupDaily,
-    UsageRollupHourly,
-    VersionRollupTable,
 )
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.pricing.models import PriceVersion
@@ -712,7 +710,7 @@ class _Straddles(Exception):
 
 
 # A rollup table: per quarter hour, hour or day, with property dimensions or without.
-_RollupTable = RollupTable | VersionRollupTable
+_RollupTable = type[RollupWithDims] | type[RollupByVersion]
 # What one query reads: a table, from and to (exclusive).
 _Source = tuple[_RollupTable, datetime, datetime]
 
@@ -740,7 +738,7 @@ def _split(
 
 class UsageAnalytics:
     def __init__(
-        self, *, version_rollups: bool = True, widths: tuple[int, ...] = (900, 3600, 86_400)
+        self, *, version_rollups: bool = True, widths: tuple[int, ...] = ROLLUP_WIDTHS
     ) -> None:
         """``version_rollups=False`` reads the tables with property dimensions for every query;
         ``widths`` are the rollup widths (seconds) it may read, 900 always among them (the tests
@@ -875,7 +873,7 @@ class UsageAnalytics:
                 r.events.label("events"),
             ]
             if with_dims:
-                assert r in (UsageRollup, UsageRollupHourly, UsageRollupDaily), "no properties"
+                assert issubclass(r, RollupWithDims), "a table without properties"
                 columns.append(r.dims_key.label("dims_key"))
             if partition.kind == "local":
                 offset: ColumnElement[Any] = (

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -63,13 +63,15 @@ class UsageEvent(Base):
     ingested_at: Mapped[datetime]
 
 
-class UsageRollup(Base):
-    """No foreign key and no index on ``price_version_id`` (see the module docstring)."""
+class RollupWithDims:
+    """The columns of a rollup table with property dimensions (one per bucket width). No foreign
+    key and no index on ``price_version_id`` (see the module docstring)."""
 
-    __tablename__ = "usage_rollups"
+    if TYPE_CHECKING:
+        __tablename__: str  # each table's own
 
     team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)  # the bucket's start
     price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
     # Canonical JSON of the groupable properties' text values (metering.service.dims_key), so one
     # row per distinct combination; readers parse it back into the properties.
@@ -78,7 +80,24 @@ class UsageRollup(Base):
     events: Mapped[int]
 
 
-class UsageRollupByVersion(Base):
+class RollupByVersion:
+    """The columns of a rollup table without property dimensions (one per bucket width)."""
+
+    if TYPE_CHECKING:
+        __tablename__: str  # each table's own
+
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)  # the bucket's start
+    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
+    quantity: Mapped[int]
+    events: Mapped[int]
+
+
+class UsageRollup(RollupWithDims, Base):
+    __tablename__ = "usage_rollups"
+
+
+class UsageRollupByVersion(RollupByVersion, Base):
     """``usage_rollups`` without the property dimensions (see the module docstring).
 
     Analytics reads it by ``(team_id, bucket_start)`` ranges (the primary key); the index by
@@ -91,80 +110,44 @@ class UsageRollupByVersion(Base):
         Index("ix_usage_rollups_by_version_price_version", "price_version_id", "bucket_start"),
     )
 
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
-    quantity: Mapped[int]
-    events: Mapped[int]
 
-
-class UsageRollupHourly(Base):
-    """``usage_rollups`` summed per UTC hour: ``bucket_start`` is the hour's start. No foreign
-    key, as ``usage_rollups``."""
+class UsageRollupHourly(RollupWithDims, Base):
+    """``usage_rollups`` summed per UTC hour."""
 
     __tablename__ = "usage_rollups_hourly"
 
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
-    dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
-    quantity: Mapped[int]
-    events: Mapped[int]
 
-
-class UsageRollupHourlyByVersion(Base):
-    """``usage_rollups_by_version`` summed per UTC hour: ``bucket_start`` is the hour's start."""
+class UsageRollupHourlyByVersion(RollupByVersion, Base):
+    """``usage_rollups_by_version`` summed per UTC hour."""
 
     __tablename__ = "usage_rollups_hourly_by_version"
 
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
-    quantity: Mapped[int]
-    events: Mapped[int]
 
-
-class UsageRollupDaily(Base):
-    """``usage_rollups`` summed per UTC day: ``bucket_start`` is the day's start (00:00 UTC). No
-    foreign key, as ``usage_rollups``."""
+class UsageRollupDaily(RollupWithDims, Base):
+    """``usage_rollups`` summed per UTC day (from 00:00 UTC)."""
 
     __tablename__ = "usage_rollups_daily"
 
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
-    dims_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
-    quantity: Mapped[int]
-    events: Mapped[int]
 
-
-class UsageRollupDailyByVersion(Base):
-    """``usage_rollups_by_version`` summed per UTC day: ``bucket_start`` is the day's start."""
+class UsageRollupDailyByVersion(RollupByVersion, Base):
+    """``usage_rollups_by_version`` summed per UTC day (from 00:00 UTC)."""
 
     __tablename__ = "usage_rollups_daily_by_version"
 
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
-    quantity: Mapped[int]
-    events: Mapped[int]
 
-
-# The rollup tables by the width of their buckets in seconds, finest first.
-RollupTable = type[UsageRollup] | type[UsageRollupHourly] | type[UsageRollupDaily]
-VersionRollupTable = (
-    type[UsageRollupByVersion] | type[UsageRollupHourlyByVersion] | type[UsageRollupDailyByVersion]
-)
-ROLLUPS_BY_WIDTH: dict[int, RollupTable] = {
+# The rollup tables by the width of their buckets in seconds, finest first (also the order in
+# which a batch writes them).
+ROLLUPS_BY_WIDTH: dict[int, type[RollupWithDims]] = {
     900: UsageRollup,
     3600: UsageRollupHourly,
     86_400: UsageRollupDaily,
 }
-VERSION_ROLLUPS_BY_WIDTH: dict[int, VersionRollupTable] = {
+VERSION_ROLLUPS_BY_WIDTH: dict[int, type[RollupByVersion]] = {
     900: UsageRollupByVersion,
     3600: UsageRollupHourlyByVersion,
     86_400: UsageRollupDailyByVersion,
 }
+ROLLUP_WIDTHS = tuple(ROLLUPS_BY_WIDTH)
 
 
 class CycleLine(Base):

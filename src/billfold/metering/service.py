@@ -74,6 +74,7 @@ from billfold.kit.db import dialect_insert, is_postgres
 from billfold.kit.errors import BadRequest
 from billfold.kit.money import Pico, round_to_cents
 from billfold.metering.models import (
+    ROLLUP_WIDTHS,
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
     CycleLine,
@@ -396,10 +397,6 @@ VersionRollupKey = tuple[str, int, int]  # team key, bucket number, price versio
 LineKey = tuple[str, int, int, int]  # team key, year, month, price version
 CycleKey = tuple[str, int, int]  # team key, year, month
 Sums = list[int]  # [quantity, events]
-
-# The rollups' bucket widths in seconds (metering.models.ROLLUPS_BY_WIDTH), finest first: also
-# the order in which a batch writes them.
-ROLLUP_WIDTHS = (900, 3600, 86_400)
 
 
 @dataclass
