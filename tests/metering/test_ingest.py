@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -299,3 +300,10 @@ def test_a_body_is_json_or_not_whatever_its_events_look_like(api: Api) -> None:
     assert response.status_code == 400 and response.json()["code"] == "invalid_json"
     ok = _body_with(api, team_id, sku, b',"note":"fine"')
     assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        stored = session.scalar(
+            select(func.count())
+            .select_from(UsageEvent)
+            .where(UsageEvent.team_id == uuid.UUID(team_id))
+        )
+    assert stored == 1  # the refused bodies stored nothing
