@@ -491,6 +491,47 @@ def test_a_stored_event_last_in_key_order_is_a_duplicate_and_the_rest_lands_once
     _check_aggregates(api, [team])
 
 
+def test_events_are_written_in_the_order_of_their_key(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer gets a batch in the database's own order of the primary key: the lock order
+    that keeps concurrent batches from deadlocking holds only if Python's sort and the key's
+    collation agree. Ids that a locale would order differently (case, accents, symbols, digits,
+    a 4-byte character), in two teams that share some ids."""
+    prices = _skus(api)
+    teams = sorted(_teams(api, 2), reverse=True)  # the later team id first in the batch
+    ids = ["b", "B", "a", "É", "e", "é", "z", "Z", "_x", "-x", "10", "9", "€", "𝄞", "\uff41", "a b"]
+    sent: list[tuple[str, str]] = []
+    for writer in (CoreWriter, PostgresWriter):
+        original = writer.insert_events
+
+        def spy(self: Any, session: Session, events: Any, now: datetime, _o: Any = original) -> Any:
+            sent.extend((e[1], e[0]) for e in events)
+            return _o(self, session, events, now)
+
+        monkeypatch.setattr(writer, "insert_events", spy)
+    batch = [
+        {
+            "eventId": event_id,
+            "teamId": team,
+            "sku": prices[0],
+            "quantity": "1",
+            "timestamp": (START + timedelta(minutes=n)).isoformat().replace("+00:00", "Z"),
+        }
+        for n, event_id in enumerate(ids)
+        for team in teams[: 1 + n % 2]
+    ]
+    with frozen(NOW):
+        assert api.ingest(batch)["accepted"] == len(batch)
+    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+        in_key_order = session.execute(
+            select(UsageEvent.event_id, UsageEvent.team_id)
+            .where(UsageEvent.team_id.in_([uuid.UUID(t) for t in teams]))
+            .order_by(UsageEvent.event_id, UsageEvent.team_id)
+        ).all()
+    assert sent == [(event_id, str(team_id)) for event_id, team_id in in_key_order]
+
+
 @pytest.mark.postgres_only
 def test_a_batch_waiting_on_a_concurrent_one_counts_its_events_as_duplicates(
     postgres_api: Api,

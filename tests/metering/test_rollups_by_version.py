@@ -23,22 +23,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
-from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
 from billfold.kit.clock import frozen
-from billfold.kit.db import make_engine, normalize_database_url
+from billfold.kit.db import make_engine
 from billfold.metering import analytics
 from billfold.metering.analytics import AnalyticsResult, UsageAnalytics, parse_query
 from billfold.metering.models import (
@@ -50,8 +48,8 @@ from billfold.metering.models import (
     UsageRollupHourlyByVersion,
 )
 from billfold.metering.schemas import AnalyticsRequest
-from billfold.migrate import alembic_config, upgrade
-from tests.conftest import POSTGRES_URL, Api, _make_api, event, unique_sku
+from billfold.migrate import upgrade
+from tests.conftest import Api, _make_api, downgrade, event, unique_sku
 from tests.metering.test_analytics import NOW, post_usage, record_partitions, request_body
 
 BY_VERSION = UsageAnalytics()
@@ -508,32 +506,6 @@ def test_whole_hours_and_days_come_from_coarser_tables(
 
 
 # --- migrations 0006 and 0008 -------------------------------------------------------------------
-
-
-def downgrade(engine: Engine, revision: str) -> None:
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of its own (the migration is run down and up again on it)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    request.getfixturevalue("postgres_url")  # skips (or fails in CI) without PostgreSQL
-    admin = create_engine(normalize_database_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    name = f"billfold_test_0006_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield normalize_database_url(POSTGRES_URL).rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 BACKFILLED = (

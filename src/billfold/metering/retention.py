@@ -1,8 +1,8 @@
 """Retention of raw usage events: ``billfold usage compact``.
 
 Raw ``usage_events`` exist for two reasons: exactly-once ingestion (the primary key
-``(team_id, event_id)``) and MINUTE/SECOND analytics. Everything billed or charted at 15 minutes and
-coarser lives in the rollup tables (quarter-hour, hourly and daily, metering/models.py) and
+``(event_id, team_id)``) and MINUTE/SECOND analytics. Everything billed or charted at 15 minutes
+and coarser lives in the rollup tables (quarter-hour, hourly and daily, metering/models.py) and
 ``cycle_lines``, which compaction never touches. So events older than
 ``BILLFOLD_USAGE_RETENTION_DAYS`` (default 400) may be deleted.
 

@@ -5,7 +5,7 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
 1. every event is validated alone; a bad one is rejected with its index and reason;
 2. the months the batch touches are locked shared (cycle close locks them exclusively) and the
    closed months are read after that, so no event lands in a month being closed;
-3. events are inserted in key order; the primary key ``(team_id, event_id)`` decides exactly-once,
+3. events are inserted in key order; the primary key ``(event_id, team_id)`` decides exactly-once,
    also between two ingesters sending the same event at the same moment (the second waits for the
    first's commit). On PostgreSQL a binary ``COPY`` inserts the whole batch in a savepoint, and
    only if an event is stored already does ``INSERT ... ON CONFLICT DO NOTHING`` sort it out
@@ -506,7 +506,7 @@ class CoreWriter:
         insert = dialect_insert(session)
         stmt = (
             insert(UsageEvent)
-            .on_conflict_do_nothing(index_elements=["team_id", "event_id"])
+            .on_conflict_do_nothing(index_elements=["event_id", "team_id"])
             .returning(UsageEvent.team_id, UsageEvent.event_id)
         )
         team_ids = {e[0]: uuid.UUID(e[0]) for e in events}
@@ -655,7 +655,7 @@ class PostgresWriter:
             SELECT (e->>0)::uuid, e->>1, (e->>2)::timestamptz, e->>3, (e->>4)::bigint,
                    (e->>5)::bigint, e->6, %(now)s::timestamptz
             FROM jsonb_array_elements(%(events)t) WITH ORDINALITY AS b(e, n) ORDER BY n
-            ON CONFLICT (team_id, event_id) DO NOTHING
+            ON CONFLICT (event_id, team_id) DO NOTHING
             RETURNING team_id, event_id
         )
         SELECT CASE WHEN (SELECT count(*) FROM inserted) = %(count)s::bigint THEN '{}'::bigint[]
@@ -926,12 +926,14 @@ class MeteringService:
         if not rated:
             return result
 
-        # Key order (team, event id): the lock order of the events' primary key (see the module
-        # docstring). Two stable sorts, not one by a (team, event id) tuple: 2.5x cheaper, and
-        # the second is a single pass when the batch has one team. Stable, so repeats of an event
-        # inside the batch follow its first occurrence, which is the one kept.
-        rated.sort(key=itemgetter(1))
+        # Key order (event id, team): the order of the events' primary key, and so the lock order
+        # (see the module docstring). Python compares str by code point, which is the key's byte
+        # order (UTF-8; the "C" collation on PostgreSQL, BINARY on SQLite). Two stable sorts,
+        # not one by an (event id, team) tuple: 2.5x cheaper, and the first is a single pass
+        # when the batch has one team. Stable, so repeats of an event inside the batch follow its
+        # first occurrence, which is the one kept.
         rated.sort(key=itemgetter(0))
+        rated.sort(key=itemgetter(1))
         unique = self._first_occurrences(rated)
         result.duplicates = len(rated) - len(unique)
 
