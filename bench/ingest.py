@@ -474,20 +474,16 @@ def raw_copy(db: str, workload: Workload, runs: int) -> tuple[list[float], float
             for sku, version_id in conn.execute("SELECT sku, id FROM price_versions").fetchall()
         }
     data = copy_buffer(workload, version_ids, datetime.now(UTC))
-    columns = (
-        "team_id uuid NOT NULL, event_id varchar(200) NOT NULL, ts timestamptz NOT NULL, "
-        "sku varchar(200) NOT NULL, quantity bigint NOT NULL, price_version_id bigint NOT NULL, "
-        "properties jsonb NOT NULL, ingested_at timestamptz NOT NULL"
-    )
+    # Both tables take usage_events' own columns (types, NOT NULL, collations): the bare one
+    # nothing more, the keyed one also its primary key and index, whatever they are now.
     bare = [
-        timed_copy(db, "bench_raw_bare", f"CREATE TABLE bench_raw_bare ({columns})", data)
+        timed_copy(db, "bench_raw_bare", "CREATE TABLE bench_raw_bare (LIKE usage_events)", data)
         for _ in range(runs)
     ]
     keyed = timed_copy(
         db,
         "bench_raw_keyed",
-        f"CREATE TABLE bench_raw_keyed ({columns}, PRIMARY KEY (team_id, event_id)); "
-        "CREATE INDEX ON bench_raw_keyed (team_id, ts)",
+        "CREATE TABLE bench_raw_keyed (LIKE usage_events INCLUDING CONSTRAINTS INCLUDING INDEXES)",
         data,
     )
     return bare, keyed
