@@ -59,8 +59,9 @@ class UsageEvent(Base):
     """One accepted event. The primary key ``(event_id, team_id)`` is exactly once; event id
     first (migration 0009): the ids are random, so the first column decides nearly every
     comparison of a B-tree insert, where the team id first (equal within a team) cost one more
-    comparison at each step -- with the "C" collation, a COPY into the keyed table ran 1.2x as
-    fast (bench/results/ingest.md, "Round 5"). Reads by team use ``(team_id, ts)``."""
+    comparison at each step. With the "C" collation, a COPY into the keyed table ran 1.1x as fast
+    in sorted 10,000-row batches as ingestion sends them, 1.15-1.25x unsorted
+    (bench/results/ingest.md, "Round 5"). Reads by team use ``(team_id, ts)``."""
 
     __tablename__ = "usage_events"
     __table_args__ = (
