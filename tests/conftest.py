@@ -55,18 +55,25 @@ def postgres_url() -> Iterator[str]:
         if IN_CI:
             pytest.fail(message + " (CI=true: PostgreSQL tests must run)", pytrace=False)
         pytest.skip(message)
-    name = f"billfold_test_{uuid.uuid4().hex[:12]}"
+    with _scratch_database(admin, "billfold_test") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    admin.dispose()
+
+
+@contextmanager
+def _scratch_database(admin: Engine, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the test server: its URL, dropped on the way out."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    base = normalize_database_url(POSTGRES_URL)
-    url = base.rsplit("/", 1)[0] + "/" + name
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield normalize_database_url(POSTGRES_URL).rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +94,10 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     request.getfixturevalue("postgres_url")  # skips (or fails in CI) without PostgreSQL
     admin = _postgres_admin_engine()
-    name = f"billfold_test_migration_{uuid.uuid4().hex[:10]}"
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield normalize_database_url(POSTGRES_URL).rsplit("/", 1)[0] + "/" + name
+        with _scratch_database(admin, "billfold_test_migration") as url:
+            yield url
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 

@@ -35,7 +35,7 @@ depends_on: str | Sequence[str] | None = None
 _NAME = "usage_events_pkey"  # PostgreSQL's name for 0001's key, and the models' name for both
 
 
-def _rekey(columns: list[str], collation: str | None) -> None:
+def _rekey(columns: list[str], collation: str) -> None:
     if op.get_bind().dialect.name == "postgresql":
         # One statement: the index is built once, for the new collation and column order.
         op.execute(
