@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 from typer.testing import CliRunner
 
 from billfold.cli import app
@@ -50,6 +51,7 @@ def stored(api: Api, team_id: str) -> list[UsageEvent]:
         return list(
             session.scalars(
                 select(UsageEvent)
+                .options(selectinload(UsageEvent.property_set))
                 .where(UsageEvent.team_id == uuid.UUID(team_id))
                 .order_by(UsageEvent.event_id)
             )
@@ -83,7 +85,7 @@ def test_jsonl_file_with_bad_lines_and_a_rerun(cli_api: Api, tmp_path: Path) -> 
     ]
     assert first["rejections"][1]["eventId"] == "b"
     events = stored(cli_api, team_id)
-    assert [(e.event_id, e.quantity, e.properties) for e in events] == [
+    assert [(e.event_id, e.quantity, e.property_set.properties) for e in events] == [
         ("a", 1000, {"model": "m1"}),
         ("c", 2000, {}),
         ("d", 3000, {}),
@@ -122,7 +124,7 @@ def test_csv_file_with_property_columns(cli_api: Api, tmp_path: Path) -> None:
         (8, "invalid_properties"),
         (10, "invalid_utf8"),
     ]
-    assert {e.event_id: e.properties for e in stored(cli_api, team_id)} == {
+    assert {e.event_id: e.property_set.properties for e in stored(cli_api, team_id)} == {
         "e1": {"apiKeyId": "k1", "model": "grok-4"},
         "e2": {"model": "grok, the 4th", "clusterName": "eu-1"},
         "e3": {"apiKeyId": "k2", "model": "two\nlines", "tier": 2},

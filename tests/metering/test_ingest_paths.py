@@ -164,10 +164,10 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
                     position[e.team_id],
                     e.event_id,
                     e.ts,
-                    e.sku,
                     e.quantity,
                     e.price_version_id,
-                    sorted(e.properties.items(), key=repr),
+                    e.property_set_id,
+                    sorted(e.property_set.properties.items(), key=repr),
                 )
                 for e in events
             ),
@@ -216,9 +216,9 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
             minute = e.ts.minute - e.ts.minute % 15
             bucket = e.ts.replace(minute=minute, second=0, microsecond=0)
             dims = {
-                p: str(e.properties[p])
+                p: str(e.property_set.properties[p])
                 for p in ("apiKeyId", "model", "clusterName")
-                if p in e.properties
+                if p in e.property_set.properties
             }
             for key, sums in (
                 ((e.team_id, bucket, e.price_version_id, dims_key(dims)), raw),

@@ -100,6 +100,7 @@ from billfold.metering.models import (
     RollupByVersion,
     RollupWithDims,
     UsageEvent,
+    UsagePropertySet,
 )
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.pricing.models import PriceVersion
@@ -928,30 +929,38 @@ class UsageAnalytics:
         e = UsageEvent
         step = _FIXED_STEP[query.unit]
         second = _epoch_seconds(session, e.ts)
-        props = [e.properties[p].as_json().label(f"p{i}") for i, p in enumerate(properties)]
         inner = (
             select(
                 (second // step if step > 1 else second).label("part"),
                 e.price_version_id.label("version"),
-                e.quantity.label("quantity"),
-                *props,
+                e.quantity,
+                e.property_set_id,
             )
             .where(e.team_id == query.team_id, e.ts >= query.start, e.ts < query.end)
             .subquery()
         )
-        prop_columns = [inner.c[f"p{i}"] for i in range(len(properties))]
-        stmt: Select[Any] = select(
-            inner.c.part,
-            inner.c.version,
-            func.sum(inner.c.quantity),
-            func.count(),
-            *prop_columns,
-        ).group_by(inner.c.part, inner.c.version, *prop_columns)
+        keys = [inner.c.part, inner.c.version]
+        if properties:
+            keys.append(inner.c.property_set_id)
+        grouped = (
+            select(*keys, func.sum(inner.c.quantity).label("quantity"), func.count().label("n"))
+            .group_by(*keys)
+            .subquery()
+        )
+        stmt = select(grouped.c.part, grouped.c.version, grouped.c.quantity, grouped.c.n)
+        if properties:
+            # Each group's properties from its set, once per group rather than per event (outer:
+            # an event whose set were missing still counts, without properties).
+            s = UsagePropertySet
+            stmt = stmt.add_columns(s.properties).outerjoin(s, s.id == grouped.c.property_set_id)
         slices: list[tuple[int, _Slice]] = []
-        for part, version, qty, events, *values in session.execute(stmt):
+        row: Any
+        for row in session.execute(stmt):
+            part, version, qty, events = row[:4]
             at = EPOCH + timedelta(seconds=int(part) * step)
+            values: dict[str, Any] = (row[4] if properties else None) or {}
             # The same text as ingestion puts into rollup dims: str() of the JSON value.
-            dims = {p: str(v) for p, v in zip(properties, values, strict=True) if v is not None}
+            dims = {p: str(values[p]) for p in properties if values.get(p) is not None}
             key = tuple(dims.get(p) for p in properties)
             slices.append(
                 (_bucket_index(starts, at), (at, at, int(version), key, dims, int(qty), events))

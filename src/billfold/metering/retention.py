@@ -16,6 +16,10 @@ keeps that event's twin (if any) in place until no such batch can exist.
 Deletes go per team through the index ``(team_id, ts)`` in batches of at most ``batch_size`` rows,
 so each statement is short and bounded; the CLI commits after every batch, so a long compaction
 never holds locks (or SQLite's write lock) for long and can be stopped and resumed at any time.
+
+``usage_property_sets`` are kept: one row per distinct combination of properties, shared by the
+events of every team and time, so a set whose last event was deleted is only found out by a
+scan, and keeping it costs one small row per combination ever seen.
 """
 
 from __future__ import annotations

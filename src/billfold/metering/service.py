@@ -5,19 +5,21 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
 1. every event is validated alone; a bad one is rejected with its index and reason;
 2. the months the batch touches are locked shared (cycle close locks them exclusively) and the
    closed months are read after that, so no event lands in a month being closed;
-3. events are inserted in key order; the primary key ``(event_id, team_id)`` decides exactly-once,
-   also between two ingesters sending the same event at the same moment (the second waits for the
-   first's commit). On PostgreSQL a binary ``COPY`` inserts the whole batch in a savepoint, and
-   only if an event is stored already does ``INSERT ... ON CONFLICT DO NOTHING`` sort it out
-   (:meth:`PostgresWriter.insert_events`); elsewhere that statement always does, and the keys that
-   come back are the accepted ones;
+3. the batch's property sets not stored yet are added, in id order (``usage_property_sets``:
+   one row per distinct combination of properties, its id the digest of their canonical JSON,
+   :func:`property_set_id`); then the events are inserted in key order. The primary key
+   ``(event_id, team_id)`` decides exactly-once, also between two ingesters sending the same
+   event at the same moment (the second waits for the first's commit). On PostgreSQL a binary
+   ``COPY`` inserts the whole batch in a savepoint, and only if an event is stored already does
+   ``INSERT ... ON CONFLICT DO NOTHING`` sort it out (:meth:`PostgresWriter.insert_events`);
+   elsewhere that statement always does, and the keys that come back are the accepted ones;
 4. the six rollup tables, cycle lines and billing cycles are upserted in key order (so row locks
-   are always taken in the same order: events; rollups and rollups by version per quarter hour,
-   then per hour, then per day; lines; cycles; each sorted by key), and each touched line's
-   rounded amount is recomputed from its new quantity. Rollups by version are the rollups summed
-   over their property dimensions, the hourly and daily ones the same summed per UTC hour and day
-   (metering/models.py), all computed from the same sums and written in the same transaction, so
-   the tables always agree.
+   are always taken in the same order: property sets; events; rollups and rollups by version per
+   quarter hour, then per hour, then per day; lines; cycles; each sorted by key), and each
+   touched line's rounded amount is recomputed from its new quantity. Rollups by version are the
+   rollups summed over their property dimensions, the hourly and daily ones the same summed per
+   UTC hour and day (metering/models.py), all computed from the same sums and written in the
+   same transaction, so the tables always agree.
 
 Accepted means durable: the request's transaction commits before the response is sent.
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
 import json
 import math
 import uuid
@@ -79,6 +82,7 @@ from billfold.metering.models import (
     VERSION_ROLLUPS_BY_WIDTH,
     CycleLine,
     UsageEvent,
+    UsagePropertySet,
 )
 from billfold.metering.schemas import WireEvent
 from billfold.pricing.models import PriceVersion
@@ -136,10 +140,10 @@ class IngestResult:
 
 
 # An event's properties as the writes need them, built once per distinct combination of values
-# (EventParser keeps them): the properties as sent (the usage_events column); the canonical JSON
-# of the groupable ones as rollups keep them (the values' text), which is the rollups' dims_key;
-# and the properties' JSON in PostgreSQL's binary JSONB format (version byte 1, then the JSON
-# text), which PostgresWriter's binary COPY sends as it is.
+# (EventParser keeps them): the properties as sent (what usage_property_sets keeps); the
+# canonical JSON of the groupable ones as rollups keep them (the values' text), which is the
+# rollups' dims_key; and the id of their property set (property_set_id) as its 16 bytes, which
+# PostgresWriter's binary COPY sends as they are.
 Properties = tuple[dict[str, Any], str, bytes]
 # A valid event: (index in the batch, team key, event id, sku, quantity, ts, properties). The
 # team key is the canonical text of the team's UUID (str(UUID)): sort key, dict key, and what
@@ -175,6 +179,16 @@ def bucket_start(number: int) -> datetime:
 
 def dims_key(dims: dict[str, str]) -> str:
     return json.dumps(dims, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def property_set_id(properties: dict[str, Any]) -> bytes:
+    """The id of a combination of properties (usage_property_sets.id, a UUID's 16 bytes): the
+    BLAKE2b digest of its canonical JSON (keys sorted, orjson's compact form). Equal properties
+    get one id in every process without asking the database; 128 bits make two different
+    combinations sharing one as unlikely as a collision of random UUIDs. Migration 0010 computes
+    the same for the events stored before it."""
+    canonical = orjson.dumps(properties, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 def _storable(text: str) -> bool:
@@ -248,7 +262,7 @@ class EventParser:
         # strings: equal tuples of strings are the same values, whereas 1 == 1.0 == True as dict
         # keys.
         self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
-        self._none: Properties = ({}, dims_key({}), b"\x01{}")
+        self._none: Properties = ({}, dims_key({}), property_set_id({}))
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
         """Check one event: a :class:`WireEvent` (its JSON types already known) or any JSON
@@ -382,7 +396,7 @@ class EventParser:
                 f"{MAX_DIMS_KEY_LENGTH} characters or {MAX_DIMS_KEY_BYTES} bytes together "
                 "(as JSON in UTF-8); shorten their values",
             )
-        result = (properties, key, b"\x01" + orjson.dumps(properties))
+        result = (properties, key, property_set_id(properties))
         if all_strings:
             self._checked[items] = result
         return result
@@ -466,6 +480,10 @@ class Writer(Protocol):
     """The statements of one batch. Every method receives rows sorted by key and must write them
     in that order (the lock order that keeps concurrent batches from deadlocking)."""
 
+    def add_property_sets(self, session: Session, sets: Sequence[tuple[bytes, Properties]]) -> None:
+        """Insert the sets not stored yet (ON CONFLICT DO NOTHING), by id (16 bytes)."""
+        ...
+
     def insert_events(
         self, session: Session, events: Sequence[RatedEvent], now: datetime
     ) -> set[int]:
@@ -500,6 +518,13 @@ class Writer(Protocol):
 class CoreWriter:
     """SQLAlchemy Core, for any database (SQLite's path)."""
 
+    def add_property_sets(self, session: Session, sets: Sequence[tuple[bytes, Properties]]) -> None:
+        stmt = dialect_insert(session)(UsagePropertySet).on_conflict_do_nothing(
+            index_elements=["id"]
+        )
+        rows = [{"id": uuid.UUID(bytes=id_), "properties": props[0]} for id_, props in sets]
+        session.execute(stmt, rows)
+
     def insert_events(
         self, session: Session, events: Sequence[RatedEvent], now: datetime
     ) -> set[int]:
@@ -510,18 +535,18 @@ class CoreWriter:
             .returning(UsageEvent.team_id, UsageEvent.event_id)
         )
         team_ids = {e[0]: uuid.UUID(e[0]) for e in events}
+        set_ids = {e[6][2]: uuid.UUID(bytes=e[6][2]) for e in events}
         rows = [
             {
                 "team_id": team_ids[team_key],
                 "event_id": event_id,
                 "ts": ts,
-                "sku": sku,
                 "quantity": quantity,
                 "price_version_id": version_id,
-                "properties": properties[0],
+                "property_set_id": set_ids[properties[2]],
                 "ingested_at": now,
             }
-            for team_key, event_id, ts, sku, quantity, version_id, properties in events
+            for team_key, event_id, ts, _, quantity, version_id, properties in events
         ]
         inserted = {(str(team_id), event_id) for team_id, event_id in session.execute(stmt, rows)}
         return {i for i, e in enumerate(events) if (e[0], e[1]) not in inserted}
@@ -650,10 +675,10 @@ class PostgresWriter:
     # bound, and unpacked a second time only for the anti-join.
     EVENTS = """
         WITH inserted AS (
-            INSERT INTO usage_events (team_id, event_id, ts, sku, quantity, price_version_id,
-                                      properties, ingested_at)
-            SELECT (e->>0)::uuid, e->>1, (e->>2)::timestamptz, e->>3, (e->>4)::bigint,
-                   (e->>5)::bigint, e->6, %(now)s::timestamptz
+            INSERT INTO usage_events (team_id, event_id, ts, quantity, price_version_id,
+                                      property_set_id, ingested_at)
+            SELECT (e->>0)::uuid, e->>1, (e->>2)::timestamptz, (e->>3)::bigint, (e->>4)::bigint,
+                   (e->>5)::uuid, %(now)s::timestamptz
             FROM jsonb_array_elements(%(events)t) WITH ORDINALITY AS b(e, n) ORDER BY n
             ON CONFLICT (event_id, team_id) DO NOTHING
             RETURNING team_id, event_id
@@ -666,10 +691,18 @@ class PostgresWriter:
                    ORDER BY n) END
     """
     COPY_EVENTS = (
-        "COPY usage_events (team_id, event_id, ts, sku, quantity, price_version_id, properties,"
+        "COPY usage_events (team_id, event_id, ts, quantity, price_version_id, property_set_id,"
         " ingested_at) FROM STDIN (FORMAT BINARY)"
     )
-    COPY_TYPES = ("bytea", "text", "timestamptz", "text", "int8", "int8", "bytea", "timestamptz")
+    COPY_TYPES = ("bytea", "text", "timestamptz", "int8", "int8", "bytea", "timestamptz")
+    # Run before the events, in id order (the lock order: a set new to both of two concurrent
+    # batches makes the second wait for the first).
+    PROPERTY_SETS = """
+        INSERT INTO usage_property_sets (id, properties)
+        SELECT (e->>0)::uuid, e->1
+        FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
+        ON CONFLICT (id) DO NOTHING
+    """
     # {table}: a table of ROLLUPS_BY_WIDTH.
     ROLLUPS = """
         INSERT INTO {table} AS r (team_id, bucket_start, price_version_id, dims_key, quantity,
@@ -721,6 +754,10 @@ class PostgresWriter:
         # their offset (+00:00: all of ours are UTC).
         return Jsonb(rows, dumps=orjson.dumps)
 
+    def add_property_sets(self, session: Session, sets: Sequence[tuple[bytes, Properties]]) -> None:
+        document = self._document([(uuid.UUID(bytes=id_), props[0]) for id_, props in sets])
+        session.connection().exec_driver_sql(self.PROPERTY_SETS, {"rows": document})
+
     def insert_events(
         self, session: Session, events: Sequence[RatedEvent], now: datetime
     ) -> set[int]:
@@ -739,11 +776,10 @@ class PostgresWriter:
         vacuum).
         """
         # Binary COPY fields are read by the columns' own types; "bytea" in COPY_TYPES only makes
-        # psycopg send bytes as they are -- in C, where its uuid and JSON dumpers are Python: a
-        # team id's 16 bytes, once per team, and the properties' JSONB bytes, once per
-        # combination (Properties). Registering psycopg's bytes dumper makes it the one used for
-        # "bytea" (by default that is the Python dumper of its DB-API Binary wrapper, 0.35 us
-        # more per row).
+        # psycopg send bytes as they are -- in C, where its uuid dumper is Python: a team id's
+        # 16 bytes, once per team, and a property set's id, once per combination (Properties).
+        # Registering psycopg's bytes dumper makes it the one used for "bytea" (by default that
+        # is the Python dumper of its DB-API Binary wrapper, 0.35 us more per row).
         team_ids = {team: uuid.UUID(team).bytes for team in {e[0] for e in events}}
         try:
             with session.begin_nested():
@@ -754,15 +790,16 @@ class PostgresWriter:
                     with cursor.copy(self.COPY_EVENTS) as copy:
                         copy.set_types(self.COPY_TYPES)
                         write_row = copy.write_row
-                        for team, id_, ts, sku, qty, version, props in events:
-                            write_row((team_ids[team], id_, ts, sku, qty, version, props[2], now))
+                        for team, id_, ts, _, qty, version, props in events:
+                            write_row((team_ids[team], id_, ts, qty, version, props[2], now))
             return set()
         except UniqueViolation:
             pass
+        set_ids = {props[2]: uuid.UUID(bytes=props[2]) for *_, props in events}
         document = self._document(
             [
-                (team, id_, ts, sku, qty, version, props[0])
-                for team, id_, ts, sku, qty, version, props in events
+                (team, id_, ts, qty, version, set_ids[props[2]])
+                for team, id_, ts, _, qty, version, props in events
             ]
         )
         not_inserted = (
@@ -938,6 +975,9 @@ class MeteringService:
         result.duplicates = len(rated) - len(unique)
 
         writer = self.writer(session)
+        # The events' property sets first (by id: see Writer), then the events.
+        sets = {e[6][2]: e[6] for e in unique}
+        writer.add_property_sets(session, sorted(sets.items(), key=itemgetter(0)))
         not_inserted = writer.insert_events(session, unique, now)
         accepted = (
             [e for i, e in enumerate(unique) if i not in not_inserted] if not_inserted else unique
