@@ -17,9 +17,11 @@ What it does, in one run:
 5. after a ``CHECKPOINT``, times the usage analytics query (a month, DAY buckets, groupBy
    description, and the same groupBy api_key_id) and the invoice preview for the big and the small
    team, the six reads interleaved (a random order each round);
-6. stops the server, then times a raw ``COPY`` of the same rows into a bare table (the columns of
-   usage_events, no key, no index; three times, the median counts) and into one with
-   usage_events' key and index, and prints Billfold's rate as a share of each. The ingestion run
+6. stops the server, then times a raw ``COPY`` of the same rows, as sent (with their SKU and
+   properties JSON), into a bare table (no key, no index; three times, the median counts: the
+   goal's reference) and into one with usage_events' key and index; and a ``COPY`` of the rows as
+   Billfold stores them (a property set id instead of the properties, no SKU: migration 0010)
+   into a copy of usage_events. It prints Billfold's rate as a share of each. The ingestion run
    and each COPY start right after a ``CHECKPOINT``;
 7. drops the database (``--keep-database`` keeps it).
 
@@ -54,6 +56,7 @@ import httpx
 import orjson
 import psycopg
 
+from billfold.metering.service import property_set_id
 from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
 from served import start_server  # bench/served.py
 
@@ -70,7 +73,17 @@ PRICES = {
     "grok-4-mini-prompt": ("Chat grok-4-mini prompt", "0.0000003"),
     "grok-4-mini-completion": ("Chat grok-4-mini completion", "0.0000005"),
 }
+# The events as the platform sends them (and as usage_events held them until migration 0010):
+# the raw COPY reference's rows.
 COLUMNS = "team_id, event_id, ts, sku, quantity, price_version_id, properties, ingested_at"
+SENT_COLUMNS = """
+    team_id uuid NOT NULL, event_id varchar(200) COLLATE "C" NOT NULL,
+    ts timestamptz NOT NULL, sku varchar(200) NOT NULL, quantity bigint NOT NULL,
+    price_version_id bigint NOT NULL, properties jsonb NOT NULL, ingested_at timestamptz NOT NULL
+"""
+# The same rows as Billfold stores them (usage_events since 0010): a property set id instead of
+# the properties, no SKU.
+STORED_COLUMNS = "team_id, event_id, ts, quantity, price_version_id, property_set_id, ingested_at"
 
 
 # --- processes and /proc ----------------------------------------------------------------------
@@ -437,27 +450,42 @@ def read_latencies(
 # --- the raw COPY reference -------------------------------------------------------------------
 
 
-def copy_buffer(workload: Workload, version_ids: dict[str, int], ingested_at: datetime) -> bytes:
-    """The same rows in COPY text format, built before the clock starts (no escaping is needed:
-    no value holds a tab, a newline or a backslash)."""
+def copy_buffer(
+    workload: Workload, version_ids: dict[str, int], ingested_at: datetime, *, stored: bool
+) -> bytes:
+    """The same rows in COPY text format, as sent (COLUMNS) or as stored (STORED_COLUMNS), built
+    before the clock starts (no escaping is needed: no value holds a tab, a newline or a
+    backslash)."""
     out = io.StringIO()
     stamp = ingested_at.isoformat()
+    set_ids: dict[str, uuid.UUID] = {}
     for team, event_id, ts, sku, quantity, properties in workload.rows:
-        out.write(
-            f"{team}\t{event_id}\t{ts.isoformat()}\t{sku}\t{quantity}\t{version_ids[sku]}\t"
-            f"{properties}\t{stamp}\n"
-        )
+        if stored:
+            set_id = set_ids.get(properties)
+            if set_id is None:
+                set_id = set_ids[properties] = uuid.UUID(
+                    bytes=property_set_id(orjson.loads(properties))
+                )
+            out.write(
+                f"{team}\t{event_id}\t{ts.isoformat()}\t{quantity}\t{version_ids[sku]}\t"
+                f"{set_id}\t{stamp}\n"
+            )
+        else:
+            out.write(
+                f"{team}\t{event_id}\t{ts.isoformat()}\t{sku}\t{quantity}\t{version_ids[sku]}\t"
+                f"{properties}\t{stamp}\n"
+            )
     return out.getvalue().encode()
 
 
-def timed_copy(db: str, table: str, ddl: str, data: bytes) -> float:
+def timed_copy(db: str, table: str, ddl: str, data: bytes, columns: str = COLUMNS) -> float:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(ddl)
         conn.execute("CHECKPOINT")  # start both copies from the same clean state
     with psycopg.connect(db) as conn:
         started = time.perf_counter()
-        with conn.cursor().copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
+        with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             view = memoryview(data)
             for offset in range(0, len(data), 1 << 20):
                 copy.write(view[offset : offset + (1 << 20)])
@@ -465,28 +493,38 @@ def timed_copy(db: str, table: str, ddl: str, data: bytes) -> float:
         return time.perf_counter() - started
 
 
-def raw_copy(db: str, workload: Workload, runs: int) -> tuple[list[float], float]:
-    """Seconds of ``runs`` COPYs into a bare table (the goal's reference, which varied by up to
-    1.5x between runs minutes apart on this machine), and of one into a keyed table."""
+def raw_copy(db: str, workload: Workload, runs: int) -> tuple[list[float], float, float]:
+    """Seconds of ``runs`` COPYs of the events as sent into a bare table (the goal's reference,
+    which varied by up to 1.5x between runs minutes apart on this machine), of one into a table
+    with usage_events' key and index, and of one of the rows as Billfold stores them into a copy
+    of usage_events (its columns, key and index)."""
     with psycopg.connect(db) as conn:
         version_ids = {
             sku: int(version_id)
             for sku, version_id in conn.execute("SELECT sku, id FROM price_versions").fetchall()
         }
-    data = copy_buffer(workload, version_ids, datetime.now(UTC))
-    # Both tables take usage_events' own columns (types, NOT NULL, collations): the bare one
-    # nothing more, the keyed one also its primary key and index, whatever they are now.
+    now = datetime.now(UTC)
+    data = copy_buffer(workload, version_ids, now, stored=False)
     bare = [
-        timed_copy(db, "bench_raw_bare", "CREATE TABLE bench_raw_bare (LIKE usage_events)", data)
+        timed_copy(db, "bench_raw_bare", f"CREATE TABLE bench_raw_bare ({SENT_COLUMNS})", data)
         for _ in range(runs)
     ]
     keyed = timed_copy(
         db,
         "bench_raw_keyed",
-        "CREATE TABLE bench_raw_keyed (LIKE usage_events INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+        f"CREATE TABLE bench_raw_keyed ({SENT_COLUMNS}, PRIMARY KEY (event_id, team_id));"
+        " CREATE INDEX ON bench_raw_keyed (team_id, ts)",
         data,
     )
-    return bare, keyed
+    del data
+    stored = timed_copy(
+        db,
+        "bench_raw_stored",
+        "CREATE TABLE bench_raw_stored (LIKE usage_events INCLUDING ALL)",
+        copy_buffer(workload, version_ids, now, stored=True),
+        STORED_COLUMNS,
+    )
+    return bare, keyed, stored
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -638,7 +676,7 @@ def main() -> None:
 
         server.stop()  # the COPY reference gets the machine to itself, as the ingest run did not
         print()
-        all_bare, keyed = raw_copy(db, workload, args.copy_runs)
+        all_bare, keyed, stored = raw_copy(db, workload, args.copy_runs)
         bare = statistics.median(all_bare)
         rows = len(workload.rows)
         print(
@@ -655,6 +693,11 @@ def main() -> None:
         print(
             f"          into a table with usage_events' key and index in {keyed:.2f} s = "
             f"{rows / keyed:,.0f} rows/s; billfold = {rate / (rows / keyed):.0%} of it"
+        )
+        print(
+            f"          as Billfold stores them (usage_events' columns, key, index) in "
+            f"{stored:.2f} s = {rows / stored:,.0f} rows/s; billfold = "
+            f"{rate / (rows / stored):.0%} of it"
         )
         print()
         print(
