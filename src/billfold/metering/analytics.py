@@ -950,7 +950,7 @@ class UsageAnalytics:
         stmt = select(grouped.c.part, grouped.c.version, grouped.c.quantity, grouped.c.n)
         if properties:
             # Each group's properties from its set, once per group rather than per event (outer:
-            # an event whose set were missing still counts, without properties).
+            # an event whose set is missing still counts, without properties).
             s = UsagePropertySet
             stmt = stmt.add_columns(s.properties).outerjoin(s, s.id == grouped.c.property_set_id)
         slices: list[tuple[int, _Slice]] = []

@@ -99,9 +99,11 @@ class UsagePropertySet(Base):
     Why not the JSON in every event, as before: a platform's events repeat a few combinations
     (API key x model x cluster), and the JSONB value was ~60 of a row's ~200 bytes and 7 % of
     PostgreSQL's CPU during ingestion (jsonb_recv). With a 16-byte id instead (and without the
-    SKU, which the price version names), a COPY into the keyed table ran 1.17x as fast, and the
-    heap is a third smaller (bench/results/ingest.md, "Round 6"). Properties are dimensions:
-    a value that is different in every event (a request id) would make one set per event here.
+    SKU, which the price version names), a COPY into the table with its key and index runs
+    1.11-1.27x as fast, ingestion's PostgreSQL CPU per event fell from 5.8 to 4.8 us, and the heap
+    from 211 to 135 MB per million events (bench/results/ingest.md, "Round 6"). Properties are
+    dimensions: a value that is different in every event (a request id) would make one set per
+    event here.
     """
 
     __tablename__ = "usage_property_sets"
