@@ -21,72 +21,15 @@ from billfold.metering.service import MAX_QUANTITY, EventParser, _Invalid
 GROUPABLE = ("apiKeyId", "model", "clusterName")
 TEAM = uuid.UUID("0b6f1b2e-58c4-4a39-9d3f-4c1e1d3c2a10")
 
-ids = st.one_of(
-    st.sampled_from(["evt-1", "evt-1", "req_0f", "", "x" * 200, "x" * 201, "a\x00b", "é", "𝄞"]),
-    st.text(max_size=12),
-)
-teams = st.sampled_from(
-    [str(TEAM), str(TEAM).upper(), TEAM.hex, str(uuid.UUID(int=7)), "not-a-uuid", ""]
-)
-quantities = st.one_of(
-    st.sampled_from(["1200", "0", "007", str(MAX_QUANTITY), str(MAX_QUANTITY + 1), "1.0", "1.5"]),
-    st.sampled_from(["", " 12", "-1", "١٢", "1e3", "12a"]),
-    st.integers(min_value=-5, max_value=MAX_QUANTITY + 5),
-    st.floats(allow_nan=True, allow_infinity=True),
-)
-timestamps = st.one_of(
-    st.sampled_from(
-        [
-            "2026-11-24T10:00:00Z",
-            "2026-11-24T10:00:00.123Z",
-            "2026-11-24T10:00:00+00:00",
-            "2026-11-24T11:00:00+01:00",
-            "2026-11-24T10:00:00",
-            "2026-11-24T10:00:00z",
-            " 2026-11-24T10:00:00Z",
-            "1969-12-31T23:59:59Z",
-            "9001-01-01T00:00:00Z",
-            "0001-01-01T00:00:00+01:00",
-            "yesterday",
-            "",
-        ]
-    ),
-    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat().replace("+00:00", "Z")),
-)
-values = st.one_of(
-    st.sampled_from(["k1", "k2", "grok-4", "", "a\x00b", "x" * 201]),
-    st.booleans(),
-    st.integers(min_value=-(2**65), max_value=2**65),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=5),
-)
-properties = st.one_of(
-    st.none(),
-    st.just({}),
-    st.dictionaries(st.sampled_from([*GROUPABLE, "tier", "x" * 65]), values, max_size=4),
-    st.sampled_from([{"apiKeyId": "k1", "model": "grok-4"}, {"model": "grok-4", "apiKeyId": "k1"}]),
-)
-events = st.builds(
-    WireEvent,
-    eventId=ids,
-    teamId=teams,
-    sku=ids,
-    quantity=quantities,
-    timestamp=timestamps,
-    properties=properties,
-)
-
-
-def outcome(parse: Any, index: int, event: Any) -> Any:
-    """The parsed event (its time as text: == of aware datetimes ignores their zone), or the
-    rejection."""
-    try:
-        parsed = parse(index, event)
-    except _Invalid as exc:
-        return (exc.code, exc.error)
-    return (*parsed[:5], parsed[5].isoformat(), parsed[6])
-
-
+# The usual event: what the short path is for.
+USUAL: dict[str, Any] = {
+    "eventId": "evt-1",
+    "teamId": str(TEAM),
+    "sku": "grok-4-prompt",
+    "quantity": "1200",
+    "timestamp": "2026-11-24T10:00:00Z",
+    "properties": {"apiKeyId": "k1", "model": "grok-4"},
+}
 # Each field's near misses of the short path: values it must hand to the full check, and values
 # it may take itself.
 NEAR: dict[str, list[Any]] = {
@@ -105,6 +48,7 @@ NEAR: dict[str, list[Any]] = {
         "-1",
         "١٢",
         "1e3",
+        "12a",
         12,
         1.0,
         -1,
@@ -137,6 +81,50 @@ NEAR: dict[str, list[Any]] = {
 }
 
 
+# Any value of each field's type, for batches of mixed events: the near misses and more.
+ids = st.one_of(st.sampled_from(["evt-1", "req_0f", *NEAR["eventId"]]), st.text(max_size=12))
+teams = st.sampled_from([str(TEAM), *NEAR["teamId"]])
+quantities = st.one_of(
+    st.sampled_from(["1200", *NEAR["quantity"]]),
+    st.integers(min_value=-5, max_value=MAX_QUANTITY + 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+timestamps = st.one_of(
+    st.sampled_from(["2026-11-24T10:00:00Z", *NEAR["timestamp"]]),
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat().replace("+00:00", "Z")),
+)
+values = st.one_of(
+    st.sampled_from(["k1", "k2", "grok-4", "", "a\x00b", "x" * 201]),
+    st.booleans(),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+)
+properties = st.one_of(
+    st.sampled_from([{"apiKeyId": "k1", "model": "grok-4"}, *NEAR["properties"]]),
+    st.dictionaries(st.sampled_from([*GROUPABLE, "tier", "x" * 65]), values, max_size=4),
+)
+events = st.builds(
+    WireEvent,
+    eventId=ids,
+    teamId=teams,
+    sku=ids,
+    quantity=quantities,
+    timestamp=timestamps,
+    properties=properties,
+)
+
+
+def outcome(parse: Any, index: int, event: Any) -> Any:
+    """The parsed event (its time as text: == of aware datetimes ignores their zone), or the
+    rejection."""
+    try:
+        parsed = parse(index, event)
+    except _Invalid as exc:
+        return (exc.code, exc.error)
+    return (*parsed[:5], parsed[5].isoformat(), parsed[6])
+
+
 @pytest.mark.parametrize(
     ("name", "value"), [(name, value) for name, near in NEAR.items() for value in near]
 )
@@ -149,16 +137,8 @@ def test_each_near_miss_gets_the_full_checks_answer(name: str, value: Any) -> No
         assert outcome(fast.parse, index, event) == outcome(full.check, index, event)
 
 
-# The usual event, and the same with one field replaced by any value of its strategy: each near
-# miss of the short path comes with everything else the short path needs.
-USUAL: dict[str, Any] = {
-    "eventId": "evt-1",
-    "teamId": str(TEAM),
-    "sku": "grok-4-prompt",
-    "quantity": "1200",
-    "timestamp": "2026-11-24T10:00:00Z",
-    "properties": {"apiKeyId": "k1", "model": "grok-4"},
-}
+# The usual event with one field replaced by any value of its strategy: each near miss of the
+# short path comes with everything else the short path needs.
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "eventId": ids,
     "teamId": teams,
