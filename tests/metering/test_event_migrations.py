@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
@@ -167,14 +168,23 @@ def test_the_event_key_migrates_both_ways_and_keeps_every_event(fresh_url: str) 
 
 
 # Properties as 0009 stored them: equal combinations in another key order, numbers, a boolean,
-# characters JSON escapes and 4-byte ones.
+# characters JSON escapes and 4-byte ones, and values JSONB takes for equal (1, 1.0) that are
+# different combinations (their text in rollups differs: "1", "1.0").
 PROPERTIES: dict[str, dict[str, Any]] = {
     "none": {},
     "a": {"model": "grok-4", "apiKeyId": "k1"},
     "a-reordered": {"apiKeyId": "k1", "model": "grok-4"},
     "b": {"model": "grok-4", "apiKeyId": "k2", "tier": 2, "ratio": 1.5, "beta": True},
     "c": {"model": 'quote " and \\ and 𝄞', "clusterName": "é-1"},
+    "int": {"model": "m1", "clusterName": 1},
+    "float": {"model": "m1", "clusterName": 1.0},
+    "bool": {"model": "m1", "clusterName": True},
 }
+
+
+def exactly(properties: dict[str, Any]) -> bytes:
+    """Properties as comparable values that tell 1, 1.0 and true apart (== does not)."""
+    return orjson.dumps(properties, option=orjson.OPT_SORT_KEYS)
 
 
 def property_sets(engine: Engine) -> int:
@@ -206,9 +216,9 @@ def test_properties_move_to_property_sets_and_back(fresh_url: str) -> None:
             for sku in (prompt, completion)
         ]
         store_old_events(engine, old)
-        before = old_columns(engine)
+        before = {e: (sku, exactly(p)) for e, (sku, p) in old_columns(engine).items()}
         assert {e: p for e, (_, p) in before.items()} == {
-            row["event_id"]: row["properties"] for row in old
+            row["event_id"]: exactly(row["properties"]) for row in old
         }
 
         upgrade(engine)
@@ -236,7 +246,7 @@ def test_properties_move_to_property_sets_and_back(fresh_url: str) -> None:
                     )
                 ).all()
             )
-        assert moved == {e: p for e, (_, p) in before.items()}
+        assert {e: exactly(p) for e, p in moved.items()} == {e: p for e, (_, p) in before.items()}
         assert property_sets(engine) == len(PROPERTIES) - 1
 
         # The app computes the same ids: stored combinations add no set, a new one does.
@@ -289,17 +299,19 @@ def test_properties_move_to_property_sets_and_back(fresh_url: str) -> None:
             tuple(s["group"]): s["dataPoints"][0]["values"][0]
             for s in response.json()["timeSeries"]
         }
-        # 0009's events: "none" 10+10, "a" 20+20, "a-reordered" 30+30, "b" 40+40, "c" 50+50;
-        # the app's: one without properties, one of "a", one of "b", one new.
+        # 0009's events: "none" 10+10, "a" 20+20, "a-reordered" 30+30, "b" 40+40, "c" 50+50,
+        # "int", "float", "bool" 60+60, 70+70, 80+80; the app's: one without properties, one of
+        # "a", one of "b", one new.
         assert totals == {
             ("grok-4",): 40 + 60 + 80 + 2,
             ('quote " and \\ and 𝄞',): 100,
+            ("m1",): 120 + 140 + 160,
             ("",): 20 + 1,
             ("new",): 1,
         }
 
         downgrade(engine, "0009")
-        after = old_columns(engine)
-        assert {e: after[e] for e in before} == {e: (sku, p) for e, (sku, p) in before.items()}
+        after = {e: (sku, exactly(p)) for e, (sku, p) in old_columns(engine).items()}
+        assert {e: after[e] for e in before} == before
         assert "usage_property_sets" not in inspect(engine).get_table_names()
         upgrade(engine)

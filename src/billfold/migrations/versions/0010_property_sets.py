@@ -7,17 +7,25 @@ Revises: 0009
 ``usage_property_sets``; ``usage_events.sku`` goes (the price version names it). Why:
 metering/models.py, :class:`UsagePropertySet`.
 
-A set's id is the digest of its properties' canonical JSON, the same function ingestion uses
+A set's id is the digest of its properties' canonical JSON, computed as ingestion computes it
 (metering/service.py, ``property_set_id``; a test checks they agree). Existing events are
-mapped through a scratch table of their distinct stored values, so the events are read once
-whatever their number: on PostgreSQL by a hash join of the JSONB values, on SQLite by an index
-on the text. Two stored values with the same canonical JSON share a set.
+mapped through a scratch table of their distinct stored values, as text, so the events are read
+once whatever their number: on PostgreSQL by a hash join on the JSONB's text (JSONB equality
+would not do: it takes ``1`` and ``1.0`` for equal, which are two combinations here), on SQLite
+by an index on the stored text. Two stored values with the same canonical JSON share a set. On
+PostgreSQL, a number that JSONB stored in a normalised form (a float of 1e16 or more is printed
+as an integer) gets the id of that form, so an event sent again with the original form would
+get a set of its own, with the same values. The scratch table and the work grow with the number
+of distinct stored values, which is small unless events carried a property unique to each
+(a request id).
 
-Downgrade puts both columns back, filled from the sets and the price versions.
-PostgreSQL rewrites nothing for the dropped columns (they become invisible; space comes back as
-rows are updated or the table is rewritten) but fills the new one in an UPDATE of every row, and
-the ALTERs hold an exclusive lock on ``usage_events``: stop ingesters first on a big table.
-SQLite copies the table (batch mode).
+Upgrade: PostgreSQL takes an exclusive lock on ``usage_events`` with its first ALTER and holds
+it until the migration commits -- through the backfill, an UPDATE of every row -- so ingestion
+and the reads of raw events (fine-grained analytics, the ledger's credit used as of a moment)
+wait meanwhile; the dropped columns are only hidden (space comes back as rows are rewritten).
+SQLite copies the table (batch mode). Downgrade puts both columns back, filled from the sets
+and the price versions (again an UPDATE of every row under the same lock), and drops the sets.
+On a big table, stop ingestion and run ``billfold db upgrade`` alone first.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ def _set_id(properties: dict[str, Any]) -> uuid.UUID:
 def _fill_property_set_ids(bind: sa.Connection, postgres: bool) -> None:
     op.create_table(
         _MAP,
-        sa.Column("raw", _JSON, nullable=False),
+        # SQLite: declared like usage_events.properties, so both compare alike
+        sa.Column("raw", sa.Text().with_variant(sqlite.JSON(), "sqlite"), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
     )
     if not postgres:  # PostgreSQL hash-joins; SQLite looks each event's value up
@@ -64,37 +73,33 @@ def _fill_property_set_ids(bind: sa.Connection, postgres: bool) -> None:
     sets = sa.table(
         "usage_property_sets", sa.column("id", sa.Uuid()), sa.column("properties", _JSON)
     )
-    # The stored values as text, written back as they were read (CAST on PostgreSQL), so they
-    # equal the events' own values; parsed only to compute the set.
+    insert = postgresql.insert if postgres else sqlite.insert
+    add_sets = insert(sets).on_conflict_do_nothing(index_elements=["id"])
+    # Each distinct stored value as text, compared as text: parsed only to compute its set.
     if postgres:
         read = "SELECT DISTINCT properties::text FROM usage_events"
-        write = "INSERT INTO usage_property_set_map (raw, id) VALUES (CAST(:raw AS jsonb), :id)"
         fill = (
             "UPDATE usage_events AS e SET property_set_id = m.id "
-            "FROM usage_property_set_map AS m WHERE e.properties = m.raw"
+            "FROM usage_property_set_map AS m WHERE e.properties::text = m.raw"
         )
     else:
         read = "SELECT DISTINCT properties FROM usage_events"
-        write = "INSERT INTO usage_property_set_map (raw, id) VALUES (:raw, :id)"
         fill = (
             "UPDATE usage_events SET property_set_id = (SELECT m.id FROM usage_property_set_map"
             " AS m WHERE m.raw = usage_events.properties)"
         )
-    add_to_map = sa.text(write).bindparams(sa.bindparam("id", type_=sa.Uuid()))
-    seen: set[uuid.UUID] = set()
+    add_to_map = sa.text("INSERT INTO usage_property_set_map (raw, id) VALUES (:raw, :id)")
+    add_to_map = add_to_map.bindparams(sa.bindparam("id", type_=sa.Uuid()))
     for page in bind.exec_driver_sql(read, execution_options={"yield_per": _PAGE}).partitions():
         mapped = []
-        new_sets = []
+        new_sets: dict[uuid.UUID, Any] = {}
         for (text,) in page:
             properties = orjson.loads(text)
             set_id = _set_id(properties)
             mapped.append({"raw": text, "id": set_id})
-            if set_id not in seen:
-                seen.add(set_id)
-                new_sets.append({"id": set_id, "properties": properties})
+            new_sets[set_id] = properties
         bind.execute(add_to_map, mapped)
-        if new_sets:
-            bind.execute(sets.insert(), new_sets)
+        bind.execute(add_sets, [{"id": i, "properties": p} for i, p in new_sets.items()])
     op.execute(fill)
     op.drop_table(_MAP)
 
