@@ -157,19 +157,23 @@ def test_at_most_10_to_the_12_units_per_event(api: Api) -> None:
         event(team_id, sku, limit + 1, at, "decimal text+1") | {"quantity": f"{limit + 1}.0"},
         event(team_id, sku, limit + 1, at, "float+1") | {"quantity": float(limit + 1)},
         event(team_id, sku, 10**15, at, "the old limit"),
+        # more digits than Python's int() converts (4,300): rejected alone, not a failed batch
+        event(team_id, sku, "9" * 5000, at, "5,000 digits"),
+        event(team_id, sku, 1, at, "5,000 digits.0") | {"quantity": "9" * 5000 + ".0"},
     ]
-    result = api.ingest(accepted + too_big)
-    assert result["accepted"] == 4
+    leading_zeros = [event(team_id, sku, "0" * 5000 + "7", at, "7 after 5,000 zeros")]
+    result = api.ingest(accepted + too_big + leading_zeros)
+    assert result["accepted"] == 5
     assert [(r["index"], r["code"]) for r in result["rejected"]] == [
-        (i, "invalid_quantity") for i in range(4, 9)
+        (i, "invalid_quantity") for i in range(4, 11)
     ]
     assert all("1000000000000 units" in r["error"] for r in result["rejected"])
     tid = uuid.UUID(team_id)
     with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
         stored = set(session.scalars(select(UsageEvent.event_id).where(UsageEvent.team_id == tid)))
         line = session.scalars(select(CycleLine).where(CycleLine.team_id == tid)).one()
-    assert stored == {"int", "text", "decimal text", "float"}
-    assert (line.quantity, line.events, line.amount_cents) == (4 * limit, 4, 400)
+    assert stored == {"int", "text", "decimal text", "float", "7 after 5,000 zeros"}
+    assert (line.quantity, line.events, line.amount_cents) == (4 * limit + 7, 5, 400)
 
 
 def test_a_full_batch_of_maximal_events_in_one_bucket(api: Api) -> None:

@@ -35,11 +35,12 @@ checks that they agree on every outcome and every stored row):
   work; one orjson document costs ~1 us per event, and PostgreSQL parses it in C.
 * :class:`CoreWriter`: SQLAlchemy Core executemany, for SQLite (and any other database).
 
-Why the per-event Python code looks the way it does: at 130,000-150,000 events/s on two cores, one
-event gets 12-14 us of CPU for everything -- HTTP, JSON, validation, and PostgreSQL's own work
-(bench/results/ingest.md). So events travel as plain tuples (a NamedTuple or dataclass costs 3x to
+Why the per-event Python code looks the way it does: at ~170,000 events/s on two cores, one event
+gets ~12 us of CPU for everything -- HTTP, JSON, validation, and PostgreSQL's own work
+(bench/results/ingest.md). So the usual event takes a short path through validation
+(:meth:`EventParser.parse`), events travel as plain tuples (a NamedTuple or dataclass costs 3x to
 build), a team id string is parsed to a UUID once per batch, a combination of property values is
-validated and turned into rollup dimensions and its stored JSON once per batch, price versions
+validated and turned into rollup dimensions and its property set id once per batch, price versions
 are found with a bisect over a list built once per SKU, repeats inside the batch are found by the
 sort that orders the inserts, rollups are summed in a dict before one upsert (and the rollups by
 version and the lines are summed from those sums, not from the events again), and the cyclic
@@ -97,6 +98,7 @@ BUCKET = timedelta(minutes=15)
 # rejected with the event, instead of failing its whole batch with a database overflow error.
 # Still a trillion of the smallest unit (tokens, bytes, milliseconds) per event.
 MAX_QUANTITY = 10**12
+_QUANTITY_DIGITS = len(str(MAX_QUANTITY))
 # $10^11 in pico-dollars: what one event may cost. With it, a cycle line (int64 cents) holds
 # ~900,000 maximal events before it could overflow: no realistic sum of usage fails at the database.
 MAX_EVENT_COST = 10**23
@@ -186,7 +188,9 @@ def property_set_id(properties: dict[str, Any]) -> bytes:
     BLAKE2b digest of its canonical JSON (keys sorted, orjson's compact form). Equal properties
     get one id in every process without asking the database; 128 bits make two different
     combinations sharing one as unlikely as a collision of random UUIDs. Migration 0010 computes
-    the same for the events stored before it."""
+    it the same way for the events stored before it, from their properties as the database gave
+    them back (where PostgreSQL had normalised how a number is written, e.g. 1e16 as
+    10000000000000000, such old events have a set of their own, with the same values)."""
     canonical = orjson.dumps(properties, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).digest()
 
@@ -206,6 +210,16 @@ def _storable(text: str) -> bool:
     return True
 
 
+def whole_units(digits: str) -> int:
+    """ASCII digits (leading zeros allowed) as a quantity, refused above MAX_QUANTITY -- judged by
+    the digits before ``int()``, which refuses more than 4,300 of them with a ValueError that
+    would have failed the whole batch instead of this one event."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _QUANTITY_DIGITS or int(digits) > MAX_QUANTITY:
+        raise _Invalid("invalid_quantity", f"quantity exceeds {MAX_QUANTITY} units per event")
+    return int(digits)
+
+
 def parse_quantity(value: Any) -> int:
     if isinstance(value, bool):
         raise _Invalid("invalid_quantity", "quantity must be a whole number of units")
@@ -220,7 +234,7 @@ def parse_quantity(value: Any) -> int:
                 'quantity must be a non-negative whole number of units, e.g. "1200" '
                 "(prices are per smallest unit)",
             )
-        quantity = int(whole)
+        quantity = whole_units(whole)
     elif isinstance(value, float) and value.is_integer():
         quantity = int(value)
     else:
@@ -289,6 +303,7 @@ class EventParser:
                 and sku.isascii()
                 and "\x00" not in sku
                 and type(quantity) is str
+                and len(quantity) <= _QUANTITY_DIGITS
                 and quantity.isdigit()
                 and quantity.isascii()
             ):
@@ -345,11 +360,7 @@ class EventParser:
                 "invalid_sku", "sku must be a string of 1 to 200 characters (no NUL characters)"
             )
         if type(quantity) is str and quantity.isdigit() and quantity.isascii():
-            quantity = int(quantity)  # the usual "1200"; the limit is checked below
-            if quantity > MAX_QUANTITY:
-                raise _Invalid(
-                    "invalid_quantity", f"quantity exceeds {MAX_QUANTITY} units per event"
-                )
+            quantity = whole_units(quantity)  # the usual "1200"
         elif quantity is _MISSING:
             raise _Invalid("invalid_quantity", "quantity is required")
         else:
