@@ -25,7 +25,9 @@ and the reads of raw events (fine-grained analytics, the ledger's credit used as
 wait meanwhile; the dropped columns are only hidden (space comes back as rows are rewritten).
 SQLite copies the table (batch mode). Downgrade puts both columns back, filled from the sets
 and the price versions (again an UPDATE of every row under the same lock), and drops the sets.
-On a big table, stop ingestion and run ``billfold db upgrade`` alone first.
+On a big table, stop ingestion and run ``billfold db upgrade`` alone first. Measured on the
+benchmark machine (2 cores) with 1,000,000 events of 20 combinations: PostgreSQL 16.6 s up and
+16.7 s down, SQLite 11.5 s up and 10.7 s down (``/tmp`` scripts, not committed).
 """
 
 from __future__ import annotations
