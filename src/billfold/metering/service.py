@@ -528,6 +528,12 @@ def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
 # --- the writes ---------------------------------------------------------------------------------
 
 
+def property_set_uuids(events: Sequence[RatedEvent]) -> dict[bytes, uuid.UUID]:
+    """The events' property set ids (16 bytes, as Properties keeps them) as UUIDs, for the
+    statements that bind them as such: once per set, not per event."""
+    return {id_: uuid.UUID(bytes=id_) for id_ in {e[6][2] for e in events}}
+
+
 class Writer(Protocol):
     """The statements of one batch. Every method receives rows sorted by key and must write them
     in that order (the lock order that keeps concurrent batches from deadlocking)."""
@@ -587,7 +593,7 @@ class CoreWriter:
             .returning(UsageEvent.team_id, UsageEvent.event_id)
         )
         team_ids = {e[0]: uuid.UUID(e[0]) for e in events}
-        set_ids = {e[6][2]: uuid.UUID(bytes=e[6][2]) for e in events}
+        set_ids = property_set_uuids(events)
         rows = [
             {
                 "team_id": team_ids[team_key],
@@ -847,7 +853,7 @@ class PostgresWriter:
             return set()
         except UniqueViolation:
             pass
-        set_ids = {props[2]: uuid.UUID(bytes=props[2]) for *_, props in events}
+        set_ids = property_set_uuids(events)
         document = self._document(
             [
                 (team, id_, ts, qty, version, set_ids[props[2]])
