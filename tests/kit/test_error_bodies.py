@@ -3,6 +3,9 @@ without pydantic's internal prefixes."""
 
 from __future__ import annotations
 
+import json
+
+from billfold.kit.errors import ErrorResponse
 from tests.conftest import Api
 
 
@@ -42,3 +45,11 @@ def test_every_wrong_field_is_listed_in_details(api: Api) -> None:
     assert fields["billingInfo.address.country"].startswith("must be an ISO 3166-1 alpha-2")
     after = api.client.get(f"/v1/billing/teams/{team_id}/billing-info", headers=headers).json()
     assert after["billingInfo"]["name"] == "" and after["billingInfo"]["email"] == ""
+
+
+def test_an_error_body_writes_a_lone_surrogate_as_its_json_escape() -> None:
+    # A message may quote what the client sent, and JSON can escape a lone surrogate, which UTF-8
+    # cannot encode: the body writes it back as the escape instead of failing with a 500.
+    response = ErrorResponse({"code": "bad_request", "error": "x \ud800 é"}, status_code=400)
+    assert response.body == b'{"code":"bad_request","error":"x \\ud800 \xc3\xa9"}'
+    assert json.loads(response.body) == {"code": "bad_request", "error": "x \ud800 é"}

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from billfold.config import Settings
@@ -70,6 +71,9 @@ MALFORMED = [
     ('model:"a"b', "bad quoting"),
     ('model:"a" "b"', "bad quoting"),
     ('model:"a\\"', "unterminated quote"),
+    # numbers whose exponent Decimal cannot hold (beyond about 10^18 either way)
+    ("model:>1e999999999999999999999", "needs a number"),
+    ("model:<=-1E-999999999999999999999", "needs a number"),
 ]
 
 
@@ -180,9 +184,11 @@ def team(api: Api) -> tuple[str, dict[str, str]]:
             event(team_id, sku, 10000, at, model="1_000"),
             event(team_id, sku, 100000, at, model="NaN"),
             event(team_id, sku, 1000000, at),
+            # a number too big for a comparison: never satisfies one (and is no 500)
+            event(team_id, sku, 10000000, at, model="1e999999999999999999999"),
         ]
     )
-    assert result["accepted"] == 7, result
+    assert result["accepted"] == 8, result
     return team_id, headers
 
 
@@ -196,18 +202,20 @@ def total(api: Api, team: tuple[str, dict[str, str]], *filters: str) -> int:
 
 
 def test_edge_shapes_filter_exactly(api: Api, team: tuple[str, dict[str, str]]) -> None:
-    assert total(api, team) == 1111111
+    assert total(api, team) == 11111111
     assert total(api, team, "model:a") == 1
     assert total(api, team, 'model:"a OR b"') == 100
     assert total(api, team, "model:a OR model:b") == 11
     assert total(api, team, 'model:"a OR b" OR model:a') == 101
     assert total(api, team, 'model:""') == 1000000  # events without a model
-    assert total(api, team, 'NOT model:""') == 111111
+    assert total(api, team, 'NOT model:""') == 10111111
     assert total(api, team, 'cluster_name:"" AND model:a') == 0
-    # numbers are plain decimals: "1_000" and "NaN" are not numbers, so they never compare
+    # numbers are plain decimals: "1_000" and "NaN" are not numbers, so they never compare,
+    # nor does "1e999999999999999999999", whose exponent Decimal cannot hold
     assert total(api, team, "model:>5") == 1000
     assert total(api, team, "model:>=7.0 OR model:<=-1") == 1000
-    assert total(api, team, "NOT model:>5") == 1110111
+    assert total(api, team, "NOT model:>5") == 11110111
+    assert total(api, team, "model:1e999999999999999999999") == 10000000
 
 
 @pytest.mark.parametrize(("text", "reason"), MALFORMED[::3])
@@ -260,3 +268,25 @@ def test_at_most_a_thousand_conditions_in_all(api: Api, team: tuple[str, dict[st
         error = response.json()
         assert error["code"] == "too_many_conditions"
         assert error["field"] == "analyticsRequest.filters.1"
+
+
+def test_a_lone_surrogate_in_a_filter_is_quoted_back_in_the_400(
+    api: Api, team: tuple[str, dict[str, str]]
+) -> None:
+    # JSON can escape a lone surrogate, which UTF-8 cannot encode: the error quotes the value
+    # with repr(), which escapes it (it was a 500 when one message put it in as it was)
+    team_id, headers = team
+    for text, reason in (("model:=\\ud800", "operator"), ('model:\\ud800\\"', "quote")):
+        raw = orjson.dumps(body("model:a", "FILTER")).replace(b"FILTER", text.encode())
+        response = api.client.post(
+            f"/v1/billing/teams/{team_id}/usage",
+            content=raw,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()
+        assert error["code"] == "invalid_filter"
+        assert error["field"] == "analyticsRequest.filters.1"
+        assert reason in error["error"]
+        assert "\\ud800" in error["error"]  # escaped by repr()
+        assert "\ud800" not in error["error"]

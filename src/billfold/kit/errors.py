@@ -7,6 +7,7 @@ fields such as ``field`` for validation errors.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -124,31 +125,41 @@ def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
     return body
 
 
+class ErrorResponse(JSONResponse):
+    """An error body, whatever text it carries: a message may quote what the client sent, and a
+    JSON string the client escaped (``"\\ud800"``) can hold a lone surrogate, which UTF-8 cannot
+    encode. Written back as the same JSON escape instead of failing the response with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BillfoldError)
-    async def _billfold_error(request: Request, exc: BillfoldError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    async def _billfold_error(request: Request, exc: BillfoldError) -> ErrorResponse:
+        return ErrorResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> ErrorResponse:
         # Reached only after the route's dependencies ran (kit.http.WireRoute checks a body that
         # is not JSON itself), so a credential error has already been answered.
-        return JSONResponse(validation_error_body(exc), status_code=400)
+        return ErrorResponse(validation_error_body(exc), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> ErrorResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(
+        return ErrorResponse(
             {"code": code, "error": message},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> ErrorResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
+        return ErrorResponse(
             {"code": "internal", "error": "internal error; the request changed nothing"},
             status_code=500,
         )

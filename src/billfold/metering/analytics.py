@@ -69,7 +69,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -543,7 +543,8 @@ def _operand(text: str, name: str, op: str, path: str) -> str:
     if op == "=" and text[0] in "=!":
         raise _bad_filter(
             path,
-            f"{name}:{text} uses an operator this filter syntax does not have; write "
+            f"the value {text!r} of {name} starts with an operator this filter syntax does not "
+            f"have; write "
             f"{name}:value, NOT {name}:value, {name}:>number (>=, <, <=), or quote a value "
             f"that starts with {text[0]!r}",
         )
@@ -559,8 +560,16 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def _number(text: str) -> Decimal | None:
+    """The number ``text`` writes, or None -- also for one whose exponent Decimal cannot hold
+    (beyond about 10^18 either way): such a value never satisfies a comparison, and such an
+    operand is refused like any other that is not a number."""
     text = text.strip()
-    return Decimal(text) if _NUMBER.fullmatch(text) else None
+    if not _NUMBER.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
 
 
 # --- the time grid -----------------------------------------------------------------------------
