@@ -96,6 +96,50 @@ def test_jsonl_file_with_bad_lines_and_a_rerun(cli_api: Api, tmp_path: Path) -> 
     assert len(stored(cli_api, team_id)) == 3
 
 
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def awkward_lines(team_id: str, sku: str, when: str) -> list[str]:
+    """Lines the reader must reject alone, in both modes: JSON nested deeper than the server
+    reads a body (which stopped an import sent with --url), and a property integer beyond 64 bits
+    (which orjson read as a float, so the CLI accepted what the API rejects)."""
+    deep_properties = event(team_id, sku, 1, when, "deep-1")
+    deep_properties["properties"] = nested(300)
+    return [
+        json.dumps(deep_properties),
+        json.dumps(event(team_id, sku, 1, when, "deep-2", model=nested(40))),
+        json.dumps(event(team_id, sku, 1, when, "big-int")).replace(
+            '"properties": {}', '"properties": {"n": 18446744073709551616}'
+        ),
+        json.dumps(event(team_id, sku, 1, when, "max-int")).replace(
+            '"properties": {}', '"properties": {"n": 18446744073709551615}'
+        ),
+    ]
+
+
+def test_deep_and_big_lines_are_rejected_alone(cli_api: Api, tmp_path: Path) -> None:
+    sku = unique_sku()
+    cli_api.set_price(sku, "0.000003")
+    team_id = cli_api.create_team()
+    path = tmp_path / "events.jsonl"
+    lines = awkward_lines(team_id, sku, "2026-11-20T10:00:00Z")
+    path.write_text("\n".join(lines) + "\n")
+    result = ingest(str(path), code=3)
+    assert (result["accepted"], result["duplicates"], result["rejected"]) == (1, 0, 3)
+    assert [(r["line"], r["code"]) for r in result["rejections"]] == [
+        (1, "invalid_json"),
+        (2, "invalid_json"),
+        (3, "invalid_properties"),
+    ]
+    assert "deeper than 32 levels" in result["rejections"][0]["error"]
+    assert "64 bits" in result["rejections"][2]["error"]
+    assert [e.event_id for e in stored(cli_api, team_id)] == ["max-int"]
+
+
 def test_csv_file_with_property_columns(cli_api: Api, tmp_path: Path) -> None:
     sku = unique_sku()
     cli_api.set_price(sku, "0.000003")
@@ -296,13 +340,19 @@ def test_ingest_through_a_running_server(tmp_path: Path) -> None:
         path.write_text(
             "".join(json.dumps(event(team_id, sku, 5, when, f"e{i}")) + "\n" for i in range(7))
             + "oops\n"
+            + "".join(line + "\n" for line in awkward_lines(team_id, sku, when))
         )
         args = [str(path), "--url", base, "--token", "cli-ingest-token", "--batch-size", "3"]
         result = ingest(*args, code=3)
-        assert (result["accepted"], result["duplicates"], result["rejected"]) == (7, 0, 1)
-        assert result["rejections"][0]["line"] == 8
+        assert (result["accepted"], result["duplicates"], result["rejected"]) == (8, 0, 4)
+        assert [(r["line"], r["code"]) for r in result["rejections"]] == [
+            (8, "invalid_json"),
+            (9, "invalid_json"),
+            (10, "invalid_json"),
+            (11, "invalid_properties"),
+        ]
         again = ingest(*args, code=3)
-        assert (again["accepted"], again["duplicates"]) == (0, 7)
+        assert (again["accepted"], again["duplicates"]) == (0, 8)
         wrong = ingest(str(path), "--url", base, "--token", "wrong", code=1)
         assert "401" in wrong["stopped"]
     finally:

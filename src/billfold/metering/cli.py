@@ -15,8 +15,13 @@ File formats
     string property of that name (``apiKeyId``, ``model``, ``clusterName``, ...); an empty cell
     leaves the property out. A column wins over the same key in ``properties``.
 
-A line that cannot be read (bad JSON, wrong CSV field count, longer than 1 MiB, not UTF-8) is a
-rejection with its line number, like an event the service rejects; it never stops the import.
+A line that cannot be read (bad JSON, wrong CSV field count, longer than 1 MiB, not UTF-8, JSON
+nested deeper than 32 levels) is a rejection with its line number, like an event the service
+rejects; it never stops the import. Lines are parsed by the server's own JSON parser (pydantic-core,
+as ``POST /admin/v1/usage-events`` reads a body that is not a plain batch), so a file gives the
+same outcome straight into the database and with ``--url``: an integer beyond 64 bits stays an
+integer (and the service rejects it as a property), and no line the reader passes can make the
+server refuse a whole batch for its nesting.
 Exit status: 0 when every line was accepted or a duplicate, 3 when some were rejected, 1 when the
 import stopped (database or server error, bad CSV header): batches before it are committed.
 """
@@ -37,6 +42,7 @@ from typing import Annotated, Any, BinaryIO, Literal, Protocol
 
 import orjson
 import typer
+from pydantic_core import from_json
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -63,6 +69,10 @@ usage_app = typer.Typer(no_args_is_help=True, help="Usage events.")
 Format = Literal["jsonl", "csv"]
 REQUIRED_COLUMNS = ("eventId", "teamId", "sku", "quantity", "timestamp")
 MAX_LINE_BYTES = 1024 * 1024
+# A valid event nests 2 levels (the event, its properties). Deeper lines are not read: the
+# server's parser refuses a body nested deeper than 200 levels as a whole (a batch wraps its
+# events in 2 more), so with --url one such line would stop the import.
+MAX_LINE_DEPTH = 32
 EXIT_REJECTED = 3
 HTTP_ATTEMPTS = 5
 HTTP_BACKOFF_SECONDS = 1.0  # doubled after each failed attempt, at most 30 s
@@ -108,6 +118,30 @@ def _lines(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[tuple[
 
 
 _TOO_LONG = Unreadable("line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
+_TOO_DEEP = Unreadable("invalid_json", f"the JSON nests deeper than {MAX_LINE_DEPTH} levels")
+
+
+def _parse_json(text: bytes | str) -> Any:
+    """A JSON value as the server parses a request body (pydantic-core; raises ValueError), or
+    :data:`_TOO_DEEP`."""
+    try:
+        value = from_json(text, allow_inf_nan=False)
+    except ValueError as exc:
+        if str(exc).startswith("recursion limit exceeded"):  # deeper than the parser goes
+            return _TOO_DEEP
+        raise
+    return _TOO_DEEP if _nests_deeper(value, MAX_LINE_DEPTH) else value
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Whether ``value`` has containers nested more than ``levels`` deep."""
+    if isinstance(value, dict):
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return levels <= 0 or any(_nests_deeper(child, levels - 1) for child in children)
 
 
 def jsonl_records(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[Record]:
@@ -119,8 +153,8 @@ def jsonl_records(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator
         if not text.strip():
             continue
         try:
-            yield number, orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
+            yield number, _parse_json(text)
+        except ValueError as exc:
             yield number, Unreadable("invalid_json", f"not valid JSON: {exc}")
 
 
@@ -189,9 +223,11 @@ def _csv_event(header: list[str], row: list[str]) -> Any:
         elif name == "properties":
             if cell.strip():
                 try:
-                    parsed = orjson.loads(cell)
-                except orjson.JSONDecodeError:
+                    parsed = _parse_json(cell)
+                except ValueError:
                     parsed = None
+                if parsed is _TOO_DEEP:
+                    return _TOO_DEEP
                 if not isinstance(parsed, dict):
                     return Unreadable("invalid_properties", "properties must be a JSON object")
                 properties.update(parsed)
@@ -334,7 +370,10 @@ class HttpSink:
     def __call__(self, events: list[Any]) -> IngestResult:
         import httpx
 
-        body = orjson.dumps({"events": events})
+        try:
+            body = orjson.dumps({"events": events})
+        except TypeError:  # an integer beyond 64 bits, which the server will reject alone
+            body = json.dumps({"events": events}, ensure_ascii=False).encode()
         problem = ""
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:
