@@ -710,6 +710,47 @@ def test_minutes_and_seconds_come_exactly_from_raw_events(
     }
 
 
+def test_number_properties_read_alike_in_every_unit(api: Api, priced: tuple[str, str]) -> None:
+    """A property sent as a JSON number keeps its text (str() of the value as sent) whether the
+    answer comes from rollups (HOUR) or from raw events and their property sets (MINUTE): on
+    PostgreSQL the sets were JSONB, which printed 1e16 back as 10000000000000000, 1.5e300 as 301
+    digits and -0.0 as 0.0 (migration 0011)."""
+    prompt, _ = priced
+    team_id, headers = api.team_with_key()
+    at = "2026-11-10T10:00:30Z"
+    values = [1e16, 1.5e300, -0.0, 1.0, 2, 0.1, 1e-7, True, 18446744073709551615]
+    batch = [event(team_id, prompt, 1 + i, at) for i in range(len(values))]
+    for wire, value in zip(batch, values, strict=True):
+        wire["properties"] = {"model": value}
+    ingest_all(api, batch)
+    labels = {str(value) for value in values}
+    for unit in ("TIME_UNIT_HOUR", "TIME_UNIT_MINUTE"):
+        answer = usage(
+            api,
+            team_id,
+            headers,
+            "2026-11-10 10:00:00",
+            "2026-11-10 11:00:00",
+            unit=unit,
+            values=[UNITS],
+            group_by=["model"],
+        )
+        assert set(by_group(answer)) == {(label,) for label in labels}, unit
+        for i, label in enumerate(map(str, values)):
+            filtered = usage(
+                api,
+                team_id,
+                headers,
+                "2026-11-10 10:00:00",
+                "2026-11-10 11:00:00",
+                unit=unit,
+                values=[UNITS],
+                filters=[f'model:"{label}"'],
+            )
+            total = sum(p["values"][0] for p in filtered["timeSeries"][0]["dataPoints"])
+            assert total == 1 + i, (unit, label)
+
+
 def test_price_versions_rate_their_own_time(api: Api) -> None:
     sku = unique_sku()
     api.set_price(sku, "0.01", "2026-01-01T00:00:00Z", description="Old name")

@@ -11,6 +11,7 @@ that time stored them), both ways, on both databases:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from billfold.kit.clock import frozen
 from billfold.kit.db import JSONType, UTCDateTime, make_engine
+from billfold.metering.service import property_set_id
 from billfold.migrate import upgrade
 from tests.conftest import Api, _make_api, downgrade, event, unique_sku
 
@@ -315,3 +317,77 @@ def test_properties_move_to_property_sets_and_back(fresh_url: str) -> None:
         assert {e: after[e] for e in before} == before
         assert "usage_property_sets" not in inspect(engine).get_table_names()
         upgrade(engine)
+
+
+# Properties as sent, whose numbers JSONB printed back otherwise (1e16 as 10000000000000000,
+# 1.5e300 as 301 digits, -0.0 as 0.0), and others it kept as they were.
+AS_SENT: list[dict[str, Any]] = [
+    {"n": 1e16},
+    {"n": 1.5e300},
+    {"n": -0.0},
+    {"apiKeyId": "k1", "n": 1e16, "m": -0.0, "big": 1.5e300},
+    {"n": 1, "f": 2.5, "t": True, "small": 1e-7, "u": 18446744073709551615},
+    {"model": "1e16"},
+]
+
+
+def set_texts(engine: Engine) -> dict[uuid.UUID, Any]:
+    """Each set's properties as the column's text gives them (json.loads: integers stay
+    integers, floats floats)."""
+    cast = "properties::text" if engine.dialect.name == "postgresql" else "properties"
+    with engine.connect() as connection:
+        rows = connection.execute(text(f"SELECT id, {cast} FROM usage_property_sets"))
+        return {uuid.UUID(str(set_id)): json.loads(raw) for set_id, raw in rows}
+
+
+def test_property_sets_get_their_numbers_back(fresh_url: str) -> None:
+    engine = make_engine(fresh_url)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        upgrade(engine, "0010")
+        # as 0010's app stored them (a JSONB document of the values as sent), and one set that
+        # 0010's backfill made from an event stored normalised before it (its id is the
+        # normalised form's, which nothing can tell from a float sent as 1e16)
+        legacy = {"n": 10000000000000000}
+        rows = [
+            {"id": uuid.UUID(bytes=property_set_id(p)), "raw": orjson.dumps(p).decode()}
+            for p in [*AS_SENT, legacy]
+        ]
+        value = "CAST(:raw AS jsonb)" if postgres else ":raw"
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    f"INSERT INTO usage_property_sets (id, properties) VALUES (:id, {value})"
+                ).bindparams(sa.bindparam("id", type_=sa.Uuid())),
+                rows,
+            )
+        at_0010 = set_texts(engine)
+        if postgres:  # the normalisation this migration undoes
+            assert at_0010[rows[0]["id"]] == {"n": 10000000000000000}
+            assert at_0010[rows[2]["id"]] == {"n": 0.0}
+
+        upgrade(engine)
+        expected = {row["id"]: p for row, p in zip(rows, [*AS_SENT, legacy], strict=True)}
+        after = set_texts(engine)
+        assert {i: exactly(p) for i, p in after.items()} == {
+            i: exactly(p) for i, p in expected.items()
+        }
+        assert str(after[rows[2]["id"]]["n"]) == "-0.0"
+        if postgres:
+            assert column_type(engine) == "json"
+            downgrade(engine, "0010")
+            assert column_type(engine) == "jsonb"
+    finally:
+        engine.dispose()
+
+
+def column_type(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(
+            connection.execute(
+                text(
+                    "SELECT data_type FROM information_schema.columns "
+                    "WHERE table_name = 'usage_property_sets' AND column_name = 'properties'"
+                )
+            ).scalar_one()
+        )

@@ -46,7 +46,8 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, Index, PrimaryKeyConstraint, String
+from sqlalchemy import JSON, ForeignKey, Index, PrimaryKeyConstraint, String
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from billfold.kit.db import Base, BigInt
@@ -109,7 +110,9 @@ class UsagePropertySet(Base):
     __tablename__ = "usage_property_sets"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    properties: Mapped[dict[str, Any]]
+    # json, not jsonb, on PostgreSQL: it keeps the numbers as they were sent (migration 0011),
+    # as rollups keep their text and as SQLite's JSON does.
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(sqlite.JSON(), "sqlite"))
 
 
 class RollupWithDims:

@@ -65,7 +65,7 @@ from typing import Any, Protocol
 
 import orjson
 from psycopg.errors import UniqueViolation
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -754,11 +754,13 @@ class PostgresWriter:
     )
     COPY_TYPES = ("bytea", "text", "timestamptz", "int8", "int8", "bytea", "timestamptz")
     # Run before the events, in id order (the lock order: a set new to both of two concurrent
-    # batches makes the second wait for the first).
+    # batches makes the second wait for the first). A json document, not jsonb: e->1 is then the
+    # properties' text as orjson wrote it, which the json column keeps (jsonb would print a float
+    # sent as 1e16 back as an integer; migration 0011).
     PROPERTY_SETS = """
         INSERT INTO usage_property_sets (id, properties)
         SELECT (e->>0)::uuid, e->1
-        FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
+        FROM json_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
         ON CONFLICT (id) DO NOTHING
     """
     # {table}: a table of ROLLUPS_BY_WIDTH.
@@ -813,7 +815,8 @@ class PostgresWriter:
         return Jsonb(rows, dumps=orjson.dumps)
 
     def add_property_sets(self, session: Session, sets: Sequence[tuple[bytes, Properties]]) -> None:
-        document = self._document([(uuid.UUID(bytes=id_), props[0]) for id_, props in sets])
+        rows = [(uuid.UUID(bytes=id_), props[0]) for id_, props in sets]
+        document = Json(rows, dumps=orjson.dumps)
         session.connection().exec_driver_sql(self.PROPERTY_SETS, {"rows": document})
 
     def insert_events(
