@@ -53,6 +53,11 @@ def test_same_version_twice_is_idempotent_and_a_different_one_conflicts(api: Api
         ({"unitPrice": "-1"}, "unitPrice"),
         ({"unitPrice": "abc"}, "unitPrice"),
         ({"unitPrice": "1e-6"}, "unitPrice"),
+        ({"unitPrice": "1_000"}, "unitPrice"),  # Decimal() reads it as 1000
+        ({"unitPrice": "\u0663"}, "unitPrice"),  # Arabic-Indic 3, which Decimal() reads as 3
+        ({"unitPrice": "+1"}, "unitPrice"),
+        ({"unitPrice": ".5"}, "unitPrice"),
+        ({"unitPrice": "NaN"}, "unitPrice"),
         ({"unitPrice": 0.5}, "unitPrice"),  # floats are refused: money is never a float
         ({"description": ""}, "description"),
         ({"effectiveFrom": "yesterday"}, "effectiveFrom"),
@@ -92,3 +97,11 @@ def test_version_may_not_reprice_rated_usage(api: Api) -> None:
     )
     assert response.status_code == 409
     assert response.json()["code"] == "usage_already_rated"
+
+
+def test_trailing_zeros_are_not_decimal_places(api: Api) -> None:
+    sku = unique_sku()
+    # 18 places written, 6 of them significant: $3 per million units
+    version = api.set_price(sku, "0.000003000000000000", "2026-01-01T00:00:00Z")
+    assert version["unitPrice"] == "0.000003"
+    assert api.set_price(unique_sku(), " 12.500 ", "2026-01-01T00:00:00Z")["unitPrice"] == "12.5"

@@ -17,7 +17,8 @@ only floats are the dollar values of usage analytics, which the wire format defi
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import NewType
 
 Cents = NewType("Cents", int)
@@ -48,6 +49,10 @@ def cents_to_pico(amount: Cents) -> Pico:
     return Pico(int(amount) * PICO_PER_CENT)
 
 
+# ASCII digits, an optional fraction: "0.000003", "12", "1.50".
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.([0-9]+))?")
+
+
 def parse_usd_price(text: str) -> Pico:
     """Parse a decimal USD unit price with at most 12 decimals into exact pico-dollars.
 
@@ -56,18 +61,15 @@ def parse_usd_price(text: str) -> Pico:
     if not isinstance(text, str):
         raise ValueError('must be a decimal string such as "0.000003"')
     stripped = text.strip()
-    try:
-        value = Decimal(stripped)
-    except InvalidOperation:
-        raise ValueError('must be a decimal string such as "0.000003"') from None
-    if not value.is_finite() or "e" in stripped.lower():
+    match = _PLAIN_DECIMAL.fullmatch(stripped)
+    if match is None:
+        if _PLAIN_DECIMAL.fullmatch(stripped.removeprefix("-")):
+            raise ValueError("must not be negative")
+        # not what Decimal() alone would refuse: "1_000", "1e-6", "NaN" or other scripts' digits
         raise ValueError('must be a plain decimal string such as "0.000003"')
-    if value < 0:
-        raise ValueError("must not be negative")
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
+    if len((match.group(1) or "").rstrip("0")) > PRICE_DECIMALS:  # trailing zeros are no places
         raise ValueError(f"has more than {PRICE_DECIMALS} decimals")
-    pico = int(value * PICO_PER_USD)
+    pico = int(Decimal(stripped) * PICO_PER_USD)
     if pico > MAX_UNIT_PRICE:
         raise ValueError("is above the largest unit price, $1,000,000")
     return Pico(pico)
