@@ -294,8 +294,6 @@ def test_a_body_is_json_or_not_whatever_its_events_look_like(api: Api) -> None:
         response = _body_with(api, team_id, sku, tail)
         assert response.status_code == 400, (tail[:20], response.text)
         assert response.json()["code"] == "invalid_json"
-        assert response.json()["error"].startswith("request body is not valid JSON: ")
-    assert "recursion limit exceeded" in response.json()["error"]  # 300 levels
     nested = b'{"x":' + deep + b',"events":[]}'
     response = api.admin(
         "POST",
