@@ -74,6 +74,10 @@ NEAR: dict[str, list[Any]] = {
     "properties": [
         None,
         {},
+        False,  # the plain path's other falsy values: refused, not "no properties"
+        "",
+        0,
+        [],
         {"model": "grok-4", "apiKeyId": "k1"},
         {"apiKeyId": "k1", "model": "grok-4", "tier": 2},
         {"apiKeyId": True, "model": "grok-4"},

@@ -251,6 +251,26 @@ def test_groupable_values_too_long_together_are_rejected_alone(api: Api) -> None
     assert "1000" in rejected["error"].replace(",", "")
 
 
+def test_properties_are_an_object_or_null(api: Api) -> None:
+    """Absent, null and {} mean no properties; another falsy value is not an object (it was
+    taken for "no properties")."""
+    sku = unique_sku()
+    api.set_price(sku, "0.000001")
+    team_id = api.create_team()
+    values: list[Any] = [None, {}, False, "", 0, [], "x"]
+    batch = [event(team_id, sku, 1, "2026-11-20T10:00:00Z", f"p{i}") for i in range(len(values))]
+    for wire, value in zip(batch, values, strict=True):
+        wire["properties"] = value
+    del batch[0]["properties"]  # absent, rather than null
+    batch.append(event(team_id, sku, 1, "2026-11-20T10:00:00Z", "null"))
+    batch[-1]["properties"] = None
+    result = api.ingest(batch)
+    assert result["accepted"] == 3, result
+    assert [(r["index"], r["code"]) for r in result["rejected"]] == [
+        (i, "invalid_properties") for i in range(2, 7)
+    ]
+
+
 def test_groupable_values_of_four_byte_characters_are_rejected_alone(api: Api) -> None:
     """PostgreSQL refuses a B-tree entry over 2,704 bytes: 600 characters of 4 bytes each in
     the rollups' key pass the 1,000-character limit but not the 2,000-byte one."""

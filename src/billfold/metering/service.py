@@ -314,9 +314,12 @@ class EventParser:
                 units = int(quantity)
                 if ts.tzinfo is UTC and 1970 <= ts.year <= 9000 and units <= MAX_QUANTITY:
                     properties = raw.properties
-                    if not properties:
+                    if properties is None:
                         return (index, team_key, event_id, sku, units, ts, self._none)
-                    known = self._checked.get(tuple(properties.items()))
+                    try:  # a dict, as decoded ({} is never among the checked: see check)
+                        known = self._checked.get(tuple(properties.items()))
+                    except AttributeError:  # anything else, in a WireEvent built by hand
+                        known = None
                     if known is not None:
                         return (index, team_key, event_id, sku, units, ts, known)
         return self.check(index, raw)
@@ -366,7 +369,7 @@ class EventParser:
         else:
             quantity = parse_quantity(quantity)
         ts = parse_timestamp(timestamp)
-        # properties absent, null (or any falsy value): none
+        # properties absent or null: none (false, "", 0 or [] are refused by properties())
         return (
             index,
             team_key,
@@ -374,7 +377,7 @@ class EventParser:
             sku,
             quantity,
             ts,
-            self.properties(properties) if properties else self._none,
+            self._none if properties is None else self.properties(properties),
         )
 
     def _team_key(self, team: Any) -> str:
@@ -390,9 +393,9 @@ class EventParser:
 
     def properties(self, properties: Any) -> Properties:
         """Validate an event's properties (once per distinct combination of string values)."""
-        if not properties:
-            return self._none
         if isinstance(properties, dict) and len(properties) <= MAX_PROPERTIES:
+            if not properties:
+                return self._none
             try:
                 items = tuple(properties.items())
                 known = self._checked.get(items)
