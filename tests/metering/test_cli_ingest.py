@@ -187,6 +187,12 @@ def test_csv_header_without_required_columns_stops_before_anything(
     result = ingest(str(path), code=1)
     assert "timestamp" in result["stopped"]
     assert result["accepted"] == 0
+    # a column without a name (a trailing comma) would have made a property named ""
+    path.write_text(
+        f"eventId,teamId,sku,quantity,timestamp,\ne1,{team_id},{sku},1,2026-11-20T10:00:00Z,x\n"
+    )
+    result = ingest(str(path), code=1)
+    assert "column 6 of the CSV header has no name" in result["stopped"]
     assert stored(cli_api, team_id) == []
 
 

@@ -13,7 +13,8 @@ File formats
     CSV: a header row naming the columns ``eventId,teamId,sku,quantity,timestamp`` (required, any
     order), optionally ``properties`` (a JSON object), and any other column, which becomes a
     string property of that name (``apiKeyId``, ``model``, ``clusterName``, ...); an empty cell
-    leaves the property out. A column wins over the same key in ``properties``.
+    leaves the property out. A column wins over the same key in ``properties``. Every column
+    needs a name (a header with a trailing comma stops the import).
 
 A line that cannot be read (bad JSON, wrong CSV field count, longer than 1 MiB, not UTF-8, JSON
 nested deeper than 32 levels) is a rejection with its line number, like an event the service
@@ -176,6 +177,8 @@ def csv_records(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[R
         return
     except csv.Error as exc:
         raise ImportStopped(f"line 1: the CSV header cannot be read: {exc}") from None
+    if "" in header:  # a property needs a name (a trailing comma makes one without)
+        raise ImportStopped(f"line 1: column {header.index('') + 1} of the CSV header has no name")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing or len(set(header)) != len(header):
         raise ImportStopped(
