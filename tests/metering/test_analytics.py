@@ -723,30 +723,16 @@ def test_number_properties_read_alike_in_every_unit(api: Api, priced: tuple[str,
     for wire, value in zip(batch, values, strict=True):
         wire["properties"] = {"model": value}
     ingest_all(api, batch)
-    labels = {str(value) for value in values}
+    labels = [str(value) for value in values]
+
+    def hour(unit: str, **query: Any) -> Any:
+        start, end = "2026-11-10 10:00:00", "2026-11-10 11:00:00"
+        return usage(api, team_id, headers, start, end, unit=unit, values=[UNITS], **query)
+
     for unit in ("TIME_UNIT_HOUR", "TIME_UNIT_MINUTE"):
-        answer = usage(
-            api,
-            team_id,
-            headers,
-            "2026-11-10 10:00:00",
-            "2026-11-10 11:00:00",
-            unit=unit,
-            values=[UNITS],
-            group_by=["model"],
-        )
-        assert set(by_group(answer)) == {(label,) for label in labels}, unit
-        for i, label in enumerate(map(str, values)):
-            filtered = usage(
-                api,
-                team_id,
-                headers,
-                "2026-11-10 10:00:00",
-                "2026-11-10 11:00:00",
-                unit=unit,
-                values=[UNITS],
-                filters=[f'model:"{label}"'],
-            )
+        assert set(by_group(hour(unit, group_by=["model"]))) == {(label,) for label in labels}
+        for i, label in enumerate(labels):
+            filtered = hour(unit, filters=[f'model:"{label}"'])
             total = sum(p["values"][0] for p in filtered["timeSeries"][0]["dataPoints"])
             assert total == 1 + i, (unit, label)
 
