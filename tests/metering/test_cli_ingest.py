@@ -118,6 +118,11 @@ def awkward_lines(team_id: str, sku: str, when: str) -> list[str]:
         json.dumps(event(team_id, sku, 1, when, "max-int")).replace(
             '"properties": {}', '"properties": {"n": 18446744073709551615}'
         ),
+        # read as infinity: no writer gives it back as it was (json.dumps writes Infinity, which
+        # made the server refuse the batch alongside a big integer; orjson writes null)
+        json.dumps(event(team_id, sku, 1, when, "huge-float")).replace(
+            '"properties": {}', '"properties": 1e400'
+        ),
     ]
 
 
@@ -129,14 +134,16 @@ def test_deep_and_big_lines_are_rejected_alone(cli_api: Api, tmp_path: Path) -> 
     lines = awkward_lines(team_id, sku, "2026-11-20T10:00:00Z")
     path.write_text("\n".join(lines) + "\n")
     result = ingest(str(path), code=3)
-    assert (result["accepted"], result["duplicates"], result["rejected"]) == (1, 0, 3)
+    assert (result["accepted"], result["duplicates"], result["rejected"]) == (1, 0, 4)
     assert [(r["line"], r["code"]) for r in result["rejections"]] == [
         (1, "invalid_json"),
         (2, "invalid_json"),
         (3, "invalid_properties"),
+        (5, "invalid_json"),
     ]
     assert "deeper than 32 levels" in result["rejections"][0]["error"]
     assert "64 bits" in result["rejections"][2]["error"]
+    assert "range of a float" in result["rejections"][3]["error"]
     assert [e.event_id for e in stored(cli_api, team_id)] == ["max-int"]
 
 
@@ -350,12 +357,13 @@ def test_ingest_through_a_running_server(tmp_path: Path) -> None:
         )
         args = [str(path), "--url", base, "--token", "cli-ingest-token", "--batch-size", "3"]
         result = ingest(*args, code=3)
-        assert (result["accepted"], result["duplicates"], result["rejected"]) == (8, 0, 4)
+        assert (result["accepted"], result["duplicates"], result["rejected"]) == (8, 0, 5)
         assert [(r["line"], r["code"]) for r in result["rejections"]] == [
             (8, "invalid_json"),
             (9, "invalid_json"),
             (10, "invalid_json"),
             (11, "invalid_properties"),
+            (13, "invalid_json"),
         ]
         again = ingest(*args, code=3)
         assert (again["accepted"], again["duplicates"]) == (0, 8)

@@ -180,6 +180,17 @@ def _fields(event: WireEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__struct_fields__}
 
 
+@pytest.mark.parametrize("value", [False, "", 0, [], "x", 1.5])
+def test_properties_that_are_not_an_object_are_refused(value: Any) -> None:
+    # the falsy ones were taken for "no properties" by both paths
+    for parse in (EventParser(GROUPABLE).parse, EventParser(GROUPABLE).check):
+        assert outcome(parse, 0, WireEvent(**{**USUAL, "properties": value}))[0] == (
+            "invalid_properties"
+        )
+    plain = {**USUAL, "properties": value}
+    assert outcome(EventParser(GROUPABLE).parse, 0, plain)[0] == "invalid_properties"
+
+
 def test_the_short_path_is_taken_for_the_usual_event() -> None:
     """Not a timing: the usual event, once its team and properties are known, never reaches the
     full check (which would make the short path pointless)."""
@@ -203,5 +214,6 @@ def test_the_short_path_is_taken_for_the_usual_event() -> None:
     parser.check = counted  # type: ignore[method-assign]
     assert parser.parse(1, usual)[1:] == first[1:]
     assert parser.parse(2, WireEvent(**{**_fields(usual), "properties": None}))[6] == parser._none
+    assert parser.parse(3, WireEvent(**{**_fields(usual), "properties": {}}))[6] == parser._none
     assert calls == []
     assert first[5] == datetime(2026, 11, 24, 10, 0, 0, 250_000, tzinfo=UTC)

@@ -17,12 +17,12 @@ File formats
     needs a name (a header with a trailing comma stops the import).
 
 A line that cannot be read (bad JSON, wrong CSV field count, longer than 1 MiB, not UTF-8, JSON
-nested deeper than 32 levels) is a rejection with its line number, like an event the service
-rejects; it never stops the import. Lines are parsed by the server's own JSON parser (pydantic-core,
-as ``POST /admin/v1/usage-events`` reads a body that is not a plain batch), so a file gives the
-same outcome straight into the database and with ``--url``: an integer beyond 64 bits stays an
-integer (and the service rejects it as a property), and no line the reader passes can make the
-server refuse a whole batch for its nesting.
+nested deeper than 32 levels, a number beyond a float's range such as 1e400) is a rejection with
+its line number, like an event the service rejects; it never stops the import. Lines are parsed
+by the server's own JSON parser (pydantic-core, as ``POST /admin/v1/usage-events`` reads a body
+that is not a plain batch), so a file gives the same outcome straight into the database and with
+``--url``: an integer beyond 64 bits stays an integer (and the service rejects it as a
+property), and no line the reader passes can make the server refuse a whole batch.
 Exit status: 0 when every line was accepted or a duplicate, 3 when some were rejected, 1 when the
 import stopped (database or server error, bad CSV header): batches before it are committed.
 """
@@ -33,6 +33,7 @@ import codecs
 import csv
 import heapq
 import json
+import math
 import os
 import sys
 import time
@@ -120,29 +121,39 @@ def _lines(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[tuple[
 
 _TOO_LONG = Unreadable("line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
 _TOO_DEEP = Unreadable("invalid_json", f"the JSON nests deeper than {MAX_LINE_DEPTH} levels")
+_OUT_OF_RANGE = Unreadable("invalid_json", "a number is beyond the range of a float (1e309)")
 
 
 def _parse_json(text: bytes | str) -> Any:
     """A JSON value as the server parses a request body (pydantic-core; raises ValueError), or
-    :data:`_TOO_DEEP`."""
+    why it cannot be sent as read: :data:`_TOO_DEEP`, or :data:`_OUT_OF_RANGE` for a number the
+    parser made infinite (no JSON writer writes it back as the number it was)."""
     try:
         value = from_json(text, allow_inf_nan=False)
     except ValueError as exc:
         if str(exc).startswith("recursion limit exceeded"):  # deeper than the parser goes
             return _TOO_DEEP
         raise
-    return _TOO_DEEP if _nests_deeper(value, MAX_LINE_DEPTH) else value
+    return _unsendable(value, MAX_LINE_DEPTH) or value
 
 
-def _nests_deeper(value: Any, levels: int) -> bool:
-    """Whether ``value`` has containers nested more than ``levels`` deep."""
+def _unsendable(value: Any, levels: int) -> Unreadable | None:
+    """What in ``value`` cannot be sent: containers nested more than ``levels`` deep, or an
+    infinite float."""
     if isinstance(value, dict):
         children: Iterable[Any] = value.values()
     elif isinstance(value, list):
         children = value
+    elif isinstance(value, float) and not math.isfinite(value):
+        return _OUT_OF_RANGE
     else:
-        return False
-    return levels <= 0 or any(_nests_deeper(child, levels - 1) for child in children)
+        return None
+    if levels <= 0:
+        return _TOO_DEEP
+    for child in children:
+        if (found := _unsendable(child, levels - 1)) is not None:
+            return found
+    return None
 
 
 def jsonl_records(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[Record]:
@@ -229,8 +240,8 @@ def _csv_event(header: list[str], row: list[str]) -> Any:
                     parsed = _parse_json(cell)
                 except ValueError:
                     parsed = None
-                if parsed is _TOO_DEEP:
-                    return _TOO_DEEP
+                if isinstance(parsed, Unreadable):
+                    return parsed
                 if not isinstance(parsed, dict):
                     return Unreadable("invalid_properties", "properties must be a JSON object")
                 properties.update(parsed)
@@ -376,7 +387,7 @@ class HttpSink:
         try:
             body = orjson.dumps({"events": events})
         except TypeError:  # an integer beyond 64 bits, which the server will reject alone
-            body = json.dumps({"events": events}, ensure_ascii=False).encode()
+            body = json.dumps({"events": events}, ensure_ascii=False, allow_nan=False).encode()
         problem = ""
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:

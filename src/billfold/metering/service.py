@@ -30,7 +30,8 @@ checks that they agree on every outcome and every stored row):
 
 * :class:`PostgresWriter` copies the events in PostgreSQL's binary COPY format (formatted by
   psycopg's C code), and sends each other table's rows as ONE JSONB array parameter, unpacked by
-  ``jsonb_array_elements`` in one statement per table. Binding rows one by one through SQLAlchemy
+  ``jsonb_array_elements`` in one statement per table (the property sets' as one json array,
+  which keeps their text: migration 0011). Binding rows one by one through SQLAlchemy
   (type processors, ``json.dumps``, insertmanyvalues pages) cost far more CPU than PostgreSQL's own
   work; one orjson document costs ~1 us per event, and PostgreSQL parses it in C.
 * :class:`CoreWriter`: SQLAlchemy Core executemany, for SQLite (and any other database).
@@ -277,6 +278,7 @@ class EventParser:
         # keys.
         self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
         self._none: Properties = ({}, dims_key({}), property_set_id({}))
+        self._checked[()] = self._none  # properties {}: found by the short path too
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
         """Check one event: a :class:`WireEvent` (its JSON types already known) or any JSON
@@ -316,7 +318,7 @@ class EventParser:
                     properties = raw.properties
                     if properties is None:
                         return (index, team_key, event_id, sku, units, ts, self._none)
-                    try:  # a dict, as decoded ({} is never among the checked: see check)
+                    try:  # a dict, as decoded
                         known = self._checked.get(tuple(properties.items()))
                     except AttributeError:  # anything else, in a WireEvent built by hand
                         known = None
@@ -722,7 +724,7 @@ class CoreWriter:
 
 class PostgresWriter:
     """The events by binary COPY; one statement per other table, the rows as one JSONB array
-    parameter (see the module docstring).
+    parameter (json for the property sets; see the module docstring).
 
     ``WITH ORDINALITY ... ORDER BY n`` makes PostgreSQL write the rows in the order they were sent
     (sorted by key): the lock order. The statements' texts are constant, so psycopg prepares them
