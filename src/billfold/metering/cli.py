@@ -121,7 +121,9 @@ def _lines(stream: BinaryIO, on_bytes: Callable[[int], None]) -> Iterator[tuple[
 
 _TOO_LONG = Unreadable("line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
 _TOO_DEEP = Unreadable("invalid_json", f"the JSON nests deeper than {MAX_LINE_DEPTH} levels")
-_OUT_OF_RANGE = Unreadable("invalid_json", "a number is beyond the range of a float (1e309)")
+_OUT_OF_RANGE = Unreadable(
+    "invalid_json", "a number is beyond the range of a float (about 1.8e308)"
+)
 
 
 def _parse_json(text: bytes | str) -> Any:

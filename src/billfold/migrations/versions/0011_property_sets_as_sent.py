@@ -14,8 +14,9 @@ text it is given; ingestion writes it as orjson writes the values as sent.
 The sets stored before are repaired where the digest tells how: a set's id is the digest of its
 properties' canonical JSON as sent (metering/service.py, ``property_set_id``), so for a set
 whose stored value no longer gives its id, the numbers that JSONB may have rewritten (an integer
-that is also a float, a zero that may have been ``-0.0``) are tried in their other form until
-the digest matches; the matching form is stored. Sets that migration 0010 made from events
+of 1e16 or more, which may have been a float; a zero, which may have been ``-0.0``) are tried in
+their other form until the digest matches; the matching form is stored, and a set no form
+matches is left as it is and counted in a warning. Sets that migration 0010 made from events
 stored before it were digested in the normalised form already and match as they are (so their
 numbers keep JSONB's form: nothing tells a float sent as 1e16 from an integer there). The table
 holds one row per distinct combination of properties, read in pages.
