@@ -70,6 +70,10 @@ NEAR: dict[str, list[Any]] = {
         "0001-01-01T00:00:00+01:00",
         "yesterday",
         "",
+        # Python 3.11's fromisoformat stops at a NUL: these read as 10:00 UTC unless refused
+        "2026-11-24T10:00:00Z\x00",
+        "2026-11-24T10:00:00\x00Z",
+        "2026-11-24T10:00:00Z\x00junk",
     ],
     "properties": [
         None,
@@ -178,6 +182,14 @@ def test_the_short_path_agrees_with_the_full_check(batch: list[WireEvent]) -> No
 
 def _fields(event: WireEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__struct_fields__}
+
+
+@pytest.mark.parametrize("timestamp", ["2026-11-24T10:00:00Z\x00", "2026-11-24T10:00:00Z\x00junk"])
+def test_a_timestamp_with_a_nul_is_refused(timestamp: str) -> None:
+    for parse in (EventParser(GROUPABLE).parse, EventParser(GROUPABLE).check):
+        assert outcome(parse, 0, WireEvent(**{**USUAL, "timestamp": timestamp}))[0] == (
+            "invalid_timestamp"
+        )
 
 
 @pytest.mark.parametrize("value", [False, "", 0, [], "x", 1.5])

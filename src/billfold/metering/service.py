@@ -248,7 +248,9 @@ def parse_quantity(value: Any) -> int:
 
 
 def parse_timestamp(value: Any) -> datetime:
-    if not isinstance(value, str) or not value:
+    # A NUL, because Python 3.11's fromisoformat stops reading at one: "...10:00:00Z\x00junk"
+    # would pass as 10:00 UTC.
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise _Invalid("invalid_timestamp", "timestamp must be an RFC 3339 string with a zone")
     try:
         ts = datetime.fromisoformat(value)  # since 3.11 this reads "...Z" too: the usual case
@@ -308,6 +310,7 @@ class EventParser:
                 and len(quantity) <= _QUANTITY_DIGITS
                 and quantity.isdigit()
                 and quantity.isascii()
+                and "\x00" not in raw.timestamp  # see parse_timestamp
             ):
                 try:
                     ts = datetime.fromisoformat(raw.timestamp)
