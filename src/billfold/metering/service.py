@@ -280,7 +280,7 @@ class EventParser:
         # keys.
         self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
         self._none: Properties = ({}, dims_key({}), property_set_id({}))
-        self._checked[()] = self._none  # properties {}: found by the short path too
+        self._checked[()] = self._none  # properties {}: found like any checked combination
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
         """Check one event: a :class:`WireEvent` (its JSON types already known) or any JSON
@@ -399,8 +399,6 @@ class EventParser:
     def properties(self, properties: Any) -> Properties:
         """Validate an event's properties (once per distinct combination of string values)."""
         if isinstance(properties, dict) and len(properties) <= MAX_PROPERTIES:
-            if not properties:
-                return self._none
             try:
                 items = tuple(properties.items())
                 known = self._checked.get(items)
