@@ -66,7 +66,7 @@ import bisect
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -935,45 +935,17 @@ class UsageAnalytics:
     def _event_slices(
         session: Session, query: AnalyticsQuery, starts: list[datetime], properties: list[str]
     ) -> list[tuple[int, _Slice]]:
-        e = UsageEvent
         step = _FIXED_STEP[query.unit]
-        second = _epoch_seconds(session, e.ts)
-        inner = (
-            select(
-                (second // step if step > 1 else second).label("part"),
-                e.price_version_id.label("version"),
-                e.quantity,
-                e.property_set_id,
-            )
-            .where(e.team_id == query.team_id, e.ts >= query.start, e.ts < query.end)
-            .subquery()
-        )
-        keys = [inner.c.part, inner.c.version]
-        if properties:
-            keys.append(inner.c.property_set_id)
-        grouped = (
-            select(*keys, func.sum(inner.c.quantity).label("quantity"), func.count().label("n"))
-            .group_by(*keys)
-            .subquery()
-        )
-        stmt = select(grouped.c.part, grouped.c.version, grouped.c.quantity, grouped.c.n)
-        if properties:
-            # Each group's properties from its set, once per group rather than per event (outer:
-            # an event whose set is missing still counts, without properties).
-            s = UsagePropertySet
-            stmt = stmt.add_columns(s.properties).outerjoin(s, s.id == grouped.c.property_set_id)
         slices: list[tuple[int, _Slice]] = []
-        row: Any
-        for row in session.execute(stmt):
-            part, version, qty, events = row[:4]
-            at = EPOCH + timedelta(seconds=int(part) * step)
-            values: dict[str, Any] = (row[4] if properties else None) or {}
+        rows = raw_event_sums(
+            session, query.team_id, query.start, query.end, step, with_properties=bool(properties)
+        )
+        for part, version, qty, events, values in rows:
+            at = EPOCH + timedelta(seconds=part * step)
             # The same text as ingestion puts into rollup dims: str() of the JSON value.
             dims = {p: str(values[p]) for p in properties if values.get(p) is not None}
             key = tuple(dims.get(p) for p in properties)
-            slices.append(
-                (_bucket_index(starts, at), (at, at, int(version), key, dims, int(qty), events))
-            )
+            slices.append((_bucket_index(starts, at), (at, at, version, key, dims, qty, events)))
         return slices
 
     @staticmethod
@@ -1062,6 +1034,51 @@ def _bucket_index(starts: list[datetime], at: datetime) -> int:
     # Usage before the first aligned start can only come from a zone whose historical offset is
     # not a multiple of 15 minutes; it is counted in the first bucket.
     return max(0, bisect.bisect_right(starts, at) - 1)
+
+
+def raw_event_sums(
+    session: Session,
+    team_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    step: int,
+    *,
+    with_properties: bool,
+) -> Iterator[tuple[int, int, int, int, dict[str, Any]]]:
+    """A team's raw events in ``[start, end)`` summed per ``step``-second part of the time since
+    1970 and price version (and property set, with ``with_properties``): ``(part, price version
+    id, quantity, events, properties)``, the properties ``{}`` without ``with_properties``.
+    MINUTE and SECOND analytics read this, and so does the rollup rebuild (metering/rebuild.py)."""
+    e = UsageEvent
+    second = _epoch_seconds(session, e.ts)
+    inner = (
+        select(
+            (second // step if step > 1 else second).label("part"),
+            e.price_version_id.label("version"),
+            e.quantity,
+            e.property_set_id,
+        )
+        .where(e.team_id == team_id, e.ts >= start, e.ts < end)
+        .subquery()
+    )
+    keys = [inner.c.part, inner.c.version]
+    if with_properties:
+        keys.append(inner.c.property_set_id)
+    grouped = (
+        select(*keys, func.sum(inner.c.quantity).label("quantity"), func.count().label("n"))
+        .group_by(*keys)
+        .subquery()
+    )
+    stmt = select(grouped.c.part, grouped.c.version, grouped.c.quantity, grouped.c.n)
+    if with_properties:
+        # Each group's properties from its set, once per group rather than per event (outer: an
+        # event whose set is missing still counts, without properties).
+        s = UsagePropertySet
+        stmt = stmt.add_columns(s.properties).outerjoin(s, s.id == grouped.c.property_set_id)
+    row: Any
+    for row in session.execute(stmt):
+        properties = (row[4] if with_properties else None) or {}
+        yield int(row[0]), int(row[1]), int(row[2]), int(row[3]), properties
 
 
 def _has_date_bin(session: Session) -> bool:

@@ -184,6 +184,13 @@ def dims_key(dims: dict[str, str]) -> str:
     return json.dumps(dims, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def dims_of(properties: dict[str, Any], groupable: tuple[str, ...]) -> dict[str, str]:
+    """An event's rollup dimensions: the text of each groupable property it has (``str()`` of
+    the JSON value: "1.5", "True"). Ingestion and the rollup rebuild (metering/rebuild.py) both
+    use it, so a rebuild gives the rows ingestion would have written."""
+    return {p: str(properties[p]) for p in groupable if p in properties}
+
+
 def property_set_id(properties: dict[str, Any]) -> bytes:
     """The id of a combination of properties (usage_property_sets.id, a UUID's 16 bytes): the
     BLAKE2b digest of its canonical JSON (keys sorted, orjson's compact form). Equal properties
@@ -444,8 +451,7 @@ class EventParser:
                     )
             else:
                 raise _Invalid("invalid_properties", f"property {key!r} must be a string or number")
-        # Rollups keep the text of each groupable value (str(): "1.5", "True").
-        dims = {p: str(properties[p]) for p in self.groupable if p in properties}
+        dims = dims_of(properties, self.groupable)
         key = dims_key(dims)
         if len(key) > MAX_DIMS_KEY_LENGTH or len(key.encode()) > MAX_DIMS_KEY_BYTES:
             raise _Invalid(
@@ -502,9 +508,26 @@ def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
         else:
             sums[0] += quantity
             sums[1] += 1
-    # The coarser sums from the finer ones (a batch has ~100x fewer rollups than events): each
-    # width from the one before, each table by version from its table with properties, and the
-    # lines from the daily rollups by version (fewer still).
+    rollups, version_rollups = rollup_sums(quarters)
+    # The lines from the daily rollups by version (a batch has ~100x fewer rollups than events,
+    # and fewer still of these).
+    lines: dict[LineKey, Sums] = {}
+    months: dict[int, tuple[int, int]] = {}
+    daily = version_rollups[ROLLUP_WIDTHS[-1]]
+    for (team_key, number, version_id), (quantity, count) in daily.items():
+        month = months.get(number)
+        if month is None:
+            start = bucket_start(number)
+            month = months[number] = (start.year, start.month)
+        _add_sums(lines, (team_key, *month, version_id), quantity, count)
+    return BatchSums(rollups, version_rollups, lines)
+
+
+def rollup_sums(
+    quarters: dict[RollupKey, Sums],
+) -> tuple[dict[int, dict[RollupKey, Sums]], dict[int, dict[VersionRollupKey, Sums]]]:
+    """Every rollup table's sums, by bucket width, from the quarter-hour sums with properties:
+    each width from the one before, each table by version from its table with properties."""
     rollups = {ROLLUP_WIDTHS[0]: quarters}
     finer = quarters
     for width in ROLLUP_WIDTHS[1:]:
@@ -519,16 +542,7 @@ def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
         for (team_key, number, version_id, _), (quantity, count) in sums_of.items():
             _add_sums(by_version, (team_key, number, version_id), quantity, count)
         version_rollups[width] = by_version
-    lines: dict[LineKey, Sums] = {}
-    months: dict[int, tuple[int, int]] = {}
-    daily = version_rollups[ROLLUP_WIDTHS[-1]]
-    for (team_key, number, version_id), (quantity, count) in daily.items():
-        month = months.get(number)
-        if month is None:
-            start = bucket_start(number)
-            month = months[number] = (start.year, start.month)
-        _add_sums(lines, (team_key, *month, version_id), quantity, count)
-    return BatchSums(rollups, version_rollups, lines)
+    return rollups, version_rollups
 
 
 # --- the writes ---------------------------------------------------------------------------------
