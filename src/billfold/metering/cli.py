@@ -1,4 +1,4 @@
-"""``billfold usage ingest|compact``
+"""``billfold usage ingest|compact|rebuild-rollups``
 
 ``ingest`` streams a JSON Lines or CSV file of any size in constant memory: it reads one line at a
 time, keeps one batch of events (``--batch-size``, default 5,000) and the first rejections, and
@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, Protocol
 
@@ -58,11 +59,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from billfold.config import Settings, get_settings
-from billfold.kit.cli import JsonOpt, console
+from billfold.kit.cli import JsonOpt, console, parse_team_id
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
-from billfold.metering import retention
+from billfold.metering import rebuild, retention
 from billfold.metering.models import UsageEvent
 from billfold.metering.service import IngestResult, Rejection, metering_service
 
@@ -616,3 +617,130 @@ def compact_events(
     else:
         verb = "would delete" if dry_run else "deleted"
         console.print(f"{verb} {deleted} raw usage events older than {older_than:%Y-%m-%d %H:%M}Z")
+
+
+def _utc_day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
+        ) from None
+
+
+@usage_app.command("rebuild-rollups")
+def rebuild_rollups(
+    first: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="First UTC day (YYYY-MM-DD; default: the first with all raw events)."
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", help="UTC day after the last one (YYYY-MM-DD; default: tomorrow)."),
+    ] = None,
+    team: Annotated[
+        str | None, typer.Option("--team", help="One team's id (default: all).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Compare only: report what differs, write nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute the rollups with event properties from raw events, per team and UTC day.
+
+    Run it after changing BILLFOLD_GROUPABLE_PROPERTIES (on every process), so usage
+    ingested before the change can be grouped and filtered by the new set. Only days whose raw
+    events are all kept (the retention window) can be rebuilt. Billing is never touched.
+
+    One transaction per team-day; while it runs, ingestion of that month waits. Safe to stop and
+    run again.
+
+    Exit status 0: done (with --check: nothing differs); 3: with --check, some rollups differ;
+    or some team-days were left because their events do not add up to their billed usage.
+    """
+    settings = get_settings()
+    now = utc_now()
+    first_day = _utc_day(first, "--from") or rebuild.first_rebuildable_day(settings, now)
+    default_end = (now + timedelta(minutes=settings.future_tolerance_minutes)).date()
+    end_day = _utc_day(end, "--to") or default_end + timedelta(days=1)
+    team_id = parse_team_id(team) if team is not None else None
+    try:
+        rebuild.check_range(settings, now, first_day, end_day)
+    except BillfoldError as exc:
+        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(code=2) from None
+    engine = make_engine(settings.database_url, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    totals = rebuild.RebuildTotals()
+    stopped: str | None = None
+    try:
+        with transaction(sessions) as session:
+            teams = list(rebuild.team_ids(session, team_id))
+        with Progress(console=_progress_console, transient=True) as progress:
+            task = progress.add_task("checking" if check else "rebuilding", total=len(teams))
+            for tid in teams:
+                with transaction(sessions) as session:
+                    days = rebuild.days_with_usage(session, tid, first_day, end_day)
+                for day in days:
+                    with transaction(sessions) as session:
+                        totals.add(
+                            rebuild.rebuild_day(session, settings, tid, day, write=not check)
+                        )
+                progress.advance(task)
+    except BillfoldError as exc:
+        stopped = f"({exc.code}) {exc.message}"
+    finally:
+        engine.dispose()
+    _rebuild_report(totals, first_day, end_day, check=check, as_json=as_json, stopped=stopped)
+    if stopped is not None:
+        raise typer.Exit(code=1)
+    if totals.version_mismatches or (check and totals.changed_rows):
+        raise typer.Exit(code=EXIT_REJECTED)
+
+
+def _rebuild_report(
+    totals: rebuild.RebuildTotals,
+    first: date,
+    end: date,
+    *,
+    check: bool,
+    as_json: bool,
+    stopped: str | None,
+) -> None:
+    left = [
+        {"teamId": str(r.team_id), "day": r.day.isoformat(), "rows": r.version_mismatches}
+        for r in totals.version_mismatches
+    ]
+    if as_json:
+        payload: dict[str, Any] = {
+            "from": first.isoformat(),
+            "to": end.isoformat(),
+            "check": check,
+            "teamDays": totals.team_days,
+            "changedTeamDays": totals.changed_team_days,
+            "changedRows": totals.changed_rows,
+            "notAddingUp": left,
+        }
+        if stopped is not None:
+            payload["stopped"] = stopped
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    verb = "differ" if check else "rebuilt"
+    console.print(
+        f"{first} to {end} (exclusive): {totals.team_days} team-days, "
+        f"{totals.changed_team_days} {verb} ({totals.changed_rows} rollup rows)"
+    )
+    for item in left:
+        console.print(
+            f"  [yellow]left as it is[/yellow]: team {item['teamId']}, {item['day']}: its events "
+            f"do not add up to its rollups by version ({item['rows']} rows differ)"
+        )
+    if stopped is not None:
+        console.print(
+            f"[red]stopped[/red]: {stopped}\n  team-days before this point are done; "
+            "run the same command again to go on"
+        )
