@@ -61,6 +61,8 @@ def test_same_version_twice_is_idempotent_and_a_different_one_conflicts(api: Api
         ({"unitPrice": 0.5}, "unitPrice"),  # floats are refused: money is never a float
         ({"description": ""}, "description"),
         ({"effectiveFrom": "yesterday"}, "effectiveFrom"),
+        ({"effectiveFrom": 1767225600}, "effectiveFrom"),  # pydantic would read Unix seconds
+        ({"effectiveFrom": 1767225600000.0}, "effectiveFrom"),  # ... or milliseconds
     ],
 )
 def test_bad_price_is_400(api: Api, body: dict[str, object], field: str) -> None:

@@ -95,8 +95,17 @@ def _aware_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-AwareUtc = Annotated[datetime, AfterValidator(_aware_utc)]
-"""An input time: must carry a zone; converted to UTC; years 1970-9000."""
+def _not_a_number(value: Any) -> Any:
+    # pydantic reads a number as Unix seconds (or milliseconds, above 2e10): a guess a client
+    # never has to rely on, since every time on this API is RFC 3339 text.
+    if isinstance(value, int | float):
+        raise ValueError("must be an RFC 3339 time string, e.g. 2026-11-01T00:00:00Z, not a number")
+    return value
+
+
+AwareUtc = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_aware_utc)]
+"""An input time: RFC 3339 text that carries a zone (not a Unix number); converted to UTC;
+years 1970-9000."""
 
 
 class Cent(WireModel):
