@@ -215,6 +215,8 @@ def test_rebuild_refuses_days_before_the_raw_events(cli_settings: Api) -> None:
         assert bad.exit_code == 2 and "is not a date" in bad.output
         nobody = CliRunner().invoke(app, ["usage", "rebuild-rollups", "--team", "nobody"])
         assert nobody.exit_code == 2 and "is not a UUID" in nobody.output
+        missing = CliRunner().invoke(app, ["usage", "rebuild-rollups", "--team", str(uuid.uuid4())])
+        assert missing.exit_code == 2 and "team_not_found" in missing.output
 
 
 def _ingest(api: Api, groupable: str, events: list[dict[str, Any]]) -> None:

@@ -668,18 +668,19 @@ def rebuild_rollups(
     default_end = (now + timedelta(minutes=settings.future_tolerance_minutes)).date()
     end_day = _utc_day(end, "--to") or default_end + timedelta(days=1)
     team_id = parse_team_id(team) if team is not None else None
-    try:
-        rebuild.check_range(settings, now, first_day, end_day)
-    except BillfoldError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-        raise typer.Exit(code=2) from None
     engine = make_engine(settings.database_url, pool_size=1)
     sessions = make_sessionmaker(engine)
+    try:
+        rebuild.check_range(settings, now, first_day, end_day)
+        with transaction(sessions) as session:
+            teams = list(rebuild.team_ids(session, team_id))
+    except BillfoldError as exc:
+        engine.dispose()
+        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(code=2) from None
     totals = rebuild.RebuildTotals()
     stopped: str | None = None
     try:
-        with transaction(sessions) as session:
-            teams = list(rebuild.team_ids(session, team_id))
         with Progress(console=_progress_console, transient=True) as progress:
             task = progress.add_task("checking" if check else "rebuilding", total=len(teams))
             for tid in teams:

@@ -64,6 +64,7 @@ from billfold.metering.service import (
     metering_service,
     rollup_sums,
 )
+from billfold.teams.service import team_service
 
 QUARTER = ROLLUP_WIDTHS[0]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -237,8 +238,8 @@ def rebuild_day(
 
 
 def team_ids(session: Session, team_id: uuid.UUID | None) -> Iterator[uuid.UUID]:
-    """The one team asked for, or every team."""
+    """The one team asked for (a 404 when there is none), or every team."""
     if team_id is not None:
-        yield team_id
+        yield team_service.get(session, team_id).id
     else:
         yield from retention.team_ids(session)
