@@ -652,15 +652,19 @@ def rebuild_rollups(
 ) -> None:
     """Recompute the rollups with event properties from raw events, per team and UTC day.
 
-    Run it after changing BILLFOLD_GROUPABLE_PROPERTIES (on every process), so usage
-    ingested before the change can be grouped and filtered by the new set. Only days whose raw
-    events are all kept (the retention window) can be rebuilt. Billing is never touched.
+    Run it after changing BILLFOLD_GROUPABLE_PROPERTIES on every process.
 
-    One transaction per team-day; while it runs, ingestion of that month waits. Safe to stop and
-    run again.
+    Usage ingested before the change can then be grouped and filtered by the new set.
 
-    Exit status 0: done (with --check: nothing differs); 3: with --check, some rollups differ;
-    or some team-days were left because their events do not add up to their billed usage.
+    Only days whose raw events are all kept (the retention window) can be rebuilt.
+
+    Billing (rollups by version, cycle lines, invoices) is never written.
+
+    One transaction per team-day; meanwhile, ingestion of that month waits. Safe to stop and rerun.
+
+    Exit status 0: done (with --check: nothing differs); 1: stopped; 2: bad range or team.
+
+    Exit status 3: with --check, rollups differ; or team-days left (events short of billed usage).
     """
     settings = get_settings()
     now = utc_now()
