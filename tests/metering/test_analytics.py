@@ -664,8 +664,9 @@ def test_minutes_and_seconds_come_exactly_from_raw_events(
         api,
         [
             event(team_id, prompt, 1, "2026-11-10T10:00:30Z", model="a"),
-            event(team_id, prompt, 10, "2026-11-10T10:00:31Z", model="a"),
-            event(team_id, prompt, 100, "2026-11-10T10:01:59.999Z", model="b"),
+            # SQLite's strftime rounds to the millisecond: these must still floor
+            event(team_id, prompt, 10, "2026-11-10T10:00:31.9999Z", model="a"),
+            event(team_id, prompt, 100, "2026-11-10T10:01:59.9996Z", model="b"),
             event(team_id, prompt, 1000, "2026-11-10T10:02:00Z", model="a"),
         ],
     )

@@ -256,9 +256,17 @@ def _sku(api: Api) -> str:
 
 PROPERTY_NAMES = ["apiKeyId", "model", "region", "tier"]
 GROUPABLE = st.lists(st.sampled_from(PROPERTY_NAMES), unique=True).map(",".join)
+MICROSECONDS = st.one_of(
+    st.integers(0, 3 * 86_400 * 10**6 - 1),  # any time of three days from 2043-03-01 00:00
+    st.builds(  # or just before a quarter hour (SQLite's strftime rounds to the millisecond)
+        lambda quarter, before: quarter * 900 * 10**6 - before,
+        st.integers(1, 3 * 96 - 1),
+        st.sampled_from([1, 400, 500, 999_999]),
+    ),
+)
 EVENT_SPECS = st.lists(
     st.tuples(
-        st.integers(0, 3 * 24 * 60 - 1),  # minutes after 2043-03-01 00:00
+        MICROSECONDS,
         st.integers(0, 10**9),
         st.dictionaries(
             st.sampled_from(PROPERTY_NAMES),
@@ -293,10 +301,10 @@ def test_rebuilt_rollups_are_what_ingestion_would_have_written(
                     "teamId": team_id,
                     "sku": sku,
                     "quantity": quantity,
-                    "timestamp": (start + timedelta(minutes=minutes)).isoformat(),
+                    "timestamp": (start + timedelta(microseconds=offset)).isoformat(),
                     "properties": properties,
                 }
-                for i, (minutes, quantity, properties) in enumerate(specs)
+                for i, (offset, quantity, properties) in enumerate(specs)
             ]
 
         _ingest(api, before, events(rebuilt))

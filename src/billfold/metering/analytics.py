@@ -1122,8 +1122,9 @@ def _epoch_seconds(session: Session, column: Any) -> ColumnElement[int]:
     """Whole seconds since 1970 (floored) of a UTC timestamp column, per dialect."""
     if session.get_bind().dialect.name == "postgresql":
         return cast(func.floor(func.extract("epoch", column)), BigInteger)
-    # SQLite stores naive UTC text; strftime('%s') floors to whole seconds.
-    return cast(func.strftime("%s", column), BigInteger)
+    # SQLite stores naive UTC text ("2026-11-10 10:01:59.999600"). strftime('%s') rounds it to
+    # the millisecond first (to 10:02:00), so the fraction is cut off before: the whole seconds.
+    return cast(func.strftime("%s", func.substr(column, 1, 19)), BigInteger)
 
 
 def _versions(session: Session, ids: set[int]) -> dict[int, PriceVersion]:
