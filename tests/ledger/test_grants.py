@@ -99,6 +99,7 @@ BAD_GRANTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("expiry not a time", {"amount": "100", "expiresAt": "soon"}, "invalid_argument"),
     ("expiry as Unix seconds", {"amount": "100", "expiresAt": 4070908800}, "invalid_argument"),
+    ("expiry as their text", {"amount": "100", "expiresAt": "4070908800"}, "invalid_argument"),
     (
         "negative with expiry",
         {"amount": "-1", "expiresAt": "2099-01-01T00:00:00Z"},

@@ -63,6 +63,9 @@ def test_same_version_twice_is_idempotent_and_a_different_one_conflicts(api: Api
         ({"effectiveFrom": "yesterday"}, "effectiveFrom"),
         ({"effectiveFrom": 1767225600}, "effectiveFrom"),  # pydantic would read Unix seconds
         ({"effectiveFrom": 1767225600000.0}, "effectiveFrom"),  # ... or milliseconds
+        ({"effectiveFrom": "1767225600"}, "effectiveFrom"),  # ... also from a string
+        ({"effectiveFrom": "1767225600000.5"}, "effectiveFrom"),
+        ({"effectiveFrom": True}, "effectiveFrom"),
     ],
 )
 def test_bad_price_is_400(api: Api, body: dict[str, object], field: str) -> None:

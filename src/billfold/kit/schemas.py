@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
@@ -95,11 +96,16 @@ def _aware_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+_NUMBER_TEXT = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?\s*")
+
+
 def _not_a_number(value: Any) -> Any:
-    # pydantic reads a number as Unix seconds (or milliseconds, above 2e10): a guess a client
-    # never has to rely on, since every time on this API is RFC 3339 text.
-    if isinstance(value, int | float):
-        raise ValueError("must be an RFC 3339 time string, e.g. 2026-11-01T00:00:00Z, not a number")
+    # pydantic reads a number, or a string of one, as Unix seconds (or milliseconds, above 2e10):
+    # a guess a client never has to rely on, since every time on this API is RFC 3339 text.
+    if isinstance(value, bool | int | float) or (
+        isinstance(value, str) and _NUMBER_TEXT.fullmatch(value)
+    ):
+        raise ValueError("must be an RFC 3339 time string, e.g. 2026-11-01T00:00:00Z")
     return value
 
 
