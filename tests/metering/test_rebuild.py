@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
@@ -207,6 +207,9 @@ def test_rebuild_refuses_days_before_the_raw_events(cli_settings: Api) -> None:
         assert early.exit_code == 2
         message = " ".join(early.output.split())
         assert "outside_raw_retention" in message and "before 2042-02-03" in message
+        as_json = _run("--from", "2042-02-02")
+        assert as_json.exit_code == 2
+        assert json.loads(as_json.stdout)["code"] == "outside_raw_retention"
         empty = CliRunner().invoke(
             app, ["usage", "rebuild-rollups", "--from", "2043-03-01", "--to", "2043-03-01"]
         )
@@ -332,11 +335,21 @@ def test_rebuild_waits_for_a_batch_in_flight(postgres_api: Api) -> None:
         metering_service.ingest(batch, Settings(database_url=api.url), events[20:])
         day = date.fromisoformat(day_of[events[25]["eventId"]])
 
+        regroup = Settings(database_url=api.url, groupable_properties=WITH_REGION)
+        with sessions() as session:  # a check takes no lock: it neither waits nor sees the batch
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            checked = rebuild.rebuild_day(session, regroup, tid, day, write=False)
+            assert (checked.stored_rows, checked.rebuilt_rows, checked.version_mismatches) == (
+                0,
+                0,
+                0,
+            )
+
         results: list[rebuild.DayResult] = []
 
         def run() -> None:
             with sessions() as session:
-                regroup = Settings(database_url=api.url, groupable_properties=WITH_REGION)
                 results.append(rebuild.rebuild_day(session, regroup, tid, day, write=True))
                 session.commit()
 

@@ -640,7 +640,11 @@ def rebuild_rollups(
     ] = None,
     end: Annotated[
         str | None,
-        typer.Option("--to", help="UTC day after the last one (YYYY-MM-DD; default: tomorrow)."),
+        typer.Option(
+            "--to",
+            help="UTC day after the last one (YYYY-MM-DD; default: the day after the newest time"
+            " ingestion accepts now).",
+        ),
     ] = None,
     team: Annotated[
         str | None, typer.Option("--team", help="One team's id (default: all).")
@@ -673,6 +677,9 @@ def rebuild_rollups(
     end_day = _utc_day(end, "--to") or default_end + timedelta(days=1)
     team_id = parse_team_id(team) if team is not None else None
     engine = make_engine(settings.database_url, pool_size=1)
+    if check and engine.dialect.name == "postgresql":
+        # the events and the rows compared in one snapshot, without the month's lock
+        engine = engine.execution_options(isolation_level="REPEATABLE READ")
     sessions = make_sessionmaker(engine)
     try:
         rebuild.check_range(settings, now, first_day, end_day)
@@ -680,7 +687,10 @@ def rebuild_rollups(
             teams = list(rebuild.team_ids(session, team_id))
     except BillfoldError as exc:
         engine.dispose()
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        if as_json:
+            typer.echo(json.dumps(exc.body(), indent=2))
+        else:
+            console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
         raise typer.Exit(code=2) from None
     totals = rebuild.RebuildTotals()
     stopped: str | None = None

@@ -18,11 +18,21 @@ its events, summed per version, equal its rollups by version. Otherwise it is re
 as it is -- its raw events are not the whole record (compacted under a shorter retention setting
 than today's, or deleted by hand), and rebuilding from them would drop usage from analytics.
 
-Concurrency: a team-day's transaction takes its month's period lock exclusively
+Concurrency: a team-day's rebuild takes its month's period lock exclusively
 (:func:`invoicing.periods.lock_month_exclusive`, as cycle close does), so it waits for the
 ingestion batches in flight for that month and holds new ones back until it commits: no event
 can be summed twice or missed between reading the events and replacing the rows. One team-day
-is a short transaction (a day of one team's events, summed by the database).
+is a short transaction (a day of one team's events, summed by the database: ~0.3 s for 200,000
+events), but the lock is the month's, for every team: a full rebuild of a large deployment
+delays that month's ingestion many times briefly. A check (``write=False``) takes no lock; the
+caller runs it in a snapshot (REPEATABLE READ on PostgreSQL; SQLite's transactions are
+serialized), so the events and the rows it compares are of one instant.
+
+Numbers in old property sets: sets made by migration 0010 from events stored before it hold
+numbers as PostgreSQL's JSONB printed them (``1e16`` as ``10000000000000000``, ``-0.0`` as
+``0.0``; migration 0011), while their rollups kept the text ingestion saw. Rebuilding a day of
+such events relabels those values (a filter on ``"1e+16"`` then no longer matches them); what is
+billed does not change.
 
 Range: only days whose raw events are all still there, i.e. from the first UTC midnight at or
 after the compaction cutoff (:func:`metering.retention.cutoff`): ingestion never accepts an
@@ -121,7 +131,10 @@ def check_range(settings: Settings, now: datetime, first: date, end: date) -> No
             field="from",
         )
     if end <= first:
-        raise BadRequest("the range is empty: --to must be after --from", code="invalid_range")
+        raise BadRequest(
+            f"the range {first} to {end} is empty: --to must be after --from (default {earliest})",
+            code="invalid_range",
+        )
 
 
 def _midnight(day: date) -> datetime:
@@ -129,8 +142,10 @@ def _midnight(day: date) -> datetime:
 
 
 def days_with_usage(session: Session, team_id: uuid.UUID, first: date, end: date) -> list[date]:
-    """The UTC days of ``[first, end)`` on which the team has rollups (with or without
-    properties: a day present in only one of them is a day to repair or to report)."""
+    """The UTC days of ``[first, end)`` on which the team has daily rollups, with or without
+    properties (read by their primary keys; a day missing from one of the two is rebuilt or
+    reported). Days with raw events and no daily rollup at all -- damage no Billfold write can
+    cause -- are not looked for."""
     lo, hi = _midnight(first), _midnight(end)
     starts = union(
         *(
@@ -203,9 +218,10 @@ def rebuild_day(
 ) -> DayResult:
     """Compare the team-day's rollups with its events and, with ``write``, a difference, and
     events that add up to its rollups by version, replace its rows with properties. Runs in
-    ``session``'s transaction (the caller commits one per team-day); takes the month's period
-    lock exclusively (see the module docstring)."""
-    lock_month_exclusive(session, day.year, day.month)
+    ``session``'s transaction (the caller commits one per team-day); with ``write``, takes the
+    month's period lock exclusively (see the module docstring)."""
+    if write:
+        lock_month_exclusive(session, day.year, day.month)
     rollups, version_rollups = rollup_sums(
         _quarter_sums(session, settings.groupable(), team_id, day)
     )
