@@ -26,6 +26,7 @@ from billfold.kit.errors import install_error_handlers
 from billfold.kit.limits import BodySizeLimit
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
+from billfold.metering.scheduler import compaction_tasks
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.sandbox import SandboxProvider
@@ -108,7 +109,7 @@ def create_app(
         if spend_cache is not None:
             await spend_cache.start()
         try:
-            async with background_tasks(app):
+            async with background_tasks(app), compaction_tasks(app):
                 yield
         finally:
             if spend_cache is not None:

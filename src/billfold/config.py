@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     auto_close_cycles: bool = False
     close_grace_hours: int = Field(default=24, ge=0)
     usage_retention_days: int = Field(default=400, ge=1)
+    auto_compact_events: bool = False
+    """Delete raw events past the retention window hourly (as ``billfold usage compact``)."""
     vat_rates: str = ""
     """VAT by billing country, e.g. ``"DE=19,FR=20,GB=20"`` (percent, decimals allowed)."""
     groupable_properties: str = "apiKeyId,model,clusterName"

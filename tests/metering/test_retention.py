@@ -7,22 +7,28 @@ tests live in 2020-2021 (the clock frozen there), far older than any other test'
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
+from billfold.app import create_app
 from billfold.cli import app
 from billfold.config import Settings, get_settings
 from billfold.invoicing.models import BillingCycle
 from billfold.kit.clock import frozen
-from billfold.metering import retention
+from billfold.kit.db import make_engine, make_sessionmaker
+from billfold.metering import retention, scheduler
 from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
-from tests.conftest import Api, event, unique_sku
+from billfold.migrate import upgrade
+from tests.conftest import OPERATOR_TOKEN, Api, event, unique_sku
 from tests.metering.test_analytics import post_usage, request_body
 
 INGESTED_AT = datetime(2021, 5, 1, tzinfo=UTC)
@@ -177,3 +183,74 @@ def test_window_boundaries_match_ingestion() -> None:
     oldest_accepted = now - timedelta(days=settings.usage_retention_days)
     assert retention.cutoff(settings, now) < oldest_accepted
     assert oldest_accepted - retention.cutoff(settings, now) == retention.GRACE
+
+
+def test_auto_compaction_runs_in_the_server(tmp_path: Path) -> None:
+    """BILLFOLD_AUTO_COMPACT_EVENTS=true: the serving process compacts on its own (a database of
+    its own: compaction works on every team)."""
+    url = f"sqlite:///{tmp_path / 'compact.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    app_settings = Settings(database_url=url, admin_token=OPERATOR_TOKEN, auto_compact_events=True)
+    app = create_app(app_settings, engine=engine)
+    app.state.auto_compact_interval = 0.05
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    sku = unique_sku()
+    sessions = make_sessionmaker(engine)
+
+    def stored() -> list[str]:
+        with sessions() as session:
+            return sorted(session.scalars(select(UsageEvent.event_id)))
+
+    with frozen(INGESTED_AT), TestClient(app) as client:
+        price = {"description": "d", "unitType": "u", "unitPrice": "0.001"}
+        price["effectiveFrom"] = "2020-01-01T00:00:00Z"
+        assert client.put(f"/admin/v1/prices/{sku}", headers=operator, json=price).is_success
+        team = client.post("/admin/v1/teams", headers=operator, json={"name": "c"}).json()
+        events = _events(team["teamId"], sku)
+        body = {"events": events}
+        assert client.post("/admin/v1/usage-events", headers=operator, json=body).json() == {
+            "accepted": 6,
+            "duplicates": 0,
+            "rejected": [],
+        }
+        time.sleep(0.2)  # rounds ran: nothing is old enough yet
+        assert stored() == ["r0", "r1", "r2", "r3", "r4", "r5"]
+        with frozen(COMPACT_AT):
+            deadline = time.monotonic() + 10
+            while stored() != ["r3", "r4", "r5"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stored() == ["r3", "r4", "r5"]
+
+
+def test_auto_compaction_runs_in_one_process_at_a_time(postgres_api: Api) -> None:
+    """PostgreSQL: a process that finds another compacting skips its round, and the lock is
+    released after a round."""
+    api = postgres_api
+    sku = unique_sku()
+    with frozen(INGESTED_AT):
+        api.set_price(sku, "0.001", "2020-01-01T00:00:00Z")
+        team_id = api.create_team()
+        assert api.ingest(_events(team_id, sku))["accepted"] == 6
+    sessions = api.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    settings = Settings(database_url=api.url)
+    lock = text("SELECT pg_try_advisory_lock(:space, :key)")
+    unlock = text("SELECT pg_advisory_unlock(:space, :key)")
+    engine = sessions.kw["bind"]
+    with frozen(COMPACT_AT):
+        with engine.connect() as other:
+            assert other.execute(lock, scheduler._LOCK).scalar() is True
+            other.commit()
+            assert scheduler.compact_now(sessions, settings) is None
+            assert _snapshot(api, team_id)[0] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+            other.execute(unlock, scheduler._LOCK)
+            other.commit()
+        done = scheduler.compact_now(sessions, settings)
+        assert done is not None and done.deleted >= 3
+        assert _snapshot(api, team_id)[0] == ["r3", "r4", "r5"]
+        with engine.connect() as other:  # released, not left with a pooled connection
+            held = text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = :space AND objid = :key AND objsubid = 2"
+            )
+            assert other.execute(held, scheduler._LOCK).scalar() == 0

@@ -9,8 +9,6 @@ are keyed by invoice id, so the work is done once whoever does it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ from billfold.config import Settings
 from billfold.invoicing.models import BillingCycle, ClosedPeriod
 from billfold.invoicing.periods import month_of, previous_month
 from billfold.invoicing.service import CloseSummary, invoicing_service
+from billfold.kit.background import periodic
 from billfold.kit.clock import utc_now
 from billfold.kit.db import transaction
 from billfold.payments.provider import PaymentProvider
@@ -76,32 +75,17 @@ def close_due_months(
     return summaries
 
 
-async def _auto_close_loop(app: FastAPI, interval: float) -> None:
-    while True:
-        try:
-            await asyncio.to_thread(
-                close_due_months,
-                app.state.sessionmaker,
-                app.state.settings,
-                app.state.payment_provider,
-            )
-        except Exception:  # keep the loop alive; the next round retries (close is idempotent)
-            log.exception("automatic cycle close failed")
-        await asyncio.sleep(interval)
-
-
 @asynccontextmanager
 async def background_tasks(app: FastAPI) -> AsyncIterator[None]:
     """Started with the app and stopped with it (see app.create_app's lifespan)."""
     settings: Settings = app.state.settings
-    task: asyncio.Task[None] | None = None
-    if settings.auto_close_cycles:
-        interval = float(getattr(app.state, "auto_close_interval", CHECK_INTERVAL_SECONDS))
-        task = asyncio.create_task(_auto_close_loop(app, interval), name="billfold-auto-close")
-    try:
+    if not settings.auto_close_cycles:
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return
+
+    def close() -> None:
+        close_due_months(app.state.sessionmaker, settings, app.state.payment_provider)
+
+    # close is idempotent: a failed round is retried by the next one
+    async with periodic(app, "auto_close", CHECK_INTERVAL_SECONDS, close, log):
+        yield

@@ -596,14 +596,7 @@ def compact_events(
                             or 0
                         )
                 else:
-                    while True:
-                        with transaction(sessions) as session:
-                            count = retention.compact_batch(
-                                session, team_id, older_than, batch_size
-                            )
-                        deleted += count
-                        if count < batch_size:
-                            break
+                    deleted += retention.compact_team(sessions, team_id, older_than, batch_size)
                 progress.advance(task)
     finally:
         engine.dispose()

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
+from billfold.kit.db import transaction
 from billfold.metering.models import UsageEvent
 from billfold.teams.models import Team
 
@@ -80,6 +81,40 @@ def compact_batch(
         delete(UsageEvent).where(UsageEvent.team_id == team_id, UsageEvent.event_id.in_(doomed))
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def compact_team(
+    sessions: sessionmaker[Session],
+    team_id: uuid.UUID,
+    older_than: datetime,
+    batch_size: int = DEFAULT_BATCH,
+) -> int:
+    """Delete one team's events older than ``older_than``, one transaction per batch (never
+    holding locks, or SQLite's write lock, for long); the count."""
+    deleted = 0
+    while True:
+        with transaction(sessions) as session:
+            count = compact_batch(session, team_id, older_than, batch_size)
+        deleted += count
+        if count < batch_size:
+            return deleted
+
+
+def compact_all(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    now: datetime,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+) -> Compaction:
+    """Every team's events past the window, a transaction per batch (the automatic compaction;
+    ``billfold usage compact`` does the same team by team, with a progress bar)."""
+    done = Compaction(cutoff(settings, now))
+    with transaction(sessions) as session:
+        teams = list(team_ids(session))
+    for team_id in teams:
+        done.deleted += compact_team(sessions, team_id, done.cutoff, batch_size)
+    return done
 
 
 def compact(

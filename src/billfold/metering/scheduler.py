@@ -1,0 +1,70 @@
+"""Automatic compaction of raw usage events (``BILLFOLD_AUTO_COMPACT_EVENTS=true``).
+
+Every serving process then runs :func:`compact_now` once an hour: the same deletions as
+``billfold usage compact`` (metering/retention.py), one transaction per batch. On PostgreSQL one
+process at a time does it (a session-level advisory lock, tried, not waited for: the others skip
+that round); two running at once would be safe anyway, only wasteful -- a batch skips the rows
+another deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from billfold.config import Settings
+from billfold.kit.background import periodic
+from billfold.kit.clock import utc_now
+from billfold.metering import retention
+
+log = logging.getLogger("billfold.scheduler")
+
+COMPACT_INTERVAL_SECONDS = 3600.0
+# An advisory lock of its own (the period locks use 0x42F0).
+_LOCK = {"space": 0x42F1, "key": 1}
+
+
+def compact_now(sessions: sessionmaker[Session], settings: Settings) -> retention.Compaction | None:
+    """Compact, unless another process is at it (PostgreSQL): then None."""
+    engine: Engine = sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return _compact(sessions, settings)
+    # A connection of its own holds the lock (a session would hand its connection back to the
+    # pool at commit, lock and all); no transaction stays open on it meanwhile.
+    with engine.connect() as holder:
+        locked = holder.execute(text("SELECT pg_try_advisory_lock(:space, :key)"), _LOCK).scalar()
+        holder.commit()
+        if not locked:
+            return None
+        try:
+            return _compact(sessions, settings)
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock(:space, :key)"), _LOCK)
+            holder.commit()
+
+
+def _compact(sessions: sessionmaker[Session], settings: Settings) -> retention.Compaction:
+    done = retention.compact_all(sessions, settings, utc_now())
+    if done.deleted:
+        log.info("compacted %d raw usage events older than %s", done.deleted, done.cutoff)
+    return done
+
+
+@asynccontextmanager
+async def compaction_tasks(app: FastAPI) -> AsyncIterator[None]:
+    """Started with the app and stopped with it (see app.create_app's lifespan)."""
+    settings: Settings = app.state.settings
+    if not settings.auto_compact_events:
+        yield
+        return
+
+    def compact() -> None:
+        compact_now(app.state.sessionmaker, settings)
+
+    async with periodic(app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log):
+        yield
