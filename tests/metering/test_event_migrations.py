@@ -393,3 +393,26 @@ def column_type(engine: Engine) -> str:
                 )
             ).scalar_one()
         )
+
+
+def test_cancellations_migrate_both_ways(fresh_url: str) -> None:
+    """0012 down: the canceled events go (before it every stored event counts), the rest stay;
+    up again: cancellations work."""
+    with migrated_app(fresh_url) as (engine, api):
+        sku = unique_sku("cancel")
+        api.set_price(sku, "0.000003", "2036-01-01T00:00:00Z")
+        team = api.create_team()
+        events = [event(team, sku, n + 1, "2036-03-20T10:00:00Z", f"e{n}") for n in range(3)]
+        assert api.ingest(events)["accepted"] == 3
+        body = {"events": [{"teamId": team, "eventId": "e1"}]}
+        assert api.admin("POST", "/admin/v1/usage-events/cancel", json=body).json()["canceled"] == 1
+
+        downgrade(engine, "0011")
+        with engine.connect() as connection:
+            ids = connection.execute(text("SELECT event_id FROM usage_events")).scalars().all()
+            assert sorted(ids) == ["e0", "e2"]
+        assert "usage_cancellations" not in sa.inspect(engine).get_table_names()
+
+        upgrade(engine)
+        body = {"events": [{"teamId": team, "eventId": "e2"}]}
+        assert api.admin("POST", "/admin/v1/usage-events/cancel", json=body).json()["canceled"] == 1

@@ -327,7 +327,12 @@ class LedgerService:
         ).all()
         events = session.execute(
             select(UsageEvent.price_version_id, func.sum(UsageEvent.quantity))
-            .where(UsageEvent.team_id == team_id, UsageEvent.ts >= bucket, UsageEvent.ts < at)
+            .where(
+                UsageEvent.team_id == team_id,
+                UsageEvent.ts >= bucket,
+                UsageEvent.ts < at,
+                UsageEvent.canceled_at.is_(None),  # as the rollups: metering/cancellation.py
+            )
             .group_by(UsageEvent.price_version_id)
         ).all()
         for version_id, quantity in (*rollups, *events):

@@ -1045,10 +1045,11 @@ def raw_event_sums(
     *,
     with_properties: bool,
 ) -> Iterator[tuple[int, int, int, int, dict[str, Any]]]:
-    """A team's raw events in ``[start, end)`` summed per ``step``-second part of the time since
-    1970 and price version (and property set, with ``with_properties``): ``(part, price version
-    id, quantity, events, properties)``, the properties ``{}`` without ``with_properties``.
-    MINUTE and SECOND analytics read this, and so does the rollup rebuild (metering/rebuild.py)."""
+    """A team's raw events in ``[start, end)``, canceled ones left out, summed per
+    ``step``-second part of the time since 1970 and price version (and property set, with
+    ``with_properties``): ``(part, price version id, quantity, events, properties)``, the
+    properties ``{}`` without ``with_properties``. MINUTE and SECOND analytics read this, and so
+    do the rollup rebuild (metering/rebuild.py) and the cancellation (metering/cancellation.py)."""
     e = UsageEvent
     second = _epoch_seconds(session, e.ts)
     inner = (
@@ -1058,7 +1059,7 @@ def raw_event_sums(
             e.quantity,
             e.property_set_id,
         )
-        .where(e.team_id == team_id, e.ts >= start, e.ts < end)
+        .where(e.team_id == team_id, e.ts >= start, e.ts < end, e.canceled_at.is_(None))
         .subquery()
     )
     keys = [inner.c.part, inner.c.version]

@@ -1,4 +1,4 @@
-"""``billfold usage ingest|compact|rebuild-rollups``
+"""``billfold usage ingest|compact|rebuild-rollups|cancel``
 
 ``ingest`` streams a JSON Lines or CSV file of any size in constant memory: it reads one line at a
 time, keeps one batch of events (``--batch-size``, default 5,000) and the first rejections, and
@@ -60,10 +60,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from billfold.config import Settings, get_settings
 from billfold.kit.cli import JsonOpt, console, parse_team_id
+from billfold.kit.cli import transaction as cli_transaction
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
-from billfold.metering import rebuild, retention
+from billfold.metering import cancellation, rebuild, retention
 from billfold.metering.models import UsageEvent
 from billfold.metering.service import IngestResult, Rejection, metering_service
 
@@ -752,3 +753,50 @@ def _rebuild_report(
             f"[red]stopped[/red]: {stopped}\n  team-days before this point are done; "
             "run the same command again to go on"
         )
+
+
+@usage_app.command("cancel")
+def cancel_events(
+    team: Annotated[str, typer.Argument(help="The team's id.")],
+    event_ids: Annotated[list[str], typer.Argument(help="Ids of the team's events to cancel.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (kept with each cancellation).")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel usage events of open billing cycles: they stop counting everywhere.
+
+    Their ids stay used: sending such an event again is a duplicate.
+
+    Exit status 0: every event canceled (now or before); 3: some rejected (not found, closed
+    cycle); 1: error.
+    """
+    team_id = str(parse_team_id(team))
+    if len(reason) > cancellation.MAX_REASON_LENGTH:
+        raise typer.BadParameter(
+            f"at most {cancellation.MAX_REASON_LENGTH} characters", param_hint="--reason"
+        )
+    settings = get_settings()
+    items = [{"teamId": team_id, "eventId": event_id} for event_id in event_ids]
+    with cli_transaction(settings) as session:
+        result = cancellation.cancellation_service.cancel(session, settings, items, reason)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "canceled": result.canceled,
+                    "alreadyCanceled": result.already_canceled,
+                    "rejected": [r.as_wire() for r in result.rejected],
+                },
+                indent=2,
+            )
+        )
+    else:
+        console.print(
+            f"{result.canceled} canceled, {result.already_canceled} canceled before, "
+            f"{len(result.rejected)} rejected"
+        )
+        for r in result.rejected:
+            console.print(f"  {r.event_id}: {r.code}: {r.error}")
+    if result.rejected:
+        raise typer.Exit(code=EXIT_REJECTED)

@@ -18,7 +18,10 @@ from billfold.kit.errors import BadRequest
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
+from billfold.metering.cancellation import cancellation_service
 from billfold.metering.schemas import (
+    CancelRequest,
+    CancelResponse,
     IngestResponse,
     RejectedEvent,
     UsageAnalyticsRequest,
@@ -114,6 +117,20 @@ def ingest_usage(
     return IngestResponse(
         accepted=result.accepted,
         duplicates=result.duplicates,
+        rejected=[
+            RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
+            for r in result.rejected
+        ],
+    )
+
+
+@admin_router.post("/admin/v1/usage-events/cancel", response_model=CancelResponse)
+def cancel_usage(body: CancelRequest, session: DbSession, settings: AppSettings) -> CancelResponse:
+    """Cancel usage events of open billing cycles (metering/cancellation.py)."""
+    result = cancellation_service.cancel(session, settings, body.events, body.reason)
+    return CancelResponse(
+        canceled=result.canceled,
+        already_canceled=result.already_canceled,
         rejected=[
             RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
             for r in result.rejected

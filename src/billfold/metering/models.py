@@ -82,11 +82,29 @@ class UsageEvent(Base):
     # foreign key, for the same reason as price_version_id.
     property_set_id: Mapped[uuid.UUID]
     ingested_at: Mapped[datetime]
+    # Set when the event is canceled (metering/cancellation.py, migration 0012): the row stays, so
+    # its id stays used, and every reader of raw events leaves it out. Ingestion never writes it.
+    canceled_at: Mapped[datetime | None]
 
     # Read-only (ingestion writes both tables with Core statements); joined by id, no foreign key.
     property_set: Mapped[UsagePropertySet] = relationship(
         primaryjoin="foreign(UsageEvent.property_set_id) == UsagePropertySet.id", viewonly=True
     )
+
+
+class UsageCancellation(Base):
+    """The append-only record of a canceled event: what it took back (quantity at its price
+    version, at its time), when and why. One per event: an event is canceled once."""
+
+    __tablename__ = "usage_cancellations"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(EventId, primary_key=True)
+    ts: Mapped[datetime]
+    price_version_id: Mapped[int] = mapped_column(BigInt, ForeignKey("price_versions.id"))
+    quantity: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(500))
+    canceled_at: Mapped[datetime]
 
 
 class UsagePropertySet(Base):

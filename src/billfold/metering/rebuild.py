@@ -249,7 +249,8 @@ def rebuild_day(
                     table.bucket_start < start + timedelta(days=1),
                 )
             )
-            writer.add_to_rollups(session, sorted(rollups[width].items()), width=width)
+            if rollups[width]:  # none when every event of the day is canceled
+                writer.add_to_rollups(session, sorted(rollups[width].items()), width=width)
     return DayResult(team_id, day, stored_rows, rebuilt_rows, changed, mismatches)
 
 

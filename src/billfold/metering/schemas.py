@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from pydantic import Field
 
@@ -49,6 +51,22 @@ class RejectedEvent(WireModel):
 class IngestResponse(WireModel):
     accepted: int
     duplicates: int
+    rejected: list[RejectedEvent]
+
+
+# --- canceling usage (POST /admin/v1/usage-events/cancel) --------------------------------------
+
+
+class CancelRequest(WireModel):
+    # Each item ({"teamId", "eventId"}) is checked alone by metering.cancellation, so one bad
+    # item is rejected with its index and the others are canceled.
+    events: list[Any]
+    reason: str = Field(default="", max_length=500)
+
+
+class CancelResponse(WireModel):
+    canceled: int
+    already_canceled: int
     rejected: list[RejectedEvent]
 
 

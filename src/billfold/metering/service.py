@@ -486,6 +486,18 @@ class BatchSums:
     version_rollups: dict[int, dict[VersionRollupKey, Sums]]
     lines: dict[LineKey, Sums]
 
+    def negated(self) -> BatchSums:
+        """The same sums taken away (what canceling the events takes back)."""
+
+        def minus(sums: dict[Any, Sums]) -> dict[Any, Sums]:
+            return {key: [-quantity, -count] for key, (quantity, count) in sums.items()}
+
+        return BatchSums(
+            {width: minus(sums) for width, sums in self.rollups.items()},
+            {width: minus(sums) for width, sums in self.version_rollups.items()},
+            minus(self.lines),
+        )
+
 
 def _add_sums(into: dict[Any, Sums], key: Any, quantity: int, count: int) -> None:
     sums = into.get(key)
@@ -1134,11 +1146,27 @@ class MeteringService:
         events: list[RatedEvent],
         prices: dict[int, int],
     ) -> None:
-        sums = sum_accepted(events)
+        MeteringService.add_sums(session, writer, sum_accepted(events), prices)
+
+    @staticmethod
+    def add_sums(
+        session: Session,
+        writer: Writer,
+        sums: BatchSums,
+        prices: dict[int, int],
+        *,
+        with_dims: bool = True,
+    ) -> None:
+        """Add a batch's sums to the aggregate tables -- negative ones take usage back (the
+        cancellation, metering/cancellation.py, which rebuilds the rollups with properties
+        instead: ``with_dims=False``). ``prices``: unit price (pico-dollars) by price version."""
         # The tables in the lock order of the module docstring, each in key order.
         for width in ROLLUP_WIDTHS:
             rollups, by_version = sums.rollups[width], sums.version_rollups[width]
-            writer.add_to_rollups(session, sorted(rollups.items(), key=itemgetter(0)), width=width)
+            if with_dims:
+                writer.add_to_rollups(
+                    session, sorted(rollups.items(), key=itemgetter(0)), width=width
+                )
             writer.add_to_version_rollups(
                 session, sorted(by_version.items(), key=itemgetter(0)), width=width
             )
