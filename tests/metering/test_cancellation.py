@@ -34,8 +34,10 @@ PRICE = "0.01"  # $0.01 a unit: 100 units are $1
 
 
 def _cancel(api: Api, items: list[Any], reason: str = "refund") -> dict[str, Any]:
-    body = {"events": items, "reason": reason}
-    response = api.admin("POST", "/admin/v1/usage-events/cancel", json=body)
+    # json.dumps escapes a lone surrogate (which httpx's own encoder cannot send)
+    body = json.dumps({"events": items, "reason": reason})
+    headers = {**api.operator, "Content-Type": "application/json"}
+    response = api.admin("POST", "/admin/v1/usage-events/cancel", content=body, headers=headers)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -157,6 +159,72 @@ def test_each_item_is_answered_alone(api: Api) -> None:
         assert _billing(api, team_id, headers)[:2] == (str(int(before[0]) - 3), "3350")
 
 
+def test_repeats_and_unstorable_ids_get_answers_of_their_own(api: Api) -> None:
+    sku = unique_sku()
+    with frozen(NOW):
+        api.set_price(sku, PRICE, "2044-01-01T00:00:00Z")
+        team_id = api.create_team()
+        assert api.ingest(_events(team_id, sku))["accepted"] == 5
+        result = _cancel(api, _items(team_id, "zz", "a", "zz", "a", "\ud800x"))
+        assert (result["canceled"], result["alreadyCanceled"]) == (1, 1)
+        assert [(r["index"], r["code"]) for r in result["rejected"]] == [
+            (0, "not_found"),
+            (2, "not_found"),
+            (4, "invalid_event_id"),  # a lone surrogate: no database can store it
+        ]
+
+
+def test_an_event_canceled_compacted_sent_again_can_be_canceled_again(api: Api) -> None:
+    sku = unique_sku()
+    with frozen(NOW):
+        api.set_price(sku, PRICE, "2044-01-01T00:00:00Z")
+        team_id = api.create_team()
+        events = _events(team_id, sku)
+        assert api.ingest(events)["accepted"] == 5
+        assert _cancel(api, _items(team_id, "a"))["canceled"] == 1
+        with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+            # what compaction does once the event is past the retention window
+            session.execute(delete(UsageEvent).where(UsageEvent.event_id == "a"))
+            session.commit()
+        assert api.ingest(events[:1])["accepted"] == 1  # its id is free again
+        assert _cancel(api, _items(team_id, "a"))["canceled"] == 1
+        with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+            records = session.scalars(
+                select(UsageCancellation.event_id).where(
+                    UsageCancellation.team_id == uuid.UUID(team_id)
+                )
+            ).all()
+        assert records == ["a", "a"]
+
+
+def test_usage_counted_by_a_booked_credit_expiry_is_not_canceled(api: Api) -> None:
+    """Canceling usage that an expired grant's booked expiry counted would hand the expired
+    credit back: refused. Usage the expiry did not count (ingested after it) is canceled."""
+    sku = unique_sku()
+    with frozen(datetime(2044, 5, 1, tzinfo=UTC)):
+        api.set_price(sku, PRICE, "2044-01-01T00:00:00Z")
+        team_id, headers = api.team_with_key()
+        grant = {"amount": "1000", "reason": "promo", "expiresAt": "2044-05-15T00:00:00Z"}
+        response = api.admin("POST", f"/admin/v1/teams/{team_id}/credits", json=grant)
+        assert response.status_code == 201, response.text
+    with frozen(datetime(2044, 5, 12, tzinfo=UTC)):
+        assert (
+            api.ingest([event(team_id, sku, 80_000, "2044-05-10T10:00:00Z", "a")])["accepted"] == 1
+        )
+    with frozen(NOW):
+        # reading the position books the expiry (the grant was used up: nothing left to expire)
+        assert api.admin("GET", f"/admin/v1/teams/{team_id}/spend-status").status_code == 200
+    with frozen(NOW + timedelta(minutes=1)):
+        late = event(team_id, sku, 100, "2044-05-11T10:00:00Z", "late")
+        assert api.ingest([late])["accepted"] == 1
+        balance = f"/v1/billing/teams/{team_id}/prepaid/balance"
+        before = api.client.get(balance, headers=headers).json()["total"]
+        result = _cancel(api, _items(team_id, "a", "late"))
+        assert result["canceled"] == 1
+        assert [(r["eventId"], r["code"]) for r in result["rejected"]] == [("a", "credit_expired")]
+        assert api.client.get(balance, headers=headers).json()["total"] == before
+
+
 def test_a_closed_cycle_is_not_changed(api: Api) -> None:
     sku = unique_sku()
     with frozen(NOW):
@@ -184,7 +252,7 @@ def test_a_closed_cycle_is_not_changed(api: Api) -> None:
                     )
                 ).all()
             )
-        assert spend == {4: 100, 5: 0}
+        assert spend == {4: 100}  # May had no usage left: no cycle, as if never used
 
 
 def test_a_day_whose_raw_events_are_gone_is_not_recomputed(api: Api) -> None:

@@ -7,6 +7,7 @@ tests live in 2020-2021 (the clock frozen there), far older than any other test'
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -254,3 +255,18 @@ def test_auto_compaction_runs_in_one_process_at_a_time(postgres_api: Api) -> Non
                 " AND classid = :space AND objid = :key AND objsubid = 2"
             )
             assert other.execute(held, scheduler._LOCK).scalar() == 0
+
+
+def test_compaction_stops_between_batches(
+    api: Api, old_usage: tuple[str, dict[str, str], str]
+) -> None:
+    """The automatic compaction's round ends when the server stops (the event is set): no more
+    batches."""
+    team_id, _, _ = old_usage
+    sessions = api.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    stop = threading.Event()
+    stop.set()
+    done = retention.compact_all(sessions, Settings(database_url=api.url), COMPACT_AT, stop=stop)
+    assert done.deleted == 0
+    assert _snapshot(api, team_id)[0] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert retention.compact_team(sessions, uuid.UUID(team_id), done.cutoff, 2) == 3

@@ -10,6 +10,7 @@ are keyed by invoice id, so the work is done once whoever does it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -83,7 +84,7 @@ async def background_tasks(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
 
-    def close() -> None:
+    def close(_: threading.Event) -> None:  # a round is short: it is not cut off at stop
         close_due_months(app.state.sessionmaker, settings, app.state.payment_provider)
 
     # close is idempotent: a failed round is retried by the next one

@@ -28,29 +28,37 @@ What a cancellation does, in one transaction:
    changed since the events were ingested, and only the raw events tell under which dimensions
    they are counted now.
 
-An event canceled already is counted as such (``alreadyCanceled``), the same event twice in one
-call once: calling again changes nothing. Not revisited: a credit grant that expired before the
-cancellation keeps the expiry it was booked with (the ledger is append-only); the usage it paid
-for, now canceled, no longer draws on the credit left.
+An event canceled already is counted as such (``alreadyCanceled``); the same event twice in one
+call gets the first one's answer once and ``alreadyCanceled`` (or the same rejection) for the
+repeat: calling again changes nothing.
+
+Credit that expired: a grant's expiry is booked once, with the credit that usage before its
+expiry instant had drawn by then (ledger/service.py). Canceling such usage afterwards would hand
+that expired credit back (the ledger is append-only, the expiry is not booked again). So an event
+older than the expiry of a grant of its team, and ingested before that expiry was booked, is not
+canceled (``credit_expired``; the operator adjusts with a credit grant instead). The team's
+credit account is locked for the check, so no expiry is booked in between (expiries are booked
+under that lock).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
+from billfold.invoicing.models import BillingCycle
 from billfold.invoicing.periods import closed_months, lock_month_exclusive
 from billfold.kit.clock import utc_now
-from billfold.kit.db import dialect_insert
-from billfold.kit.errors import BadRequest
+from billfold.kit.errors import BadRequest, Conflict
+from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering import rebuild
 from billfold.metering.models import (
     VERSION_ROLLUPS_BY_WIDTH,
@@ -64,6 +72,7 @@ from billfold.metering.service import (
     RatedEvent,
     Rejection,
     metering_service,
+    storable,
     sum_accepted,
 )
 from billfold.pricing.models import PriceVersion
@@ -85,6 +94,7 @@ class _Stored:
     ts: datetime
     price_version_id: int
     quantity: int
+    ingested_at: datetime
     canceled: bool
 
 
@@ -99,7 +109,7 @@ def _key_of(raw: Any) -> EventKey:
     if (
         not isinstance(event_id, str)
         or not 1 <= len(event_id) <= MAX_ID_LENGTH
-        or "\x00" in event_id
+        or not storable(event_id)
     ):
         raise ValueError(
             "invalid_event_id",
@@ -114,21 +124,79 @@ def _key_of(raw: Any) -> EventKey:
     return team_id, event_id
 
 
+def _echo(event_id: Any) -> str:
+    """An item's eventId as a rejection repeats it: "" if not a string; a lone surrogate (which
+    JSON can carry and UTF-8 cannot) as its escape."""
+    if not isinstance(event_id, str):
+        return ""
+    return event_id.encode("utf-8", "backslashreplace").decode()
+
+
+def _by_team(keys: Sequence[EventKey]) -> dict[uuid.UUID, list[str]]:
+    """Event ids per team, in pages of at most 1,000 (one ``= ANY`` array per statement: a
+    thousand-way OR of (team, event) pairs cost PostgreSQL's planner a fraction of a second)."""
+    teams: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for team_id, event_id in keys:
+        teams[team_id].append(event_id)
+    return teams
+
+
+def _pages(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), 1_000):
+        yield ids[start : start + 1_000]
+
+
 def _stored(session: Session, keys: Sequence[EventKey]) -> dict[EventKey, _Stored]:
     e = UsageEvent
     found: dict[EventKey, _Stored] = {}
-    for start in range(0, len(keys), 1_000):  # bounded statements
-        page = keys[start : start + 1_000]
-        rows = session.execute(
-            select(
-                e.team_id, e.event_id, e.ts, e.price_version_id, e.quantity, e.canceled_at
-            ).where(tuple_(e.team_id, e.event_id).in_(page))
-        )
-        for team_id, event_id, ts, version_id, quantity, canceled_at in rows:
-            found[(team_id, event_id)] = _Stored(
-                ts, int(version_id), int(quantity), canceled_at is not None
+    for team_id, ids in sorted(_by_team(keys).items()):
+        for page in _pages(ids):
+            rows = session.execute(
+                select(e.event_id, e.ts, e.price_version_id, e.quantity, e.ingested_at)
+                .add_columns(e.canceled_at)
+                .where(e.team_id == team_id, e.event_id.in_(page))
             )
+            for event_id, ts, version_id, quantity, ingested_at, canceled_at in rows:
+                found[(team_id, event_id)] = _Stored(
+                    ts, int(version_id), int(quantity), ingested_at, canceled_at is not None
+                )
     return found
+
+
+def _booked_expiries(
+    session: Session, team_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[datetime, datetime]]]:
+    """Per team, the (expiry instant, booked at) of each grant whose expiry is booked, with the
+    team's credit account locked (teams in id order), so that none is booked meanwhile."""
+    expiries: dict[uuid.UUID, list[tuple[datetime, datetime]]] = {}
+    for team_id in sorted(team_ids):
+        account = session.scalar(
+            select(CreditAccount.team_id).where(CreditAccount.team_id == team_id).with_for_update()
+        )
+        if account is None:
+            continue  # no ledger: no grant
+        booked = dict(
+            session.execute(
+                select(LedgerEntry.reference, LedgerEntry.created_at).where(
+                    LedgerEntry.team_id == team_id, LedgerEntry.kind == "expiry"
+                )
+            ).all()
+        )
+        if not booked:
+            continue
+        grants = session.execute(
+            select(LedgerEntry.id, LedgerEntry.expires_at).where(
+                LedgerEntry.team_id == team_id,
+                LedgerEntry.kind == "grant",
+                LedgerEntry.expires_at.is_not(None),
+            )
+        ).all()
+        expiries[team_id] = [
+            (expires_at, booked[str(grant_id)])
+            for grant_id, expires_at in grants
+            if expires_at is not None and str(grant_id) in booked
+        ]
+    return expiries
 
 
 class CancellationService:
@@ -143,45 +211,71 @@ class CancellationService:
             )
         result = CancelResult()
         first: dict[EventKey, int] = {}  # each event's first index in the call
+        repeats: list[tuple[int, EventKey]] = []
         for index, raw in enumerate(items):
             try:
                 key = _key_of(raw)
             except ValueError as exc:
                 code, error = exc.args
                 event_id = raw.get("eventId") if isinstance(raw, dict) else None
-                result.rejected.append(
-                    Rejection(index, event_id if isinstance(event_id, str) else "", code, error)
-                )
+                result.rejected.append(Rejection(index, _echo(event_id), code, error))
                 continue
             if key in first:
-                result.already_canceled += 1  # the same event twice in one call: once
+                repeats.append((index, key))
             else:
                 first[key] = index
-        if not first:
-            return result
+        if first:
+            self._cancel(session, settings, first, reason, result)
+        # A repeat gets the first occurrence's answer: the same rejection, or counted once.
+        rejected = {(r.index): r for r in result.rejected}
+        for index, key in repeats:
+            earlier = rejected.get(first[key])
+            if earlier is None:
+                result.already_canceled += 1
+            else:
+                result.rejected.append(Rejection(index, key[1], earlier.code, earlier.error))
+        result.rejected.sort(key=lambda r: r.index)
+        return result
 
-        # 1. The events, their months locked, then read again under the locks.
-        keys = sorted(first, key=lambda k: (k[1], str(k[0])))  # the events' key order
+    def _cancel(
+        self,
+        session: Session,
+        settings: Settings,
+        first: dict[EventKey, int],
+        reason: str,
+        result: CancelResult,
+    ) -> None:
+        def reject(key: EventKey, code: str, error: str) -> None:
+            result.rejected.append(Rejection(first[key], key[1], code, error))
+
+        # 1. The events, their months locked, then read again under the locks; the credit
+        # accounts locked for the expiry check.
+        keys = list(first)
         months = {(s.ts.year, s.ts.month) for s in _stored(session, keys).values()}
         for year, month in sorted(months):
             lock_month_exclusive(session, year, month)
         closed = closed_months(session)
         stored = _stored(session, keys)
+        expiries = _booked_expiries(session, sorted({k[0] for k in stored}))
 
         wanted: dict[EventKey, _Stored] = {}
         for key in keys:
             event = stored.get(key)
             if event is None or (event.ts.year, event.ts.month) not in months:
-                self._reject(result, first[key], key, "not_found", "no such event of the team")
+                reject(key, "not_found", "no such event of the team")
             elif event.canceled:
                 result.already_canceled += 1
             elif (event.ts.year, event.ts.month) in closed:
-                self._reject(
-                    result,
-                    first[key],
+                reject(key, "cycle_closed", f"{event.ts:%Y-%m} is a closed billing cycle: invoiced")
+            elif any(
+                event.ts < expired_at and event.ingested_at <= booked_at
+                for expired_at, booked_at in expiries.get(key[0], ())
+            ):
+                reject(
                     key,
-                    "cycle_closed",
-                    f"{event.ts:%Y-%m} is a closed billing cycle: its usage is invoiced",
+                    "credit_expired",
+                    "a credit grant of the team expired after this usage and its expiry counted "
+                    "the usage; canceling it would give expired credit back (adjust with a grant)",
                 )
             else:
                 wanted[key] = event
@@ -195,24 +289,21 @@ class CancellationService:
             if check.version_mismatches:
                 for key in day_keys:
                     del wanted[key]
-                    self._reject(
-                        result,
-                        first[key],
+                    reject(
                         key,
                         "raw_events_incomplete",
                         f"raw events of {day} were compacted; its usage can no longer be "
                         "recomputed without this event",
                     )
         days = {k: v for k, v in days.items() if all(key in wanted for key in v)}
-        result.rejected.sort(key=lambda r: r.index)
         if not wanted:
-            return result
+            return
 
         # 3. Marked and recorded.
         now = utc_now()
         self._mark(session, list(wanted), now)
         session.execute(
-            dialect_insert(session)(UsageCancellation),
+            insert(UsageCancellation),
             [
                 {
                     "team_id": team_id,
@@ -244,32 +335,35 @@ class CancellationService:
         writer = metering_service.writer(session)
         sums = sum_accepted(rated).negated()
         metering_service.add_sums(session, writer, sums, prices, with_dims=False)
-        self._drop_empty_rows(session, days)
+        self._drop_empty_rows(session, list(days))
 
         # 5. The rollups with properties, from the raw events left.
         for team_id, day in sorted(days):
-            rebuild.rebuild_day(session, settings, team_id, day, write=True)
+            done = rebuild.rebuild_day(session, settings, team_id, day, write=True)
+            if done.version_mismatches:  # compaction deleted some of the day's events meanwhile
+                raise Conflict(
+                    f"raw events of {day} were compacted while the cancellation ran; nothing "
+                    "was canceled: try again",
+                    code="raw_events_incomplete",
+                )
         result.canceled = len(wanted)
-        return result
-
-    @staticmethod
-    def _reject(result: CancelResult, index: int, key: EventKey, code: str, error: str) -> None:
-        result.rejected.append(Rejection(index, key[1], code, error))
 
     @staticmethod
     def _mark(session: Session, keys: list[EventKey], now: datetime) -> None:
         e = UsageEvent
-        for start in range(0, len(keys), 1_000):
-            session.execute(
-                update(e)
-                .where(tuple_(e.team_id, e.event_id).in_(keys[start : start + 1_000]))
-                .values(canceled_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        for team_id, ids in sorted(_by_team(keys).items()):
+            for page in _pages(ids):
+                session.execute(
+                    update(e)
+                    .where(e.team_id == team_id, e.event_id.in_(page))
+                    .values(canceled_at=now)
+                    .execution_options(synchronize_session=False)
+                )
 
     @staticmethod
-    def _drop_empty_rows(session: Session, days: dict[tuple[uuid.UUID, date], Any]) -> None:
-        """Rollups by version and cycle lines left with no event: gone, as if never written."""
+    def _drop_empty_rows(session: Session, days: list[tuple[uuid.UUID, date]]) -> None:
+        """Rollups by version, cycle lines and open cycles left with no usage: gone, as if never
+        written (an empty cycle would be closed into a $0 invoice, spending an invoice number)."""
         spans: dict[uuid.UUID, tuple[date, date]] = {}
         for team_id, day in days:
             lo, hi = spans.get(team_id, (day, day))
@@ -286,13 +380,30 @@ class CancellationService:
                         table.events == 0,
                     )
                 )
+            months = sorted({(d.year, d.month) for t, d in days if t == team_id})
             session.execute(
                 delete(CycleLine).where(
                     CycleLine.team_id == team_id,
-                    tuple_(CycleLine.year, CycleLine.month).in_(
-                        sorted({(d.year, d.month) for t, d in days if t == team_id})
-                    ),
+                    tuple_(CycleLine.year, CycleLine.month).in_(months),
                     CycleLine.events == 0,
+                )
+            )
+            lines = (
+                select(CycleLine.team_id)
+                .where(
+                    CycleLine.team_id == BillingCycle.team_id,
+                    CycleLine.year == BillingCycle.year,
+                    CycleLine.month == BillingCycle.month,
+                )
+                .exists()
+            )
+            session.execute(
+                delete(BillingCycle).where(
+                    BillingCycle.team_id == team_id,
+                    tuple_(BillingCycle.year, BillingCycle.month).in_(months),
+                    BillingCycle.closed_at.is_(None),
+                    BillingCycle.spend_cents == 0,
+                    ~lines,
                 )
             )
 

@@ -94,12 +94,15 @@ class UsageEvent(Base):
 
 class UsageCancellation(Base):
     """The append-only record of a canceled event: what it took back (quantity at its price
-    version, at its time), when and why. One per event: an event is canceled once."""
+    version, at its time), when and why. An event is canceled once; an id can have several
+    records only if its event was compacted, sent again and canceled again."""
 
     __tablename__ = "usage_cancellations"
+    __table_args__ = (Index("ix_usage_cancellations_team_event", "team_id", "event_id"),)
 
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"), primary_key=True)
-    event_id: Mapped[str] = mapped_column(EventId, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"))
+    event_id: Mapped[str] = mapped_column(EventId)
     ts: Mapped[datetime]
     price_version_id: Mapped[int] = mapped_column(BigInt, ForeignKey("price_versions.id"))
     quantity: Mapped[int]

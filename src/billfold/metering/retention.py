@@ -24,6 +24,7 @@ scan, and keeping it costs one small row per combination ever seen.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,16 +89,18 @@ def compact_team(
     team_id: uuid.UUID,
     older_than: datetime,
     batch_size: int = DEFAULT_BATCH,
+    stop: threading.Event | None = None,
 ) -> int:
     """Delete one team's events older than ``older_than``, one transaction per batch (never
-    holding locks, or SQLite's write lock, for long); the count."""
+    holding locks, or SQLite's write lock, for long); the count. ``stop`` set: no more batches."""
     deleted = 0
-    while True:
+    while stop is None or not stop.is_set():
         with transaction(sessions) as session:
             count = compact_batch(session, team_id, older_than, batch_size)
         deleted += count
         if count < batch_size:
-            return deleted
+            break
+    return deleted
 
 
 def compact_all(
@@ -106,14 +109,18 @@ def compact_all(
     now: datetime,
     *,
     batch_size: int = DEFAULT_BATCH,
+    stop: threading.Event | None = None,
 ) -> Compaction:
     """Every team's events past the window, a transaction per batch (the automatic compaction;
-    ``billfold usage compact`` does the same team by team, with a progress bar)."""
+    ``billfold usage compact`` does the same team by team, with a progress bar). ``stop`` set:
+    no more batches."""
     done = Compaction(cutoff(settings, now))
     with transaction(sessions) as session:
         teams = list(team_ids(session))
     for team_id in teams:
-        done.deleted += compact_team(sessions, team_id, done.cutoff, batch_size)
+        if stop is not None and stop.is_set():
+            break
+        done.deleted += compact_team(sessions, team_id, done.cutoff, batch_size, stop)
     return done
 
 

@@ -3,13 +3,15 @@
 Every serving process then runs :func:`compact_now` once an hour: the same deletions as
 ``billfold usage compact`` (metering/retention.py), one transaction per batch. On PostgreSQL one
 process at a time does it (a session-level advisory lock, tried, not waited for: the others skip
-that round); two running at once would be safe anyway, only wasteful -- a batch skips the rows
-another deleted.
+that round; behind a connection pooler in transaction mode, such as PgBouncer's, a session lock
+does not hold, and several may run); two running at once are safe anyway, only wasteful -- a
+batch skips the rows another deleted. When the server stops, a round ends after its batch.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,11 +31,14 @@ COMPACT_INTERVAL_SECONDS = 3600.0
 _LOCK = {"space": 0x42F1, "key": 1}
 
 
-def compact_now(sessions: sessionmaker[Session], settings: Settings) -> retention.Compaction | None:
-    """Compact, unless another process is at it (PostgreSQL): then None."""
+def compact_now(
+    sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None = None
+) -> retention.Compaction | None:
+    """Compact, unless another process is at it (PostgreSQL): then None. ``stop`` set ends
+    the round after the batch in progress."""
     engine: Engine = sessions.kw["bind"]
     if engine.dialect.name != "postgresql":
-        return _compact(sessions, settings)
+        return _compact(sessions, settings, stop)
     # A connection of its own holds the lock (a session would hand its connection back to the
     # pool at commit, lock and all); no transaction stays open on it meanwhile.
     with engine.connect() as holder:
@@ -42,14 +47,16 @@ def compact_now(sessions: sessionmaker[Session], settings: Settings) -> retentio
         if not locked:
             return None
         try:
-            return _compact(sessions, settings)
+            return _compact(sessions, settings, stop)
         finally:
             holder.execute(text("SELECT pg_advisory_unlock(:space, :key)"), _LOCK)
             holder.commit()
 
 
-def _compact(sessions: sessionmaker[Session], settings: Settings) -> retention.Compaction:
-    done = retention.compact_all(sessions, settings, utc_now())
+def _compact(
+    sessions: sessionmaker[Session], settings: Settings, stop: threading.Event | None
+) -> retention.Compaction:
+    done = retention.compact_all(sessions, settings, utc_now(), stop=stop)
     if done.deleted:
         log.info("compacted %d raw usage events older than %s", done.deleted, done.cutoff)
     return done
@@ -63,8 +70,8 @@ async def compaction_tasks(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
 
-    def compact() -> None:
-        compact_now(app.state.sessionmaker, settings)
+    def compact(stop: threading.Event) -> None:
+        compact_now(app.state.sessionmaker, settings, stop)
 
     async with periodic(app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log):
         yield

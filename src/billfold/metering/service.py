@@ -203,7 +203,7 @@ def property_set_id(properties: dict[str, Any]) -> bytes:
     return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
-def _storable(text: str) -> bool:
+def storable(text: str) -> bool:
     """Text every database can store: PostgreSQL refuses NUL characters (in text and in JSONB),
     and UTF-8 cannot encode lone surrogates (possible from the CLI's JSON reader, not from HTTP).
     Checked per event, so such an event is rejected alone instead of failing its whole batch."""
@@ -357,7 +357,7 @@ class EventParser:
         if (
             not isinstance(event_id, str)
             or not 1 <= len(event_id) <= MAX_ID_LENGTH
-            or not ((event_id.isascii() and "\x00" not in event_id) or _storable(event_id))
+            or not ((event_id.isascii() and "\x00" not in event_id) or storable(event_id))
         ):
             raise _Invalid(
                 "invalid_event_id",
@@ -369,7 +369,7 @@ class EventParser:
         if (
             not isinstance(sku, str)
             or not 1 <= len(sku) <= MAX_ID_LENGTH
-            or not ((sku.isascii() and "\x00" not in sku) or _storable(sku))
+            or not ((sku.isascii() and "\x00" not in sku) or storable(sku))
         ):
             raise _Invalid(
                 "invalid_sku", "sku must be a string of 1 to 200 characters (no NUL characters)"
@@ -420,7 +420,7 @@ class EventParser:
             )
         all_strings = True
         for key, value in properties.items():
-            if not isinstance(key, str) or len(key) > MAX_PROPERTY_KEY_LENGTH or not _storable(key):
+            if not isinstance(key, str) or len(key) > MAX_PROPERTY_KEY_LENGTH or not storable(key):
                 raise _Invalid(
                     "invalid_properties",
                     f"property names are strings of at most {MAX_PROPERTY_KEY_LENGTH} characters "
@@ -432,7 +432,7 @@ class EventParser:
                         "invalid_properties",
                         f"property {key!r} is longer than {MAX_PROPERTY_LENGTH} characters",
                     )
-                if not _storable(value):
+                if not storable(value):
                     raise _Invalid(
                         "invalid_properties",
                         f"property {key!r} holds a NUL character or invalid Unicode",

@@ -36,6 +36,7 @@ def upgrade() -> None:
         )
     op.create_table(
         "usage_cancellations",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True),
         sa.Column("team_id", sa.Uuid(), nullable=False),
         sa.Column(
             "event_id",
@@ -51,7 +52,10 @@ def upgrade() -> None:
         sa.Column("canceled_at", billfold.kit.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["team_id"], ["teams.id"]),
         sa.ForeignKeyConstraint(["price_version_id"], ["price_versions.id"]),
-        sa.PrimaryKeyConstraint("team_id", "event_id"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "ix_usage_cancellations_team_event", "usage_cancellations", ["team_id", "event_id"]
     )
 
 
