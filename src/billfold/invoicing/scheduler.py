@@ -80,13 +80,11 @@ def close_due_months(
 async def background_tasks(app: FastAPI) -> AsyncIterator[None]:
     """Started with the app and stopped with it (see app.create_app's lifespan)."""
     settings: Settings = app.state.settings
-    if not settings.auto_close_cycles:
-        yield
-        return
 
     def close(_: threading.Event) -> None:  # a round is short: it is not cut off at stop
         close_due_months(app.state.sessionmaker, settings, app.state.payment_provider)
 
     # close is idempotent: a failed round is retried by the next one
-    async with periodic(app, "auto_close", CHECK_INTERVAL_SECONDS, close, log):
+    enabled = settings.auto_close_cycles
+    async with periodic(app, "auto_close", CHECK_INTERVAL_SECONDS, close, log, enabled=enabled):
         yield

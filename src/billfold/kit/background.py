@@ -19,6 +19,8 @@ async def periodic(
     interval: float,
     work: Callable[[threading.Event], object],
     log: logging.Logger,
+    *,
+    enabled: bool = True,
 ) -> AsyncIterator[None]:
     """Run ``work`` now and then every ``interval`` seconds (``app.state.<name>_interval``
     overrides it, for tests) until the context ends. A failure is logged and the loop goes on:
@@ -27,7 +29,10 @@ async def periodic(
 
     ``work`` runs in a thread, which cancelling the loop cannot stop: it gets an event that is
     set when the app stops, and long work checks it between steps, so that stopping the server
-    does not wait for a whole round."""
+    does not wait for a whole round. ``enabled=False``: nothing runs (a setting turned off)."""
+    if not enabled:
+        yield
+        return
     seconds = float(getattr(app.state, f"{name}_interval", interval))
     stopping = threading.Event()
 

@@ -67,13 +67,13 @@ from billfold.metering.models import (
     UsageEvent,
 )
 from billfold.metering.service import (
-    MAX_ID_LENGTH,
     Properties,
     RatedEvent,
     Rejection,
+    is_event_id,
     metering_service,
-    storable,
     sum_accepted,
+    team_uuid,
 )
 from billfold.pricing.models import PriceVersion
 
@@ -105,20 +105,12 @@ def _key_of(raw: Any) -> EventKey:
     """An item of the call: ``{"teamId", "eventId"}``; a ValueError says what is wrong."""
     if not isinstance(raw, dict):
         raise ValueError("invalid_event", "an item must be an object with teamId and eventId")
-    event_id, team = raw.get("eventId"), raw.get("teamId")
-    if (
-        not isinstance(event_id, str)
-        or not 1 <= len(event_id) <= MAX_ID_LENGTH
-        or not storable(event_id)
-    ):
+    event_id, team_id = raw.get("eventId"), team_uuid(raw.get("teamId"))
+    if not is_event_id(event_id):
         raise ValueError(
             "invalid_event_id",
             "eventId must be a string of 1 to 200 characters (no NUL characters)",
         )
-    try:
-        team_id = uuid.UUID(team) if isinstance(team, str) else None
-    except ValueError:
-        team_id = None
     if team_id is None:
         raise ValueError("invalid_team_id", "teamId must be a team's UUID")
     return team_id, event_id

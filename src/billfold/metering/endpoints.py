@@ -28,7 +28,7 @@ from billfold.metering.schemas import (
     UsageAnalyticsResponse,
     WireBatch,
 )
-from billfold.metering.service import cyclic_gc_paused, metering_service
+from billfold.metering.service import Rejection, cyclic_gc_paused, metering_service
 from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 billing_router = WireRouter()
@@ -117,11 +117,15 @@ def ingest_usage(
     return IngestResponse(
         accepted=result.accepted,
         duplicates=result.duplicates,
-        rejected=[
-            RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
-            for r in result.rejected
-        ],
+        rejected=_rejected(result.rejected),
     )
+
+
+def _rejected(rejections: list[Rejection]) -> list[RejectedEvent]:
+    return [
+        RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
+        for r in rejections
+    ]
 
 
 @admin_router.post("/admin/v1/usage-events/cancel", response_model=CancelResponse)
@@ -131,10 +135,7 @@ def cancel_usage(body: CancelRequest, session: DbSession, settings: AppSettings)
     return CancelResponse(
         canceled=result.canceled,
         already_canceled=result.already_canceled,
-        rejected=[
-            RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
-            for r in result.rejected
-        ],
+        rejected=_rejected(result.rejected),
     )
 
 

@@ -66,12 +66,12 @@ def _compact(
 async def compaction_tasks(app: FastAPI) -> AsyncIterator[None]:
     """Started with the app and stopped with it (see app.create_app's lifespan)."""
     settings: Settings = app.state.settings
-    if not settings.auto_compact_events:
-        yield
-        return
 
     def compact(stop: threading.Event) -> None:
         compact_now(app.state.sessionmaker, settings, stop)
 
-    async with periodic(app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log):
+    enabled = settings.auto_compact_events
+    async with periodic(
+        app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log, enabled=enabled
+    ):
         yield

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import itemgetter, ne
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import orjson
 from psycopg.errors import UniqueViolation
@@ -218,6 +218,23 @@ def storable(text: str) -> bool:
     return True
 
 
+def is_event_id(value: Any) -> TypeGuard[str]:
+    """An event id: a string of 1 to 200 characters that every database can store."""
+    return (
+        isinstance(value, str)
+        and 1 <= len(value) <= MAX_ID_LENGTH
+        and ((value.isascii() and "\x00" not in value) or storable(value))
+    )
+
+
+def team_uuid(value: Any) -> uuid.UUID | None:
+    """A team id as sent, as a UUID; None when it is not one."""
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def whole_units(digits: str) -> int:
     """ASCII digits (leading zeros allowed) as a quantity, refused above MAX_QUANTITY -- judged by
     the digits before ``int()``, which refuses more than 4,300 of them with a ValueError that
@@ -354,11 +371,7 @@ class EventParser:
             properties = raw.get("properties")
         else:
             raise _Invalid("invalid_event", "an event must be a JSON object")
-        if (
-            not isinstance(event_id, str)
-            or not 1 <= len(event_id) <= MAX_ID_LENGTH
-            or not ((event_id.isascii() and "\x00" not in event_id) or storable(event_id))
-        ):
+        if not is_event_id(event_id):
             raise _Invalid(
                 "invalid_event_id",
                 "eventId must be a string of 1 to 200 characters (no NUL characters)",
@@ -393,10 +406,7 @@ class EventParser:
         )
 
     def _team_key(self, team: Any) -> str:
-        try:
-            team_id = uuid.UUID(team) if isinstance(team, str) else None
-        except ValueError:
-            team_id = None
+        team_id = team_uuid(team)
         if team_id is None:
             raise _Invalid("invalid_team_id", "teamId must be a team's UUID")
         key = self.team_keys[team] = str(team_id)
