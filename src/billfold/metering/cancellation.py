@@ -125,8 +125,9 @@ def _echo(event_id: Any) -> str:
 
 
 def _by_team(keys: Sequence[EventKey]) -> dict[uuid.UUID, list[str]]:
-    """Event ids per team, in pages of at most 1,000 (one ``= ANY`` array per statement: a
-    thousand-way OR of (team, event) pairs cost PostgreSQL's planner a fraction of a second)."""
+    """Event ids per team: each statement looks up one team's ids with one IN list (read in
+    :func:`_pages` of 1,000). A thousand-way OR of (team, event) pairs cost PostgreSQL's planner
+    a fraction of a second per statement."""
     teams: dict[uuid.UUID, list[str]] = defaultdict(list)
     for team_id, event_id in keys:
         teams[team_id].append(event_id)
@@ -219,7 +220,7 @@ class CancellationService:
         if first:
             self._cancel(session, settings, first, reason, result)
         # A repeat gets the first occurrence's answer: the same rejection, or counted once.
-        rejected = {(r.index): r for r in result.rejected}
+        rejected = {r.index: r for r in result.rejected}
         for index, key in repeats:
             earlier = rejected.get(first[key])
             if earlier is None:
