@@ -95,9 +95,8 @@ def test_compact_deletes_only_raw_events_past_the_window(
 
     settings = Settings(database_url=api.url)
     assert retention.cutoff(settings, COMPACT_AT) == datetime(2020, 6, 25, tzinfo=UTC)
-    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        done = retention.compact(session, settings, COMPACT_AT, batch_size=2)
-        session.commit()
+    sessions = api.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    done = retention.compact_all(sessions, settings, COMPACT_AT, batch_size=2)
     assert done.deleted >= 3  # other teams' events of that age (none exist) would count too
 
     after_events, after_rollups, after_lines, after_cycles = _snapshot(api, team_id)
@@ -125,9 +124,7 @@ def test_compact_deletes_only_raw_events_past_the_window(
         assert minutes.json()["code"] == "outside_raw_retention"
 
     # running it again finds nothing more to delete for this team
-    with api.client.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        retention.compact(session, settings, COMPACT_AT)
-        session.commit()
+    retention.compact_all(sessions, settings, COMPACT_AT)
     assert _snapshot(api, team_id)[0] == ["r3", "r4", "r5"]
 
 

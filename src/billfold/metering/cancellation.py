@@ -70,14 +70,13 @@ from billfold.metering.service import (
     Properties,
     RatedEvent,
     Rejection,
-    is_event_id,
+    is_id,
     metering_service,
     sum_accepted,
     team_uuid,
 )
 from billfold.pricing.models import PriceVersion
 
-MAX_REASON_LENGTH = 500
 # The rollups with properties are recomputed, not summed: no properties needed.
 _NO_PROPERTIES: Properties = ({}, "", b"")
 
@@ -106,7 +105,7 @@ def _key_of(raw: Any) -> EventKey:
     if not isinstance(raw, dict):
         raise ValueError("invalid_event", "an item must be an object with teamId and eventId")
     event_id, team_id = raw.get("eventId"), team_uuid(raw.get("teamId"))
-    if not is_event_id(event_id):
+    if not is_id(event_id):
         raise ValueError(
             "invalid_event_id",
             "eventId must be a string of 1 to 200 characters (no NUL characters)",

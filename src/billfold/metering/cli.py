@@ -66,6 +66,7 @@ from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
 from billfold.metering import cancellation, rebuild, retention
 from billfold.metering.models import UsageEvent
+from billfold.metering.schemas import MAX_REASON_LENGTH
 from billfold.metering.service import IngestResult, Rejection, metering_service
 
 usage_app = typer.Typer(no_args_is_help=True, help="Usage events.")
@@ -772,10 +773,8 @@ def cancel_events(
     cycle); 1: error.
     """
     team_id = str(parse_team_id(team))
-    if len(reason) > cancellation.MAX_REASON_LENGTH:
-        raise typer.BadParameter(
-            f"at most {cancellation.MAX_REASON_LENGTH} characters", param_hint="--reason"
-        )
+    if len(reason) > MAX_REASON_LENGTH:
+        raise typer.BadParameter(f"at most {MAX_REASON_LENGTH} characters", param_hint="--reason")
     settings = get_settings()
     items = [{"teamId": team_id, "eventId": event_id} for event_id in event_ids]
     with cli_transaction(settings) as session:

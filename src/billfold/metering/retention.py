@@ -122,19 +122,3 @@ def compact_all(
             break
         done.deleted += compact_team(sessions, team_id, done.cutoff, batch_size, stop)
     return done
-
-
-def compact(
-    session: Session, settings: Settings, now: datetime, *, batch_size: int = DEFAULT_BATCH
-) -> Compaction:
-    """Delete every raw event past the retention window, in batches, within ``session``'s
-    transaction (the caller commits; the CLI uses :func:`compact_batch` to commit per batch).
-    Rollups, cycle lines and billing cycles are kept."""
-    done = Compaction(cutoff(settings, now))
-    for team_id in list(team_ids(session)):
-        while True:
-            deleted = compact_batch(session, team_id, done.cutoff, batch_size)
-            done.deleted += deleted
-            if deleted < batch_size:
-                break
-    return done

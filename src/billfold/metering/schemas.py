@@ -57,11 +57,14 @@ class IngestResponse(WireModel):
 # --- canceling usage (POST /admin/v1/usage-events/cancel) --------------------------------------
 
 
+MAX_REASON_LENGTH = 500  # characters of a cancellation's reason (also checked by the CLI)
+
+
 class CancelRequest(WireModel):
     # Each item ({"teamId", "eventId"}) is checked alone by metering.cancellation, so one bad
     # item is rejected with its index and the others are canceled.
     events: list[Any]
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
 
 
 class CancelResponse(WireModel):

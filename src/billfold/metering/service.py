@@ -218,8 +218,8 @@ def storable(text: str) -> bool:
     return True
 
 
-def is_event_id(value: Any) -> TypeGuard[str]:
-    """An event id: a string of 1 to 200 characters that every database can store."""
+def is_id(value: Any) -> TypeGuard[str]:
+    """An event id or a SKU: a string of 1 to 200 characters that every database can store."""
     return (
         isinstance(value, str)
         and 1 <= len(value) <= MAX_ID_LENGTH
@@ -371,7 +371,7 @@ class EventParser:
             properties = raw.get("properties")
         else:
             raise _Invalid("invalid_event", "an event must be a JSON object")
-        if not is_event_id(event_id):
+        if not is_id(event_id):
             raise _Invalid(
                 "invalid_event_id",
                 "eventId must be a string of 1 to 200 characters (no NUL characters)",
@@ -379,11 +379,7 @@ class EventParser:
         team_key = self.team_keys.get(team) if isinstance(team, str) else None
         if team_key is None:
             team_key = self._team_key(team)
-        if (
-            not isinstance(sku, str)
-            or not 1 <= len(sku) <= MAX_ID_LENGTH
-            or not ((sku.isascii() and "\x00" not in sku) or storable(sku))
-        ):
+        if not is_id(sku):
             raise _Invalid(
                 "invalid_sku", "sku must be a string of 1 to 200 characters (no NUL characters)"
             )
