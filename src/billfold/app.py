@@ -22,8 +22,9 @@ from billfold.invoicing import endpoints as invoicing
 from billfold.invoicing.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
-from billfold.kit.errors import install_error_handlers
+from billfold.kit.errors import Forbidden, install_error_handlers
 from billfold.kit.limits import BodySizeLimit
+from billfold.kit.openapi import Bearer, install_openapi
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
@@ -32,8 +33,19 @@ from billfold.payments.provider import PaymentProvider
 from billfold.payments.sandbox import SandboxProvider
 from billfold.pricing import endpoints as pricing
 from billfold.teams import endpoints as teams
+from billfold.teams.auth import authenticated_key, billing_read, billing_write, operator
 
 log = logging.getLogger("billfold")
+
+MANAGEMENT_KEY = Bearer(
+    "managementKey",
+    "A team's management key (Billing Management API): `Authorization: Bearer xai-...`.",
+)
+OPERATOR_TOKEN = Bearer(
+    "operatorToken",
+    "The operator token (`BILLFOLD_ADMIN_TOKEN`, or the generated `bfop_...` one), for "
+    "`/admin/v1/...`.",
+)
 
 
 class DatabaseHealth:
@@ -121,6 +133,8 @@ def create_app(
         version=__version__,
         summary="Usage billing; the Billing Management API is wire-compatible with xAI's.",
         lifespan=lifespan,
+        docs_url=None,  # served by kit.openapi from the package, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -146,4 +160,9 @@ def create_app(
     for module in (teams, payments, pricing, metering, ledger, invoicing):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
+    install_openapi(
+        app,
+        bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},
+        guards={billing_read: (Forbidden,), billing_write: (Forbidden,)},
+    )
     return app

@@ -43,7 +43,13 @@ from billfold.invoicing.service import (
     invoice_filter,
     invoicing_service,
 )
-from billfold.kit.errors import InvalidField, Unauthorized
+from billfold.kit.errors import (
+    Conflict,
+    InvalidField,
+    ResourceNotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from billfold.kit.http import (
     DbSession,
     Sessions,
@@ -52,6 +58,7 @@ from billfold.kit.http import (
     parse_uuid,
 )
 from billfold.kit.money import Pico, pico_to_price_units
+from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter, cent
 from billfold.payments.endpoints import Provider
 from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
@@ -330,7 +337,10 @@ def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:
     "/admin/v1/teams/{team_id}/spend-status",
     response_model=SpendStatusOut,
     tags=["operator"],
+    # The token is checked by checked_spend_answer, not by a dependency: declared here.
+    responses=error_responses(ServiceUnavailable),
     openapi_extra={
+        "security": [{"operatorToken": []}],
         "parameters": [
             {
                 "name": "team_id",
@@ -338,7 +348,7 @@ def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:
                 "required": True,
                 "schema": {"type": "string", "title": "Team Id"},
             }
-        ]
+        ],
     },
 )
 async def spend_status(request: Request) -> Response:
@@ -362,7 +372,10 @@ async def spend_status(request: Request) -> Response:
 
 
 @admin_router.get(
-    "/admin/v1/teams/{team_id}", response_model=TeamBillingOut, response_model_exclude_none=True
+    "/admin/v1/teams/{team_id}",
+    response_model=TeamBillingOut,
+    response_model_exclude_none=True,
+    responses=error_responses(ResourceNotFound),
 )
 def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBillingOut:
     state = invoicing_service.team_billing(session, settings, parse_uuid(team_id))
@@ -388,6 +401,7 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
 @admin_router.put(
     "/admin/v1/teams/{team_id}/hard-spending-limit",
     response_model=SpendingLimitsResponse,
+    responses=error_responses(ResourceNotFound),
 )
 def set_hard_spending_limit(
     team_id: str, body: SetHardLimitRequest, session: DbSession, settings: AppSettings
@@ -415,6 +429,7 @@ def close_billing_cycle(
 @admin_router.post(
     "/admin/v1/invoices/{invoice_id}/charge",
     response_model=InvoiceOut,
+    responses=error_responses(ResourceNotFound, Conflict),
 )
 def charge_invoice(
     invoice_id: str, session: DbSession, sessions: Sessions, provider: Provider

@@ -11,15 +11,20 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 log = logging.getLogger("billfold")
 
 
 class BillfoldError(Exception):
+    """Base of every error answered with the house body. A subclass per HTTP status: its
+    docstring's first line describes that status in the OpenAPI document (kit/openapi.py)."""
+
     status_code = 400
     code = "bad_request"
 
@@ -36,6 +41,8 @@ class BillfoldError(Exception):
 
 
 class BadRequest(BillfoldError):
+    """Bad input: a field, parameter or body that is wrong; nothing changed."""
+
     status_code = 400
     code = "bad_request"
 
@@ -50,31 +57,59 @@ class InvalidField(BadRequest):
 
 
 class Unauthorized(BillfoldError):
+    """Missing, malformed, unknown or revoked credentials."""
+
     status_code = 401
     code = "unauthenticated"
 
 
 class PaymentFailed(BillfoldError):
+    """The payment provider declined the charge."""
+
     status_code = 402
     code = "payment_failed"
 
 
 class Forbidden(BillfoldError):
+    """The credentials are valid but may not do this (an ACL is missing, or another team's)."""
+
     status_code = 403
     code = "permission_denied"
 
 
 class ResourceNotFound(BillfoldError):
+    """The object named by the request does not exist."""
+
     status_code = 404
     code = "not_found"
 
 
 class Conflict(BillfoldError):
+    """The request conflicts with the current state (an idempotency key reused with another
+    request, an object that exists, a state that does not allow it)."""
+
     status_code = 409
     code = "conflict"
 
 
+class PayloadTooLarge(BillfoldError):
+    """The request body is larger than the server accepts (kit/limits.py)."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(BillfoldError):
+    """Too many requests: retry later. Not sent yet (rate limiting is planned); documented so
+    that clients handle it from the start."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
 class ServiceUnavailable(BillfoldError):
+    """The database is unreachable or busy: retry."""
+
     status_code = 503
     code = "unavailable"
 
@@ -135,6 +170,28 @@ class ErrorResponse(JSONResponse):
         return text.encode("utf-8", "backslashreplace")
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the request's path answers, for a 405's ``Allow``.
+
+    Starlette's router hands a wrong method to the first route whose path matches, which lists
+    only its own methods (``DELETE billing-info`` would say ``Allow: GET``, hiding the POST).
+    Only 405s pay for this walk over the routes.
+    """
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for route in routing.iter_route_contexts(request.app.router.routes):
+        original = route.original_route
+        if isinstance(original, Route) and original.path_regex.match(path):
+            methods |= route.methods or set()
+        elif (  # the docs pages' assets
+            isinstance(original, Mount)
+            and isinstance(original.app, StaticFiles)
+            and path.startswith(original.path + "/")
+        ):
+            methods |= {"GET", "HEAD"}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, exc: BillfoldError) -> ErrorResponse:
@@ -150,10 +207,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> ErrorResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return ErrorResponse(
-            {"code": code, "error": message},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            {"code": code, "error": message}, status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)

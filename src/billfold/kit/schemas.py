@@ -13,11 +13,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    GetJsonSchemaHandler,
     PlainSerializer,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
 
 from billfold.kit.clock import rfc3339
 from billfold.kit.http import WireRoute
@@ -81,7 +83,24 @@ def _parse_int64(value: Any) -> int:
     return number
 
 
-Int64 = Annotated[int, BeforeValidator(_parse_int64), PlainSerializer(str, return_type=str)]
+INT64_PATTERN = r"^-?[0-9]+$"
+
+
+class _Int64Schema:
+    """Int64's OpenAPI schema: a string of digits as sent; a string or a bare integer as read."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        text = {"type": "string", "format": "int64", "pattern": INT64_PATTERN}
+        if handler.mode == "serialization":
+            return text
+        return {"anyOf": [text, {"type": "integer", "format": "int64"}]}
+
+
+Int64 = Annotated[
+    int, BeforeValidator(_parse_int64), PlainSerializer(str, return_type=str), _Int64Schema()
+]
 """An int64 that travels as a JSON string and is accepted as a string or a bare integer."""
 
 UtcDateTime = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Header, Response
 
-from billfold.kit.errors import PaymentFailed
+from billfold.kit.errors import Conflict, PaymentFailed, ResourceNotFound
 from billfold.kit.http import DbSession, Sessions, end_request_transaction, parse_uuid
+from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.models import LedgerEntry
 from billfold.ledger.schemas import (
@@ -45,7 +46,10 @@ def get_prepaid_balance(
 @billing_router.post(
     "/v1/billing/teams/{team_id}/prepaid/top-up",
     response_model=TopUpResponse,
-    responses={202: {"model": TopUpResponse}, 402: {"description": "the card was declined"}},
+    responses={
+        202: {"model": TopUpResponse},
+        **error_responses(PaymentFailed, Conflict),
+    },
 )
 def top_up(
     body: TopUpRequest,
@@ -97,6 +101,7 @@ def entry_out(entry: LedgerEntry) -> CreditEntryOut:
     "/admin/v1/teams/{team_id}/credits",
     status_code=201,
     response_model=CreditEntryOut,
+    responses=error_responses(ResourceNotFound, Conflict),
 )
 def grant_credits(
     team_id: str, body: GrantCreditsRequest, session: DbSession, response: Response

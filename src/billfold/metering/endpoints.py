@@ -14,8 +14,9 @@ from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 
 from billfold.kit.clock import rfc3339
-from billfold.kit.errors import BadRequest
+from billfold.kit.errors import BadRequest, Conflict
 from billfold.kit.http import DbSession, read_only
+from billfold.kit.openapi import error_responses, request_body
 from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
 from billfold.metering.cancellation import cancellation_service
@@ -26,6 +27,7 @@ from billfold.metering.schemas import (
     RejectedEvent,
     UsageAnalyticsRequest,
     UsageAnalyticsResponse,
+    UsageEventBatch,
     WireBatch,
 )
 from billfold.metering.service import Rejection, cyclic_gc_paused, metering_service
@@ -107,7 +109,11 @@ def _decode_event_batch(body: bytes) -> list[Any]:
 _BATCH = msgspec.json.Decoder(WireBatch)
 
 
-@admin_router.post("/admin/v1/usage-events", response_model=IngestResponse)
+@admin_router.post(
+    "/admin/v1/usage-events",
+    response_model=IngestResponse,
+    openapi_extra=request_body(UsageEventBatch),  # the body is read by event_batch, not FastAPI
+)
 def ingest_usage(
     events: Annotated[list[Any], Depends(event_batch)],
     session: DbSession,
@@ -128,7 +134,11 @@ def _rejected(rejections: list[Rejection]) -> list[RejectedEvent]:
     ]
 
 
-@admin_router.post("/admin/v1/usage-events/cancel", response_model=CancelResponse)
+@admin_router.post(
+    "/admin/v1/usage-events/cancel",
+    response_model=CancelResponse,
+    responses=error_responses(Conflict),
+)
 def cancel_usage(body: CancelRequest, session: DbSession, settings: AppSettings) -> CancelResponse:
     """Cancel usage events of open billing cycles (metering/cancellation.py)."""
     result = cancellation_service.cancel(session, settings, body.events, body.reason)

@@ -40,6 +40,35 @@ class WireBatch(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     events: list[WireEvent]
 
 
+class UsageEvent(WireModel):
+    """One usage event. Each event is checked alone: a bad one is rejected with its index, the
+    others are ingested."""
+
+    # Documents the body only: the endpoint parses it itself (WireEvent, EventParser).
+
+    event_id: str = Field(description="Unique per team: a repeat is a duplicate, billed once.")
+    team_id: str = Field(description="The team's UUID.")
+    sku: str = Field(description="A SKU with a price version in force at the event's time.")
+    quantity: str | int = Field(
+        description='Whole units: an integer, or a string of one ("1200", "1200.0").',
+        examples=["1200"],
+    )
+    timestamp: str = Field(
+        description="When the usage happened: RFC 3339 with a zone.",
+        examples=["2026-12-01T10:00:00Z"],
+    )
+    properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="At most 32 dimensions (string, number or boolean values) such as model.",
+    )
+
+
+class UsageEventBatch(WireModel):
+    """The body of POST /admin/v1/usage-events: at most 10,000 events."""
+
+    events: list[UsageEvent] = Field(max_length=10_000)
+
+
 class RejectedEvent(WireModel):
     refuse_nul = False  # echoes the caller's eventId, NUL included, to say why
     index: int

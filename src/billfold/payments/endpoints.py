@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from billfold.kit.errors import ResourceNotFound
 from billfold.kit.http import DbSession, parse_uuid, read_only
+from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import CardInput, PaymentProvider
@@ -60,7 +62,11 @@ def list_payment_methods(scope: BillingRead, session: DbSession) -> PaymentMetho
     )
 
 
-@billing_router.post("/v1/billing/teams/{team_id}/payment-method/default", response_model=Empty)
+@billing_router.post(
+    "/v1/billing/teams/{team_id}/payment-method/default",
+    response_model=Empty,
+    responses=error_responses(ResourceNotFound),
+)
 def set_default_payment_method(
     body: SetDefaultRequest, scope: BillingWrite, session: DbSession
 ) -> Empty:
@@ -69,7 +75,10 @@ def set_default_payment_method(
 
 
 @admin_router.post(
-    "/admin/v1/teams/{team_id}/payment-methods", status_code=201, response_model=PaymentMethodOut
+    "/admin/v1/teams/{team_id}/payment-methods",
+    status_code=201,
+    response_model=PaymentMethodOut,
+    responses=error_responses(ResourceNotFound),
 )
 def add_payment_method(
     team_id: str, body: AddCardRequest, session: DbSession, provider: Provider

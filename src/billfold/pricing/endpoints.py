@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import Path, Response
 
+from billfold.kit.errors import Conflict
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.money import Pico, format_usd_price
+from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.pricing.models import PriceVersion
 from billfold.pricing.schemas import (
@@ -34,7 +36,9 @@ def version_out(version: PriceVersion) -> PriceVersionOut:
     )
 
 
-@admin_router.put("/admin/v1/prices/{sku}", response_model=PriceVersionOut)
+@admin_router.put(
+    "/admin/v1/prices/{sku}", response_model=PriceVersionOut, responses=error_responses(Conflict)
+)
 def set_price(
     body: SetPriceRequest,
     session: DbSession,

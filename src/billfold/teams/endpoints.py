@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Query, Response
 
-from billfold.kit.errors import InvalidField
+from billfold.kit.errors import Conflict, InvalidField, ResourceNotFound
 from billfold.kit.http import DbSession, parse_uuid, read_only
+from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
 from billfold.teams.models import ManagementKey, Team
@@ -82,7 +83,12 @@ def key_out(key: ManagementKey) -> KeyOut:
     )
 
 
-@admin_router.post("/admin/v1/teams", status_code=201, response_model=TeamOut)
+@admin_router.post(
+    "/admin/v1/teams",
+    status_code=201,
+    response_model=TeamOut,
+    responses=error_responses(Conflict),
+)
 def create_team(body: CreateTeamRequest, session: DbSession) -> TeamOut:
     return team_out(team_service.create(session, body.name, body.team_id))
 
@@ -110,7 +116,10 @@ def list_teams(
 
 
 @admin_router.post(
-    "/admin/v1/teams/{team_id}/management-keys", status_code=201, response_model=CreatedKey
+    "/admin/v1/teams/{team_id}/management-keys",
+    status_code=201,
+    response_model=CreatedKey,
+    responses=error_responses(ResourceNotFound),
 )
 def create_management_key(
     team_id: str, body: CreateKeyRequest, session: DbSession, keys: Keys
@@ -120,14 +129,22 @@ def create_management_key(
     return CreatedKey(**key_out(issued.key).model_dump(), api_key=issued.plaintext)
 
 
-@admin_router.get("/admin/v1/teams/{team_id}/management-keys", response_model=KeyList)
+@admin_router.get(
+    "/admin/v1/teams/{team_id}/management-keys",
+    response_model=KeyList,
+    responses=error_responses(ResourceNotFound),
+)
 @read_only
 def list_management_keys(team_id: str, session: DbSession, keys: Keys) -> KeyList:
     team = team_service.get(session, parse_uuid(team_id))
     return KeyList(keys=[key_out(k) for k in keys.list(session, team.id)])
 
 
-@admin_router.delete("/admin/v1/management-keys/{key_id}", status_code=204)
+@admin_router.delete(
+    "/admin/v1/management-keys/{key_id}",
+    status_code=204,
+    responses=error_responses(ResourceNotFound),
+)
 def revoke_management_key(key_id: str, session: DbSession, keys: Keys) -> Response:
     keys.revoke(session, parse_uuid(key_id, "key_id"))
     return Response(status_code=204)
