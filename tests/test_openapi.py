@@ -144,7 +144,9 @@ def test_usage_events_request_schema_is_declared(api: Api) -> None:
     assert set(event["required"]) == {"eventId", "teamId", "sku", "quantity", "timestamp"}
     assert "properties" in event["properties"]
     cancel = document["paths"]["/admin/v1/usage-events/cancel"]["post"]
-    assert "requestBody" in cancel
+    ref = cancel["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    items = schemas[ref.rsplit("/", 1)[1]]["properties"]["events"]["items"]
+    assert set(items["required"]) == {"teamId", "eventId"}
 
 
 def test_omitted_fields_are_not_nullable(api: Api) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from pydantic import Field
+from pydantic.config import JsonDict
 
 from billfold.kit.schemas import UtcDateTime, WireModel
 
@@ -89,10 +90,17 @@ class IngestResponse(WireModel):
 MAX_REASON_LENGTH = 500  # characters of a cancellation's reason (also checked by the CLI)
 
 
+_CANCEL_ITEM: JsonDict = {
+    "type": "object",
+    "required": ["teamId", "eventId"],
+    "properties": {"teamId": {"type": "string"}, "eventId": {"type": "string"}},
+}
+
+
 class CancelRequest(WireModel):
     # Each item ({"teamId", "eventId"}) is checked alone by metering.cancellation, so one bad
     # item is rejected with its index and the others are canceled.
-    events: list[Any]
+    events: list[Any] = Field(json_schema_extra={"items": _CANCEL_ITEM})  # documented shape
     reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
 
 
