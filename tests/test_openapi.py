@@ -109,6 +109,8 @@ def test_every_operation_has_its_security_and_error_responses(api: Api) -> None:
     # what only some routes answer, declared from the error classes
     assert "409" in by_key[("PUT", "/admin/v1/prices/{sku}")]["responses"]
     assert "404" in by_key[("GET", "/admin/v1/teams/{team_id}")]["responses"]
+    spend_check = by_key[("GET", "/admin/v1/teams/{team_id}/spend-status")]["responses"]
+    assert {"404", "503"} <= set(spend_check)
     assert (
         "404" in by_key[("POST", "/v1/billing/teams/{team_id}/payment-method/default")]["responses"]
     )

@@ -338,7 +338,7 @@ def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:
     response_model=SpendStatusOut,
     tags=["operator"],
     # The token is checked by checked_spend_answer, not by a dependency: declared here.
-    responses=error_responses(ServiceUnavailable),
+    responses=error_responses(ResourceNotFound, ServiceUnavailable),
     openapi_extra={
         "security": [{"operatorToken": []}],
         "parameters": [
