@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from typer.testing import CliRunner, Result
 
 from billfold.cli import app
 from billfold.config import get_settings
-from tests.served import start_serve, wait_healthy
+from tests.served import free_port, start_serve, wait_healthy
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -325,3 +329,73 @@ def test_cli_errors_in_json_mode(cli_db: str) -> None:
     )
     assert expiry.exit_code == 2
     assert json.loads(expiry.stdout)["field"] == "--exp-month"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_readme_examples_run_against_the_demo(tmp_path: Path) -> None:
+    """Every curl command of the README's two API sections, as written, with the variables the
+    demo prints, answers 2xx against a served demo database, whatever today's date is."""
+    url = f"sqlite:///{tmp_path / 'billfold.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env["BILLFOLD_DATABASE_URL"] = url
+    port = free_port()
+    setup = subprocess.run(
+        [sys.executable, "-m", "billfold", "demo", "--no-serve", "--json", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    demo = json.loads(setup.stdout)
+    text = README.read_text()
+    sections = text[text.index("## The Billing Management API") : text.index("## The `billfold`")]
+    blocks = re.findall(r"```sh\n(.*?)```", sections, re.S)
+    assert len(blocks) == 2
+    script = "\n".join(blocks).replace("<keyId>", "$KEYID")
+    script = "\n".join(line for line in script.splitlines() if "<invoiceId>" not in line)
+    assert "<" not in script.replace("<<", "")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "billfold", "serve", "--port", str(port)],
+        env=env | {"BILLFOLD_LOG_LEVEL": "warning"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = demo["baseUrl"]
+        wait_healthy(base, process)
+        operator = {"Authorization": f"Bearer {demo['operatorToken']}"}
+        spare = httpx.post(
+            f"{base}/admin/v1/teams/{demo['teamId']}/management-keys",
+            json={"name": "spare"},
+            headers=operator,
+        )
+        assert spare.status_code == 201, spare.text
+        prelude = "\n".join(
+            [
+                "set -euo pipefail",
+                # every call must answer 2xx; its body is kept for the checks below
+                'curl() { command curl --fail-with-body --show-error "$@"; echo; }',
+                *demo["shell"],
+                f"KEYID={spare.json()['keyId']}",
+            ]
+        )
+        result = subprocess.run(
+            ["bash", "-c", prelude + "\n" + script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert '"accepted":1' in result.stdout
+        assert '"canceled":1' in result.stdout
+        # the analytics example finds the demo's usage (with a groupBy, only groups with usage)
+        assert '"timeSeries":[{"group":["Chat grok-4-0709"]' in result.stdout
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
