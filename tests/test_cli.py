@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -399,3 +400,26 @@ def test_readme_examples_run_against_the_demo(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_every_command_takes_json() -> None:
+    import typer.main
+
+    def leaves(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        children = getattr(command, "commands", None)
+        if children is None:
+            yield path, command
+            return
+        for name, child in children.items():
+            yield from leaves(child, f"{path} {name}".strip())
+
+    commands = dict(leaves(typer.main.get_command(app), ""))
+    assert {"team show", "spend-status", "card add", "invoices list", "billing-info show"} <= set(
+        commands
+    )
+    without = [
+        path
+        for path, command in commands.items()
+        if "--json" not in [opt for param in command.params for opt in getattr(param, "opts", [])]
+    ]
+    assert without == []

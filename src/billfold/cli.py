@@ -85,14 +85,18 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (stateless; share the database)."),
     migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Migrate on start."),
+    as_json: JsonOpt = False,
 ) -> None:
-    """Serve the Billing Management API, the operator API and /healthz."""
+    """Serve the Billing Management API, the operator API and /healthz.
+
+    With --json, a generated operator token is printed as JSON; the server's log stays text.
+    """
     import uvicorn
 
     settings = get_settings()
     if migrate_first:
         migrate(settings)
-    _ensure_operator_token(settings)
+    _ensure_operator_token(settings, as_json)
     uvicorn.run(
         "billfold.app:create_app",
         factory=True,
@@ -103,7 +107,7 @@ def serve(
     )
 
 
-def _ensure_operator_token(settings: Settings) -> None:
+def _ensure_operator_token(settings: Settings, as_json: bool = False) -> None:
     """Generate and print an operator token once, when none is configured or stored."""
     from billfold.teams.service import OperatorTokenService
 
@@ -114,6 +118,9 @@ def _ensure_operator_token(settings: Settings) -> None:
         if tokens.has_generated(session):
             return
         token = tokens.generate(session)
+    if as_json:
+        print_json({"operatorToken": token})
+        return
     console.print(
         f"[bold]Operator token[/bold] (shown once; set BILLFOLD_ADMIN_TOKEN to choose your own): "
         f"{token}"
@@ -237,7 +244,7 @@ def demo(
             console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     if run_server:
         os.environ.setdefault("BILLFOLD_LOG_LEVEL", settings.log_level)
-        serve(host=host, port=port, workers=1, migrate_first=False)
+        serve(host=host, port=port, workers=1, migrate_first=False, as_json=as_json)
 
 
 def _demo_setup(settings: Settings, path: Path) -> DemoSetup:
