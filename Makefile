@@ -35,4 +35,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) billfold.db billfold.db-* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) billfold.db billfold.db-* billfold-demo.json .pytest_cache .mypy_cache .ruff_cache

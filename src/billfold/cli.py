@@ -6,19 +6,38 @@ its ``cli.py``; this module holds serving, the schema, the demo, teams and keys.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.engine import make_url
 
 from billfold.config import Settings, get_settings
-from billfold.invoicing.cli import cycle_app, limit_app
-from billfold.kit.cli import JsonOpt, console, emit, parse_team_id, transaction
-from billfold.kit.db import make_engine
+from billfold.invoicing.cli import cycle_app, invoices_app, limit_app, spend_status
+from billfold.kit.cli import (
+    JsonOpt,
+    bad_input,
+    console,
+    dump,
+    emit,
+    fail,
+    parse_team_id,
+    print_json,
+    show,
+    transaction,
+    validated,
+)
+from billfold.kit.clock import utc_now
+from billfold.kit.db import make_engine, normalize_database_url
 from billfold.kit.errors import BillfoldError
 from billfold.ledger.cli import credits_app
 from billfold.metering.cli import usage_app
+from billfold.payments.cli import card_app
 from billfold.pricing.cli import price_app
 from billfold.teams.schemas import KNOWN_ACLS
 
@@ -27,6 +46,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 team_app = typer.Typer(no_args_is_help=True, help="Teams.")
 key_app = typer.Typer(no_args_is_help=True, help="Management keys of teams.")
 token_app = typer.Typer(no_args_is_help=True, help="The operator token.")
+billing_info_app = typer.Typer(no_args_is_help=True, help="Billing info of teams.")
 app.add_typer(db_app, name="db")
 app.add_typer(team_app, name="team")
 app.add_typer(key_app, name="key")
@@ -36,6 +56,10 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(credits_app, name="credits")
 app.add_typer(cycle_app, name="cycle")
 app.add_typer(limit_app, name="limit")
+app.add_typer(invoices_app, name="invoices")
+app.add_typer(card_app, name="card")
+app.add_typer(billing_info_app, name="billing-info")
+app.command("spend-status")(spend_status)
 
 
 def main() -> None:
@@ -61,14 +85,18 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (stateless; share the database)."),
     migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Migrate on start."),
+    as_json: JsonOpt = False,
 ) -> None:
-    """Serve the Billing Management API, the operator API and /healthz."""
+    """Serve the Billing Management API, the operator API and /healthz.
+
+    With --json, a generated operator token is printed as JSON; the server's log stays text.
+    """
     import uvicorn
 
     settings = get_settings()
     if migrate_first:
         migrate(settings)
-    _ensure_operator_token(settings)
+    _ensure_operator_token(settings, as_json)
     uvicorn.run(
         "billfold.app:create_app",
         factory=True,
@@ -79,7 +107,7 @@ def serve(
     )
 
 
-def _ensure_operator_token(settings: Settings) -> None:
+def _ensure_operator_token(settings: Settings, as_json: bool = False) -> None:
     """Generate and print an operator token once, when none is configured or stored."""
     from billfold.teams.service import OperatorTokenService
 
@@ -90,6 +118,9 @@ def _ensure_operator_token(settings: Settings) -> None:
         if tokens.has_generated(session):
             return
         token = tokens.generate(session)
+    if as_json:
+        print_json({"operatorToken": token})
+        return
     console.print(
         f"[bold]Operator token[/bold] (shown once; set BILLFOLD_ADMIN_TOKEN to choose your own): "
         f"{token}"
@@ -97,47 +128,138 @@ def _ensure_operator_token(settings: Settings) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(as_json: JsonOpt = False) -> None:
     """Bring the database schema up to date."""
     migrate(get_settings())
-    console.print("schema is up to date")
+    if as_json:
+        print_json({"upToDate": True})
+    else:
+        console.print("schema is up to date")
 
 
 @token_app.command("rotate")
-def rotate_operator_token() -> None:
+def rotate_operator_token(as_json: JsonOpt = False) -> None:
     """Replace the generated operator token (unused when BILLFOLD_ADMIN_TOKEN is set)."""
     from billfold.teams.service import OperatorTokenService
 
     settings = get_settings()
     if settings.admin_token:
-        console.print("BILLFOLD_ADMIN_TOKEN is set; it is the operator token")
-        raise typer.Exit(code=1)
+        fail("admin_token_configured", "BILLFOLD_ADMIN_TOKEN is set; it is the operator token")
     with transaction(settings) as session:
         token = OperatorTokenService(None).generate(session)
-    typer.echo(token)
+    if as_json:
+        print_json({"operatorToken": token})
+    else:
+        typer.echo(token)
+
+
+DEMO_TEAM_ID = uuid.UUID("00000000-0000-4000-8000-00000000d3a0")
+DEMO_KEY_NAME = "demo"
+
+
+def demo_credentials_path(settings: Settings) -> Path:
+    """Where the demo keeps its plaintext credentials: beside a SQLite database
+    (``billfold.db-demo.json``), else ``billfold-demo.json`` in the working directory."""
+    url = make_url(normalize_database_url(settings.database_url))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(f"{url.database}-demo.json")
+    return Path("billfold-demo.json")
+
+
+def _read_credentials(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _write_credentials(path: Path, credentials: dict[str, str]) -> None:
+    """Owner-only (0600) from the first byte: the file holds a key and maybe the operator token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        json.dump(credentials, handle, indent=2)
+        handle.write("\n")
+
+
+@dataclass
+class DemoSetup:
+    team_id: uuid.UUID
+    management_key: str | None
+    operator_token: str | None
+    notes: list[str] = field(default_factory=list)
 
 
 @app.command()
 def demo(
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1", help="Interface to serve on."),
+    port: int = typer.Option(8000, help="Port to serve on."),
     run_server: bool = typer.Option(True, "--serve/--no-serve", help="Start serving afterwards."),
+    as_json: JsonOpt = False,
 ) -> None:
-    """Set up a demo team with a key and a sandbox card, print them, and serve."""
+    """Set up a demo team with a key, a sandbox card, prices and this month's usage; print the
+    credentials and ready-to-use shell variables; serve.
+
+    Running it again reuses what exists: the same team, key and operator token (their plaintext is
+    kept in a 0600 file beside the database, as the database stores only hashes). It never issues
+    a second demo key nor replaces the operator token: when their plaintext is gone, it says how to
+    make new ones.
+    """
+    settings = get_settings()
+    migrate(settings)
+    path = demo_credentials_path(settings)
+    setup = _demo_setup(settings, path)
+    _seed_demo_usage(settings, setup.team_id)
+    base = f"http://{host}:{port}"
+    shell = _demo_shell(base, setup, utc_now())
+    if as_json:
+        out: dict[str, object] = {
+            "database": settings.database_url,
+            "teamId": str(setup.team_id),
+            "credentialsFile": str(path),
+            "baseUrl": base,
+        }
+        if setup.management_key is not None:
+            out["managementKey"] = setup.management_key
+        if setup.operator_token is not None:
+            out["operatorToken"] = setup.operator_token
+        out["shell"] = shell
+        out["notes"] = setup.notes
+        print_json(out)
+    else:
+        unknown = "[yellow](not known, see below)[/yellow]"
+        console.print("[bold green]Billfold demo[/bold green]")
+        console.print(f"  database         {settings.database_url}", highlight=False)
+        console.print(f"  demo team id     {setup.team_id}", highlight=False)
+        console.print(f"  management key   {setup.management_key or unknown}", highlight=False)
+        console.print(f"  operator token   {setup.operator_token or unknown}", highlight=False)
+        console.print(f"  credentials file {path}", highlight=False)
+        for note in setup.notes:
+            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+        console.print("Paste into a shell for the README's examples:")
+        for line in shell:
+            console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    if run_server:
+        os.environ.setdefault("BILLFOLD_LOG_LEVEL", settings.log_level)
+        serve(host=host, port=port, workers=1, migrate_first=False, as_json=as_json)
+
+
+def _demo_setup(settings: Settings, path: Path) -> DemoSetup:
     from billfold.payments.provider import CardInput
     from billfold.payments.sandbox import CARD_ALWAYS_SUCCEEDS, SandboxProvider
     from billfold.payments.service import payment_method_service
     from billfold.teams.schemas import BillingInfoInput
     from billfold.teams.service import KeyService, OperatorTokenService, team_service
 
-    settings = get_settings()
-    migrate(settings)
-    demo_team_id = uuid.UUID("00000000-0000-4000-8000-00000000d3a0")
+    saved = _read_credentials(path)
     with transaction(settings) as session:
         try:
-            team = team_service.get(session, demo_team_id)
+            team = team_service.get(session, DEMO_TEAM_ID)
         except BillfoldError:
-            team = team_service.create(session, "Demo team", demo_team_id)
+            team = team_service.create(session, "Demo team", DEMO_TEAM_ID)
             team_service.set_billing_info(
                 session,
                 team.id,
@@ -150,30 +272,88 @@ def demo(
                 ),
             )
             provider = SandboxProvider.for_database(settings.database_url)
-            provider.install()
-            payment_method_service.add_card(
-                session,
-                provider,
-                team,
-                CardInput(CARD_ALWAYS_SUCCEEDS, 12, 2035),
-                make_default=True,
+            try:
+                provider.install()
+                payment_method_service.add_card(
+                    session,
+                    provider,
+                    team,
+                    CardInput(CARD_ALWAYS_SUCCEEDS, 12, utc_now().year + 9),
+                    make_default=True,
+                )
+            finally:
+                provider.engine.dispose()
+        setup = DemoSetup(team_id=team.id, management_key=None, operator_token=None)
+
+        # The management key: the saved one while it works; a new one only when the team has no
+        # working demo key at all.
+        keys = KeyService(settings.key_prefix)
+        plaintext = saved.get("managementKey")
+        known = keys.authenticate(session, plaintext) if plaintext else None
+        if known is not None and known.team_id == team.id:
+            setup.management_key = plaintext
+        else:
+            active = [
+                k
+                for k in keys.list(session, team.id)
+                if k.name == DEMO_KEY_NAME and k.revoked_at is None
+            ]
+            if active:
+                setup.notes.append(
+                    f"the demo key {active[0].redacted} exists, but its plaintext is not in {path} "
+                    "(only a hash is stored). Issue another with "
+                    f"`billfold key create {team.id} --name NAME`, or revoke it "
+                    f"(`billfold key revoke {active[0].id}`) and run the demo again."
+                )
+            else:
+                setup.management_key = keys.issue(
+                    session, team, DEMO_KEY_NAME, list(KNOWN_ACLS)
+                ).plaintext
+
+        # The operator token: BILLFOLD_ADMIN_TOKEN, else the saved one while it works; a new one
+        # only when none was ever generated.
+        tokens = OperatorTokenService(None)
+        token = saved.get("operatorToken")
+        if settings.admin_token:
+            setup.operator_token = settings.admin_token
+        elif token and tokens.check(session, token):
+            setup.operator_token = token
+        elif tokens.has_generated(session):
+            setup.notes.append(
+                f"an operator token exists, but its plaintext is not in {path} (only a hash is "
+                "stored). `billfold operator-token rotate` makes a new one (the old one stops "
+                "working at once), or set BILLFOLD_ADMIN_TOKEN."
             )
-        issued = KeyService(settings.key_prefix).issue(session, team, "demo", list(KNOWN_ACLS))
-        operator_token = settings.admin_token or OperatorTokenService(None).generate(session)
-    _seed_demo_usage(settings, team.id)
-    base = f"http://{host}:{port}"
-    console.print("[bold green]Billfold demo[/bold green]")
-    console.print(f"  database         {settings.database_url}")
-    console.print(f"  demo team id     {team.id}")
-    console.print(f"  management key   {issued.plaintext}")
-    console.print(f"  operator token   {operator_token}")
-    console.print(
-        f"  try: curl -H 'Authorization: Bearer {issued.plaintext}' "
-        f"{base}/auth/management-keys/validation"
-    )
-    if run_server:
-        os.environ.setdefault("BILLFOLD_LOG_LEVEL", settings.log_level)
-        serve(host=host, port=port, workers=1, migrate_first=False)
+        else:
+            setup.operator_token = tokens.generate(session)
+
+        credentials = {"teamId": str(team.id)}
+        if setup.management_key is not None:
+            credentials["managementKey"] = setup.management_key
+        if setup.operator_token is not None and not settings.admin_token:
+            credentials["operatorToken"] = setup.operator_token
+        if credentials != saved:
+            _write_credentials(path, credentials)  # before the commit: never a lost plaintext
+    return setup
+
+
+def _demo_shell(base: str, setup: DemoSetup, now: datetime) -> list[str]:
+    """Shell variables the README's examples use, with this month's and last month's dates."""
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (this_month + timedelta(days=32)).replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    lines = [
+        f"export B={base}",
+        f"export TEAM={setup.team_id}",
+        f"export KEY={setup.management_key or 'xai-...'}",
+        f"export OP_TOKEN={setup.operator_token or 'bfop_...'}",
+        f"export MONTH_START='{this_month:%Y-%m-%d %H:%M:%S}' "
+        f"NEXT_MONTH_START='{next_month:%Y-%m-%d %H:%M:%S}'",
+        f"export YEAR={this_month.year} MONTH={this_month.month} "
+        f"LAST_YEAR={last_month.year} LAST_MONTH={last_month.month}",
+        'H="Authorization: Bearer $KEY"; OP="Authorization: Bearer $OP_TOKEN"',
+    ]
+    return lines
 
 
 def _seed_demo_usage(settings: Settings, team_id: uuid.UUID) -> None:
@@ -181,9 +361,6 @@ def _seed_demo_usage(settings: Settings, team_id: uuid.UUID) -> None:
 
     Event ids are fixed, so running the demo again adds nothing (they are duplicates).
     """
-    from datetime import timedelta
-
-    from billfold.kit.clock import utc_now
     from billfold.metering.service import metering_service
     from billfold.pricing.service import pricing_service
 
@@ -236,13 +413,17 @@ def team_create(
     team_id: Annotated[str | None, typer.Option("--team-id", help="Explicit UUID.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a team."""
+    """Create a team (the name is checked as the API checks it: 1 to 200 characters)."""
     from billfold.teams.endpoints import team_out
+    from billfold.teams.schemas import CreateTeamRequest
     from billfold.teams.service import team_service
 
-    explicit = parse_team_id(team_id) if team_id else None
+    if not name.strip():
+        bad_input("a team needs a name; an empty one is refused, as by the API", field="NAME")
+    explicit = parse_team_id(team_id, "--team-id") if team_id else None
+    body: CreateTeamRequest = validated(CreateTeamRequest, {"name": name}, {"name": "NAME"})
     with transaction() as session:
-        team = team_service.create(session, name, explicit)
+        team = team_service.create(session, body.name, explicit)
         out = team_out(team)
     emit(out, as_json, ["teamId", "name", "createTime"])
 
@@ -296,11 +477,41 @@ def key_list(team_id: str, as_json: JsonOpt = False) -> None:
 
 
 @key_app.command("revoke")
-def key_revoke(key_id: str) -> None:
+def key_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a management key; it stops working at once."""
+    from billfold.teams.endpoints import key_out
     from billfold.teams.service import KeyService
 
     settings = get_settings()
     with transaction(settings) as session:
-        KeyService(settings.key_prefix).revoke(session, parse_team_id(key_id))
-    console.print(f"revoked {key_id}")
+        key = KeyService(settings.key_prefix).revoke(session, parse_team_id(key_id, "KEY_ID"))
+        out = key_out(key)
+    if as_json:
+        print_json(dump(out))
+    else:
+        console.print(f"revoked {key_id}")
+
+
+@team_app.command("show")
+def team_show(team_id: str, as_json: JsonOpt = False) -> None:
+    """A team with its billing state, as ``GET /admin/v1/teams/{team_id}`` shows it."""
+    from billfold.invoicing.endpoints import get_team
+
+    settings = get_settings()
+    team = str(parse_team_id(team_id))
+    with transaction(settings) as session:
+        out = get_team(team, session, settings)
+    show(out, as_json)
+
+
+@billing_info_app.command("show")
+def billing_info_show(team_id: str, as_json: JsonOpt = False) -> None:
+    """A team's billing info, as ``GET /v1/billing/teams/{team_id}/billing-info`` shows it."""
+    from billfold.teams.schemas import GetBillingInfoResponse
+    from billfold.teams.service import team_service
+
+    team = parse_team_id(team_id)
+    with transaction() as session:
+        team_service.get(session, team)
+        out = GetBillingInfoResponse(billing_info=team_service.get_billing_info(session, team))
+    show(out, as_json)

@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from billfold.config import get_settings
-from billfold.kit.cli import JsonOpt, console, emit, parse_team_id, transaction
+from billfold.kit.cli import (
+    JsonOpt,
+    bad_input,
+    console,
+    dump,
+    emit,
+    parse_team_id,
+    print_json,
+    report,
+    show,
+    transaction,
+)
 
 cycle_app = typer.Typer(no_args_is_help=True, help="Billing cycles.")
 limit_app = typer.Typer(no_args_is_help=True, help="Spending limits.")
@@ -40,14 +51,13 @@ def cycle_close(
             make_sessionmaker(engine), settings, provider, year, month
         )
     except BillfoldError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-        raise typer.Exit(code=1) from None
+        report(exc)
     finally:
         engine.dispose()
         provider.engine.dispose()
     out = close_summary_out(summary)
     if as_json:
-        typer.echo(out.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+        print_json(dump(out))
         return
     emit(
         out.invoices,
@@ -89,10 +99,81 @@ def limit_hard(
     from billfold.invoicing.service import invoicing_service
 
     if (amount is None) == (not clear):
-        raise typer.BadParameter("give exactly one of --amount CENTS or --clear")
+        bad_input("give exactly one of --amount CENTS or --clear", field="--amount")
     settings = get_settings()
     with transaction(settings) as session:
         limits = invoicing_service.set_hard_limit(
             session, settings, parse_team_id(team_id), None if clear else amount
         )
     emit(limits_out(limits), as_json, _LIMIT_COLUMNS)
+
+
+invoices_app = typer.Typer(no_args_is_help=True, help="Invoices (monthly and top-up receipts).")
+
+_INVOICE_COLUMNS = [
+    "invoiceId",
+    "invoiceNumber",
+    "createTime",
+    "invoiceStatus",
+    "subtotal",
+    "tax",
+    "total",
+]
+_LINE_COLUMNS = ["clusterName", "description", "unitType", "unitPrice", "numUnits", "amount"]
+
+
+def _year_month(value: str, option: str) -> tuple[int, int]:
+    year, _, month = value.partition("-")
+    if not (len(year) == 4 and year.isdigit() and month.isdigit() and 1 <= int(month) <= 12):
+        bad_input(f"{value!r} is not a month (YYYY-MM)", field=option)
+    return int(year), int(month)
+
+
+@invoices_app.command("list")
+def invoices_list(
+    team_id: str,
+    since: Annotated[
+        str | None, typer.Option("--since", help="YYYY-MM: that month's invoices and later.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A team's invoices, newest first, as ``GET /v1/billing/teams/{team_id}/invoices`` lists
+    them (with ``--since``: as ``since.year``/``since.month`` filter them)."""
+    from billfold.invoicing.endpoints import invoice_out
+    from billfold.invoicing.service import invoice_filter, invoicing_service
+    from billfold.teams.service import team_service
+
+    team = parse_team_id(team_id)
+    year, month = _year_month(since, "--since") if since is not None else (None, None)
+    with transaction() as session:
+        team_service.get(session, team)
+        wanted = invoice_filter(None, None, year, month, None)
+        invoices = [invoice_out(i) for i in invoicing_service.list_invoices(session, team, wanted)]
+    emit(invoices, as_json, _INVOICE_COLUMNS)
+
+
+@invoices_app.command("show")
+def invoices_show(invoice_id: str, as_json: JsonOpt = False) -> None:
+    """One invoice with its lines, in the Billing Management API's shape."""
+    from billfold.invoicing.endpoints import invoice_out
+    from billfold.invoicing.service import invoicing_service
+
+    with transaction() as session:
+        out = invoice_out(invoicing_service.get_invoice(session, invoice_id))
+    show(out, as_json, omit=["lines", "chargerAttempts"])
+    if not as_json:
+        emit(out.lines, False, _LINE_COLUMNS)
+        if out.charger_attempts:
+            emit(out.charger_attempts, False, ["ticket", "successful", "paymentMethodId"])
+
+
+def spend_status(team_id: str, as_json: JsonOpt = False) -> None:
+    """May the team spend now? The gateway's spend check (``GET .../spend-status``)."""
+    from billfold.invoicing.endpoints import spend_status_out
+    from billfold.invoicing.service import invoicing_service
+
+    settings = get_settings()
+    team = parse_team_id(team_id)
+    with transaction(settings) as session:
+        out = spend_status_out(invoicing_service.spend_status(session, settings, team))
+    show(out, as_json)

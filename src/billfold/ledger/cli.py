@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from billfold.config import get_settings
-from billfold.kit.cli import JsonOpt, console, emit, parse_team_id, transaction
+from billfold.kit.cli import (
+    JsonOpt,
+    bad_input,
+    console,
+    dump,
+    emit,
+    parse_team_id,
+    print_json,
+    transaction,
+)
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.ledger.position import credit_position
@@ -25,9 +33,9 @@ def _parse_time(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an RFC 3339 time") from None
+        bad_input(f"{value!r} is not an RFC 3339 time", field="--expires-at")
     if parsed.tzinfo is None:
-        raise typer.BadParameter("give a zone, e.g. 2026-12-31T23:59:59Z")
+        bad_input("give a zone, e.g. 2026-12-31T23:59:59Z", field="--expires-at")
     return parsed
 
 
@@ -88,7 +96,7 @@ def balance(team_id: str, as_json: JsonOpt = False) -> None:
             total=listing.total,
         )
     if as_json:
-        typer.echo(json.dumps(summary.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        print_json(dump(summary))
         return
     emit(
         listing.changes,
@@ -106,6 +114,7 @@ def expire(
     team_id: Annotated[
         str | None, typer.Option("--team", help="One team (default: every team with one due).")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Book the expiry of grants that fell due. Reads do it too; this settles idle teams."""
     from billfold.ledger.service import ledger_service
@@ -120,7 +129,10 @@ def expire(
     for team in teams:
         with transaction() as session:  # one team per transaction: short account locks
             booked += len(ledger_service.expire_due(session, team, now))
-    console.print(f"{booked} grant(s) expired")
+    if as_json:
+        print_json({"expired": booked})
+    else:
+        console.print(f"{booked} grant(s) expired")
 
 
 @credits_app.command("resolve-pending")
@@ -151,7 +163,7 @@ def resolve_pending(
         provider.engine.dispose()
     rows = [{"topupId": str(t.id), "teamId": str(t.team_id), "status": t.status} for t in topups]
     if as_json:
-        typer.echo(json.dumps(rows))
+        print_json(rows)
         return
     for row in rows:
         console.print(f"{row['topupId']}  {row['teamId']}  {row['status']}")

@@ -59,9 +59,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from billfold.config import Settings, get_settings
-from billfold.kit.cli import JsonOpt, console, parse_team_id
+from billfold.kit.cli import JsonOpt, bad_input, console, fail, parse_team_id, print_json
 from billfold.kit.cli import transaction as cli_transaction
-from billfold.kit.clock import utc_now
+from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
 from billfold.metering import cancellation, rebuild, retention
@@ -427,16 +427,16 @@ class HttpSink:
 def _format_of(path: str, given: str | None) -> Format:
     if given is not None:
         if given not in ("jsonl", "csv"):
-            raise typer.BadParameter("use jsonl or csv", param_hint="--format")
+            bad_input("use jsonl or csv", field="--format")
         return "jsonl" if given == "jsonl" else "csv"
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise typer.BadParameter(
+    bad_input(
         "cannot tell the format from the file name; pass --format jsonl or --format csv",
-        param_hint="--format",
+        field="--format",
     )
 
 
@@ -475,7 +475,7 @@ def ingest_file(
     sink: DirectSink | HttpSink
     if url is not None:
         if not token:
-            raise typer.BadParameter("--url needs --token or BILLFOLD_ADMIN_TOKEN")
+            bad_input("--url needs --token or BILLFOLD_ADMIN_TOKEN", field="--token")
         sink = HttpSink(url, token)
     else:
         sink = DirectSink(get_settings())
@@ -484,8 +484,7 @@ def ingest_file(
         stream = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
     except OSError as exc:
         sink.close()
-        console.print(f"[red]error[/red]: cannot read {file}: {exc.strerror}")
-        raise typer.Exit(code=1) from None
+        fail("file_unreadable", f"cannot read {file}: {exc.strerror}")
     size = None if file == "-" else os.fstat(stream.fileno()).st_size
     progress = Progress(
         TextColumn("[bold]ingesting[/bold]"),
@@ -538,7 +537,7 @@ def _report(file: str, totals: ImportTotals, as_json: bool, stopped: str | None)
         payload = {"file": file, **totals.as_json()}
         if stopped is not None:
             payload["stopped"] = stopped
-        typer.echo(json.dumps(payload, indent=2))
+        print_json(payload)
         return
     console.print(
         f"{file}: {totals.lines} lines, [green]{totals.accepted} accepted[/green], "
@@ -605,7 +604,7 @@ def compact_events(
     if as_json:
         typer.echo(
             json.dumps(
-                {"cutoff": older_than.isoformat(), "deleted": deleted, "dryRun": dry_run},
+                {"cutoff": rfc3339(older_than), "deleted": deleted, "dryRun": dry_run},
                 indent=2,
             )
         )
@@ -620,9 +619,7 @@ def _utc_day(value: str | None, option: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
-        ) from None
+        bad_input(f"{value!r} is not a date (YYYY-MM-DD)", field=option)
 
 
 @usage_app.command("rebuild-rollups")
@@ -683,7 +680,7 @@ def rebuild_rollups(
     except BillfoldError as exc:
         engine.dispose()
         if as_json:
-            typer.echo(json.dumps(exc.body(), indent=2))
+            print_json(exc.body())
         else:
             console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
         raise typer.Exit(code=2) from None
@@ -737,7 +734,7 @@ def _rebuild_report(
         }
         if stopped is not None:
             payload["stopped"] = stopped
-        typer.echo(json.dumps(payload, indent=2))
+        print_json(payload)
         return
     verb = "differ" if check else "rebuilt"
     console.print(
@@ -774,7 +771,7 @@ def cancel_events(
     """
     team_id = str(parse_team_id(team))
     if len(reason) > MAX_REASON_LENGTH:
-        raise typer.BadParameter(f"at most {MAX_REASON_LENGTH} characters", param_hint="--reason")
+        bad_input(f"at most {MAX_REASON_LENGTH} characters", field="--reason")
     settings = get_settings()
     items = [{"teamId": team_id, "eventId": event_id} for event_id in event_ids]
     with cli_transaction(settings) as session:
