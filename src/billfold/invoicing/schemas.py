@@ -142,7 +142,8 @@ class TeamBillingOut(WireModel):
     default_payment_method_id: str | None = None
     billing_country: str
     billing_cycle: BillingCycleOut
-    # The billing API's prepaid balance ``total`` (credit negative, as §11): ``-creditLeft``.
+    # The live credit in §11's sign (credit negative): ``-creditLeft``. Not the customer API's
+    # prepaid ``total``, which is the posted ledger (open cycles' credit use posts at close).
     balance: Cent
     credit_left: Cent
     cycle_spend: Cent
