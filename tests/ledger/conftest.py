@@ -154,10 +154,39 @@ def assert_no_nulls(value: Any) -> None:
             assert_no_nulls(item)
 
 
-def live_total(body: dict[str, Any]) -> int:
-    """The sum of the changes that count (failed and pending purchases do not)."""
+def posted_sum(body: dict[str, Any]) -> int:
+    """The sum of the changes that count in ``total`` (failed and pending purchases do not)."""
     return sum(
         int(c["amount"]["val"])
         for c in body["changes"]
         if c.get("topupStatus") in (None, "SUCCEEDED")
     )
+
+
+def preview(api: Api, team_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The running invoice of the current cycle (spec §8): its ``coreInvoice``."""
+    response = api.client.get(
+        f"/v1/billing/teams/{team_id}/postpaid/invoice/preview", headers=headers
+    )
+    assert response.status_code == 200, response.text
+    core: dict[str, Any] = response.json()["coreInvoice"]
+    return core
+
+
+def assert_posted_and_live(
+    api: Api, team_id: str, headers: dict[str, str], *, posted: int, left: int
+) -> dict[str, Any]:
+    """The balance is the posted ledger and the preview the live credit (spec §8, §11), and a
+    client's ``|total| - |prepaidCreditsUsed|`` is the live credit (one open cycle). Returns the
+    balance."""
+    listing = balance(api, team_id, headers)
+    core = preview(api, team_id, headers)
+    total = int(listing["total"]["val"])
+    credits = int(core["prepaidCredits"]["val"])
+    used = int(core["prepaidCreditsUsed"]["val"])
+    assert total == -posted
+    assert posted_sum(listing) == total
+    assert -total == -credits
+    assert -credits - abs(used) == left
+    assert abs(total) - abs(used) == left
+    return listing

@@ -17,11 +17,12 @@ from billfold.invoicing.models import Invoice
 from tests.conftest import Api, event, unique_sku
 from tests.ledger.conftest import (
     assert_consistent,
+    assert_posted_and_live,
     balance,
     charges,
     entries,
     grant,
-    live_total,
+    posted_sum,
     session_of,
     top_up,
     topups,
@@ -111,7 +112,10 @@ def test_concurrent_topups_grants_and_usage(postgres_api: Api) -> None:
         )
     assert receipts == len(rows)
 
-    # Usage drew on the credit, live: 10 batches of 50 events, 10,000 x (i + 1) units each.
+    # The balance is the posted ledger: the usage of the open cycle is not in it.
+    assert int(listing["total"]["val"]) == -posted
+    assert posted_sum(listing) == int(listing["total"]["val"])
+    # Usage drew on the credit, live (the preview): 10 batches of 50 events, 10,000 x (i + 1)
+    # units each.
     spend = sum(round(50 * 10_000 * (i + 1) / 10_000) for i in range(10))  # cents at $1e-6/unit
-    assert int(listing["total"]["val"]) == -(posted - min(spend, posted))
-    assert live_total(listing) == int(listing["total"]["val"])
+    assert_posted_and_live(api, team_id, headers, posted=posted, left=posted - min(spend, posted))

@@ -11,11 +11,12 @@ from billfold.config import get_settings
 from tests.conftest import Api, event, unique_sku
 from tests.ledger.conftest import (
     assert_consistent,
+    assert_posted_and_live,
     balance,
     entries,
     frozen_at,
     grant,
-    live_total,
+    posted_sum,
     top_up,
 )
 
@@ -43,7 +44,7 @@ def test_unused_grant_expires_at_its_time_and_only_once(api: Api) -> None:
     newest = listing["changes"][0]
     assert (newest["changeOrigin"], newest["amount"]) == ("MANUAL", {"val": "5000"})
     assert newest["createTime"] == "2035-03-10T00:00:00Z"
-    assert live_total(listing) == -2000
+    assert posted_sum(listing) == -2000
     with frozen_at("2035-04-01T00:00:00"):
         for _ in range(3):
             assert balance(api, team_id, headers)["total"] == {"val": "-2000"}
@@ -97,11 +98,13 @@ def _usage_across_an_expiry(api: Api, read_in_between: bool) -> tuple[str, dict[
             ]
         )
         if read_in_between:
-            assert balance(api, team_id, headers)["total"] == {"val": "0"}
+            # Posted: the grant less its unused rest at expiry (5000 - 2000); the $30 drawn before
+            # the expiry posts at cycle close. Live: nothing left.
+            assert_posted_and_live(api, team_id, headers, posted=3000, left=0)
         # More usage after the expiry (and possibly after it was booked).
         api.ingest([event(team_id, sku, 8_000_000, "2035-04-15T12:10:00Z")])
     with frozen_at("2035-04-20T00:00:00"):
-        listing = balance(api, team_id, headers)
+        listing = assert_posted_and_live(api, team_id, headers, posted=3000, left=0)
     return team_id, listing
 
 
@@ -113,8 +116,9 @@ def test_usage_before_the_expiry_keeps_its_credit_whenever_the_expiry_is_booked(
         # $30 of usage came before the expiry: the grant paid it; $20 unused expired; the $13
         # after the expiry is postpaid. The same whether a read booked the expiry early or not.
         assert expiries(api, team_id) == [-2000]
-        assert listing["total"] == {"val": "0"}
-        assert origins(listing) == [("SPEND", "3000"), ("MANUAL", "2000"), ("MANUAL", "-5000")]
+        # No SPEND change while the cycle is open: the ledger shows the grant and its expiry.
+        assert listing["total"] == {"val": "-3000"}
+        assert origins(listing) == [("MANUAL", "2000"), ("MANUAL", "-5000")]
         assert assert_consistent(api, team_id) == 3000
 
 
@@ -153,12 +157,19 @@ def test_an_expired_grant_keeps_what_usage_drew_and_later_grants_pay_the_rest(ap
     with frozen_at("2035-05-05T00:00:00"):
         api.ingest([event(team_id, sku, 6_000_000, "2035-05-05T00:00:00Z")])  # $6
     with frozen_at("2035-05-15T00:00:00"):
-        assert balance(api, team_id, headers)["total"] == {"val": "-1000"}  # "a" lost $4
+        # "a" lost $4 (posted 2000 - 400); of the 1600, the open cycle's $6 leaves 1000 live.
+        assert_posted_and_live(api, team_id, headers, posted=1600, left=1000)
         api.ingest([event(team_id, sku, 3_000_000, "2035-05-15T00:00:00Z")])  # $3
     with frozen_at("2035-05-25T00:00:00"):
-        listing = balance(api, team_id, headers)
-    # "a" paid $6 and lost $4; "b" paid the other $3 and lost $7. Nothing left, nothing postpaid.
+        listing = assert_posted_and_live(api, team_id, headers, posted=900, left=0)
+    # "a" paid $6 and lost $4; "b" paid the other $3 and lost $7. Nothing left, nothing postpaid;
+    # the $9 the open cycle drew is posted (one SPEND change) when the cycle closes.
     assert expiries(api, team_id) == [-400, -700]
-    assert listing["total"] == {"val": "0"}
-    assert origins(listing)[0] == ("SPEND", "900")
+    assert listing["total"] == {"val": "-900"}
+    assert origins(listing) == [
+        ("MANUAL", "700"),
+        ("MANUAL", "400"),
+        ("MANUAL", "-1000"),
+        ("MANUAL", "-1000"),
+    ]
     assert assert_consistent(api, team_id) == 900

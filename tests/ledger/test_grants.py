@@ -16,11 +16,11 @@ from tests.conftest import Api, event, unique_sku
 from tests.ledger.conftest import (
     assert_consistent,
     assert_nothing_happened,
+    assert_posted_and_live,
     balance,
     entries,
     frozen_at,
     grant,
-    live_total,
 )
 
 
@@ -153,14 +153,13 @@ def test_adjustment_takes_back_at_most_the_credit_left(api: Api) -> None:
         adjusted = grant(api, team_id, -400, key="adj", reason="correction")
         assert adjusted.status_code == 201, adjusted.text
         assert (adjusted.json()["kind"], adjusted.json()["amount"]) == ("adjustment", "-400")
-        listing = balance(api, team_id, headers)
-    assert listing["total"] == {"val": "0"}
+        # The posted ledger keeps the 600 the open cycle drew (posted at close); none is left.
+        listing = assert_posted_and_live(api, team_id, headers, posted=600, left=0)
+    assert listing["total"] == {"val": "-600"}
     assert [(c["changeOrigin"], c["amount"]["val"]) for c in listing["changes"]] == [
-        ("SPEND", "600"),
         ("MANUAL", "400"),
         ("MANUAL", "-1000"),
     ]
-    assert live_total(listing) == 0
     assert assert_consistent(api, team_id) == 600
 
 

@@ -3,7 +3,7 @@
 Random sequences of grants (some expiring), card top-ups, adjustments, posted spend, rated usage,
 time passing and reads. After every step: the cached balance equals the sum of the entries, the
 booking order is gapless, and entries never change (the database refuses UPDATE and DELETE). On
-every read: ``-total`` of the balance equals the credit left, the changes add up to ``total``, and
+every read: ``-total`` of the balance equals the posted credit, the changes add up to ``total``, and
 posted credit and every expiry equal an independent model of the rules (soonest-expiring credit
 first; a grant expires with what usage before its expiry instant left of it).
 """
@@ -284,8 +284,14 @@ class LedgerMachine(RuleBasedStateMachine):
         with frozen(self.now), transaction(self.backend.sessions) as session:
             listing = ledger_service.balance(session, self.team_id)
             position = credit_position(session, self.team_id, self.now)
+            spends = [e for e in ledger_service.entries(session, self.team_id) if e.kind == "spend"]
         total = int(listing.total.val)
-        assert total == -position.credit_left
+        # The posted ledger (spec §11): open cycles' usage is not in it, no SPEND change for it;
+        # the SPEND changes are the posted SPEND entries.
+        assert total == -position.posted_credit
+        assert [c.amount.val for c in listing.changes if c.change_origin == "SPEND"] == [
+            -e.credit_cents for e in reversed(spends)
+        ]
         counted = [c for c in listing.changes if c.topup_status in (None, "SUCCEEDED")]
         assert sum(c.amount.val for c in counted) == total
         assert position.posted_credit == self.model.posted

@@ -24,12 +24,12 @@ from tests.ledger.conftest import (
     assert_consistent,
     assert_no_nulls,
     assert_nothing_happened,
+    assert_posted_and_live,
     balance,
     charged,
     charges,
     entries,
     frozen_at,
-    live_total,
     session_of,
     top_up,
     topups,
@@ -378,7 +378,10 @@ def test_postpaid_only_team_has_an_empty_balance(api: Api) -> None:
     assert balance(api, team_id, headers) == {"changes": [], "total": {"val": "0"}}
 
 
-def test_usage_draws_credit_down(api: Api) -> None:
+def test_usage_draws_credit_down_live_and_the_balance_stays_posted(api: Api) -> None:
+    """Mid-cycle the balance is the posted ledger (no SPEND change for the open cycle, spec §11);
+    the live credit is the preview's (§8). Cycle close posts the SPEND (tests/ledger/
+    test_posted_balance.py)."""
     sku = unique_sku()
     api.set_price(sku, "0.000003")
     team_id, headers = api.team_with_key()
@@ -386,24 +389,19 @@ def test_usage_draws_credit_down(api: Api) -> None:
     with frozen_at("2035-06-10T12:00:00"):
         assert top_up(api, team_id, headers, 2500).status_code == 200
         api.ingest([event(team_id, sku, 1_000_000, "2035-06-10T11:00:00Z")])  # $3.00
-        listing = balance(api, team_id, headers)
-    assert listing["total"] == {"val": "-2200"}  # 2500 of credit - 300 spent
-    spend, purchase = listing["changes"]
+        # 2500 of credit posted; 2500 - 300 spent left live.
+        listing = assert_posted_and_live(api, team_id, headers, posted=2500, left=2200)
+    assert listing["total"] == {"val": "-2500"}
+    (purchase,) = listing["changes"]
     assert_no_nulls(listing)
-    assert spend["changeOrigin"] == "SPEND"
-    assert spend["amount"] == {"val": "300"}
-    assert (spend["spendBpKeyYear"], spend["spendBpKeyMonth"]) == (2035, 6)
-    assert "topupStatus" not in spend and "paymentProcessor" not in spend
-    assert spend["createTime"] == "2035-06-10T12:00:00Z"
+    assert purchase["changeOrigin"] == "PURCHASE"
     assert purchase["amount"] == {"val": "-2500"}
-    assert live_total(listing) == int(listing["total"]["val"])
 
     # Usage beyond the credit: credit pays what it can, the rest is postpaid (not in this ledger).
     with frozen_at("2035-06-11T12:00:00"):
         api.ingest([event(team_id, sku, 10_000_000, "2035-06-11T11:00:00Z")])  # $30.00
-        listing = balance(api, team_id, headers)
-    assert listing["total"] == {"val": "0"}
-    assert listing["changes"][0]["amount"] == {"val": "2500"}
+        listing = assert_posted_and_live(api, team_id, headers, posted=2500, left=0)
+    assert [c["changeOrigin"] for c in listing["changes"]] == ["PURCHASE"]
     # The posted credit is untouched until the cycle closes.
     assert assert_consistent(api, team_id) == 2500
     assert [e.kind for e in entries(api, team_id)] == ["purchase"]

@@ -26,6 +26,7 @@ def test_added_card_keeps_only_brand_last4_and_expiry(api: Api) -> None:
         "last4": "4242",
     }
     assert "4242424242424242" not in str(added)
+    assert added["isDefault"] is True  # the operator API says which is the default
     listing = api.client.get(f"/v1/billing/teams/{team_id}/payment-method", headers=headers)
     assert listing.status_code == 200
     body = listing.json()
@@ -33,7 +34,14 @@ def test_added_card_keeps_only_brand_last4_and_expiry(api: Api) -> None:
     (method,) = body["paymentMethods"]
     assert method["paymentMethodId"] == added["paymentMethodId"]
     assert method["paymentType"] == "card"
-    assert method["isDefault"] is True
+    # The customer API sends only the upstream fields: no default marker (spec §6).
+    assert set(method) == {
+        "paymentMethodId",
+        "billingInfo",
+        "cardDetails",
+        "paymentType",
+        "addedTs",
+    }
     assert method["addedTs"].endswith("Z")
     assert method["billingInfo"]["address"]["country"] == "FR"
     assert "usBankAccountDetails" not in method and "linkDetails" not in method
@@ -50,8 +58,12 @@ def test_set_default_lists_it_first(api: Api) -> None:
     first = api.add_card(team_id, "4242424242424242")
     second = api.add_card(team_id, "5555555555554444", default=False)
     assert second["cardDetails"]["brand"] == "mastercard"
+    assert (first["isDefault"], second["isDefault"]) == (True, False)
     listed = api.client.get(f"/v1/billing/teams/{team_id}/payment-method", headers=headers).json()
-    assert listed["paymentMethods"][0]["paymentMethodId"] == first["paymentMethodId"]
+    assert [m["paymentMethodId"] for m in listed["paymentMethods"]] == [
+        first["paymentMethodId"],
+        second["paymentMethodId"],
+    ]
     response = api.client.post(
         f"/v1/billing/teams/{team_id}/payment-method/default",
         headers=headers,
@@ -60,8 +72,12 @@ def test_set_default_lists_it_first(api: Api) -> None:
     assert response.status_code == 200 and response.json() == {}
     listed = api.client.get(f"/v1/billing/teams/{team_id}/payment-method", headers=headers).json()
     methods = listed["paymentMethods"]
-    assert methods[0]["paymentMethodId"] == second["paymentMethodId"]
-    assert [m["isDefault"] for m in methods] == [True, False]
+    # The default is the one listed first (the customer API has no default marker).
+    assert [m["paymentMethodId"] for m in methods] == [
+        second["paymentMethodId"],
+        first["paymentMethodId"],
+    ]
+    assert all("isDefault" not in m for m in methods)
 
 
 def test_default_of_another_team_is_404_and_changes_nothing(api: Api) -> None:

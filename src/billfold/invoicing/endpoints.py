@@ -26,6 +26,8 @@ from billfold.invoicing.schemas import (
     InvoiceOut,
     InvoicePreviewResponse,
     MonthlyFlavour,
+    OperatorChargerAttemptOut,
+    OperatorInvoiceOut,
     PrepaidFlavour,
     SetHardLimitRequest,
     SetSoftLimitRequest,
@@ -99,6 +101,7 @@ def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
 
 
 def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
+    """An invoice as the Billing Management API lists it (upstream fields only)."""
     invoice: Invoice = item.invoice
     monthly = None
     prepaid = None
@@ -123,8 +126,6 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
                 ticket=int(a.get("ticket", index)),
                 successful=bool(a.get("successful", False)),
                 payment_method_id=str(a.get("paymentMethodId", "")),
-                failure_code=None if a.get("successful") else str(a.get("failureCode", "")),
-                failure_message=None if a.get("successful") else str(a.get("failureMessage", "")),
             )
             for index, a in enumerate(invoice.charge_attempts)
         ],
@@ -134,6 +135,23 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
         total=invoice.total_cents,
         monthly=monthly,
         prepaid=prepaid,
+    )
+
+
+def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
+    """An invoice as the operator API shows it: a failed attempt also says why it failed."""
+    fields = dict(invoice_out(item))
+    attempts = fields.pop("charger_attempts")
+    return OperatorInvoiceOut(
+        **fields,
+        charger_attempts=[
+            OperatorChargerAttemptOut(
+                **dict(attempt),
+                failure_code=None if attempt.successful else str(a.get("failureCode", "")),
+                failure_message=None if attempt.successful else str(a.get("failureMessage", "")),
+            )
+            for attempt, a in zip(attempts, item.invoice.charge_attempts, strict=True)
+        ],
     )
 
 
@@ -428,13 +446,13 @@ def close_billing_cycle(
 
 @admin_router.post(
     "/admin/v1/invoices/{invoice_id}/charge",
-    response_model=InvoiceOut,
+    response_model=OperatorInvoiceOut,
     responses=error_responses(ResourceNotFound, Conflict),
 )
 def charge_invoice(
     invoice_id: str, session: DbSession, sessions: Sessions, provider: Provider
-) -> InvoiceOut:
+) -> OperatorInvoiceOut:
     """Charge a PENDING invoice or retry a FAILED one on the team's current default method."""
     end_request_transaction(session)
     invoicing_service.charge_invoice(sessions, provider, invoice_id)
-    return invoice_out(invoicing_service.get_invoice(session, invoice_id))
+    return operator_invoice_out(invoicing_service.get_invoice(session, invoice_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field
@@ -80,10 +81,16 @@ class InvoicePreviewResponse(WireModel):
 
 
 class ChargerAttemptOut(WireModel):
+    """A charge attempt on the Billing Management API: the upstream fields only (spec §5)."""
+
     ticket: int
     successful: bool
     payment_method_id: str
-    # Billfold extras on a failed attempt (clients that do not know them ignore them).
+
+
+class OperatorChargerAttemptOut(ChargerAttemptOut):
+    """A charge attempt on the operator API: why a failed attempt failed (left out on success)."""
+
     failure_code: str | None = None
     failure_message: str | None = None
 
@@ -102,13 +109,16 @@ class PrepaidFlavour(WireModel):
 
 
 class InvoiceOut(WireModel):
+    """An invoice on the Billing Management API (spec §5): the upstream fields only."""
+
     team_id: str
     invoice_id: str
     invoice_number: str
     create_time: UtcDateTime
     invoice_status: str
     first_desired_next_cycle_ts: UtcDateTime
-    charger_attempts: list[ChargerAttemptOut]
+    # A Sequence, so that the operator's invoice can narrow it (a list is invariant).
+    charger_attempts: Sequence[ChargerAttemptOut]
     lines: list[InvoiceLineOut]
     subtotal: Int64
     tax: Int64
@@ -116,6 +126,12 @@ class InvoiceOut(WireModel):
     invoice_pdf_asset_key_suffix: str = ""
     monthly: MonthlyFlavour | None = None
     prepaid: PrepaidFlavour | None = None
+
+
+class OperatorInvoiceOut(InvoiceOut):
+    """An invoice on the operator API: the customer's fields, attempts with their failures."""
+
+    charger_attempts: Sequence[OperatorChargerAttemptOut]
 
 
 class InvoiceList(WireModel):
@@ -142,7 +158,8 @@ class TeamBillingOut(WireModel):
     default_payment_method_id: str | None = None
     billing_country: str
     billing_cycle: BillingCycleOut
-    # The billing API's prepaid balance ``total`` (credit negative, as §11): ``-creditLeft``.
+    # The live credit in §11's sign (credit negative): ``-creditLeft``. Not the customer API's
+    # prepaid ``total``, which is the posted ledger (open cycles' credit use posts at close).
     balance: Cent
     credit_left: Cent
     cycle_spend: Cent

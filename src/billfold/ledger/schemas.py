@@ -54,7 +54,9 @@ class Change(WireModel):
 
 class PrepaidBalance(WireModel):
     changes: list[Change]
-    total: Cent  # -(credit left now): negative while the team has credit
+    # -(posted credit): negative while the team has credit. Open cycles' spend is not in it
+    # (posted at cycle close); the live credit is the preview's (spec §8, §11).
+    total: Cent
 
 
 class TopUpRequest(WireModel):

@@ -35,7 +35,7 @@ from billfold.kit.money import Cents, Pico, cents_to_pico, round_to_cents
 from billfold.kit.schemas import cent
 from billfold.ledger.lots import replay, unexpired_grants
 from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
-from billfold.ledger.position import credit_position
+from billfold.ledger.position import credit_position, posted_credit
 from billfold.ledger.schemas import (
     FAILED_TO_CHARGE,
     MANUAL,
@@ -418,10 +418,17 @@ class LedgerService:
     # --- the balance (spec §11) -----------------------------------------------------------------
 
     def balance(self, session: Session, team_id: uuid.UUID) -> PrepaidBalance:
-        """The prepaid balance as the team sees it: entries, failed and pending top-ups, and the
-        live SPEND of each open cycle; ``total`` = -(credit left now). Newest first."""
-        now = utc_now()
-        position = credit_position(session, team_id, now)  # books due expiries first
+        """The prepaid balance of spec §11: the *posted* ledger, as upstream. Newest first.
+
+        ``changes`` are the ledger entries (purchases, grants, adjustments, expiries, refunds and
+        the SPEND entry of each closed cycle, booked by cycle close) plus the failed and pending
+        purchases, which are listed but do not count; ``total`` = -(posted credit). An open
+        cycle's spend is not in it: credit that open cycles draw is posted only when the cycle
+        closes, as one SPEND entry. The live figure (credit left now) is the preview's and the
+        spend check's (ledger/position.py), never this one.
+        """
+        self.expire_due(session, team_id)  # so the posted credit holds no expired credit
+        posted = posted_credit(session, team_id)
         topups = {t.id: t for t in session.scalars(select(Topup).where(Topup.team_id == team_id))}
         numbers = invoice_numbers(
             session, [t.invoice_id for t in topups.values() if t.invoice_id is not None]
@@ -440,22 +447,8 @@ class LedgerService:
             if topup.status != SUCCEEDED:
                 change = topup_change(topup, None)
                 dated.append((change.create_time, 0, change))
-        for cycle in position.cycles:
-            if cycle.credit_used > 0:
-                change = Change(
-                    team_id=str(team_id),
-                    change_origin=SPEND,
-                    amount=cent(cycle.credit_used),
-                    create_time=now,
-                    create_ts=now,
-                    spend_bp_key_year=cycle.year,
-                    spend_bp_key_month=cycle.month,
-                )
-                dated.append((now, 2**62 + cycle.year * 100 + cycle.month, change))
         dated.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        return PrepaidBalance(
-            changes=[change for _, _, change in dated], total=cent(-position.credit_left)
-        )
+        return PrepaidBalance(changes=[change for _, _, change in dated], total=cent(-posted))
 
 
 def invoice_numbers(session: Session, invoice_ids: Sequence[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from billfold.payments.provider import CardInput, PaymentProvider
 from billfold.payments.schemas import (
     AddCardRequest,
     CardDetails,
+    OperatorPaymentMethodOut,
     PaymentMethodList,
     PaymentMethodOut,
     SetDefaultRequest,
@@ -36,7 +37,8 @@ def get_provider(request: Request) -> PaymentProvider:
 Provider = Annotated[PaymentProvider, Depends(get_provider)]
 
 
-def method_out(method: PaymentMethod, default_id: str | None) -> PaymentMethodOut:
+def method_out(method: PaymentMethod) -> PaymentMethodOut:
+    """A method as the customer API lists it (spec §6: no default marker; the default is first)."""
     return PaymentMethodOut(
         payment_method_id=method.id,
         billing_info=BillingInfoBody.model_validate(method.billing_info),
@@ -48,8 +50,12 @@ def method_out(method: PaymentMethod, default_id: str | None) -> PaymentMethodOu
         ),
         payment_type=method.payment_type,
         added_ts=method.created_at,
-        is_default=method.id == default_id,
     )
+
+
+def operator_method_out(method: PaymentMethod, default_id: str | None) -> OperatorPaymentMethodOut:
+    """A method as the operator API shows it: the customer's fields and ``isDefault``."""
+    return OperatorPaymentMethodOut(**dict(method_out(method)), is_default=method.id == default_id)
 
 
 @billing_router.get("/v1/billing/teams/{team_id}/payment-method", response_model=PaymentMethodList)
@@ -57,9 +63,7 @@ def method_out(method: PaymentMethod, default_id: str | None) -> PaymentMethodOu
 def list_payment_methods(scope: BillingRead, session: DbSession) -> PaymentMethodList:
     team = team_service.get(session, scope.team_id)
     methods = payment_method_service.list(session, team)
-    return PaymentMethodList(
-        payment_methods=[method_out(m, team.default_payment_method_id) for m in methods]
-    )
+    return PaymentMethodList(payment_methods=[method_out(m) for m in methods])
 
 
 @billing_router.post(
@@ -77,15 +81,15 @@ def set_default_payment_method(
 @admin_router.post(
     "/admin/v1/teams/{team_id}/payment-methods",
     status_code=201,
-    response_model=PaymentMethodOut,
+    response_model=OperatorPaymentMethodOut,
     responses=error_responses(ResourceNotFound),
 )
 def add_payment_method(
     team_id: str, body: AddCardRequest, session: DbSession, provider: Provider
-) -> PaymentMethodOut:
+) -> OperatorPaymentMethodOut:
     team = team_service.get(session, parse_uuid(team_id), for_update=True)
     card = CardInput(body.card_number, body.exp_month, body.exp_year, body.cvc)
     method = payment_method_service.add_card(
         session, provider, team, card, make_default=body.make_default
     )
-    return method_out(method, team.default_payment_method_id)
+    return operator_method_out(method, team.default_payment_method_id)

@@ -16,11 +16,19 @@ class CardDetails(WireModel):
 
 
 class PaymentMethodOut(WireModel):
+    """A payment method on the Billing Management API (spec §6): the upstream fields only (strict
+    protobuf-JSON clients reject unknown ones). The default method is the one listed first."""
+
     payment_method_id: str
     billing_info: BillingInfoBody
     card_details: CardDetails
     payment_type: str = "card"
     added_ts: UtcDateTime
+
+
+class OperatorPaymentMethodOut(PaymentMethodOut):
+    """A payment method on the operator API: the customer's fields plus Billfold's own."""
+
     is_default: bool
 
 
