@@ -1433,7 +1433,10 @@ def raw_event_values(
         s = UsagePropertySet
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
-            sets.update(session.execute(select(s.id, s.properties).where(s.id.in_(chunk))).tuples())
+            for set_id, properties in session.execute(
+                select(s.id, s.properties).where(s.id.in_(chunk))
+            ):
+                sets[set_id] = properties
     # an event whose set is missing still counts, without properties
     return [
         (part_, version, sets.get(set_id) or {}, quantities)
