@@ -18,10 +18,24 @@ What is read
     its bucket, filters, groups, and computes dollars exactly: ``usd = sum(quantity *
     unit_price_pico)`` in Python ints, turned into a float only for the wire. The cost of a query
     grows with buckets x price versions (x property combinations, when it needs properties),
-    never with the number of events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than
-    the rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only
-    inside the retention window, and the point cap bounds their range (about 6.9 days of
-    minutes, 2.8 hours of seconds).
+    never with the number of events (but for the per-event values below). ``TIME_UNIT_MINUTE``
+    and ``TIME_UNIT_SECOND`` are finer than the rollups: they are answered from raw
+    ``usage_events`` (index ``(team_id, ts)``), only inside the retention window, and the point
+    cap bounds their range (about 6.9 days of minutes, 2.8 hours of seconds).
+
+Values
+    ``usd`` (an event's cost: quantity x its price version's unit price, exact pico-dollars,
+    dollars on the wire) and ``num_units`` (its quantity) with SUM, AVG (sum / events) and COUNT
+    (events), ``requests`` with COUNT, and COUNT_DISTINCT of a groupBy field: all from the rollups'
+    sums, counts and keys, so at the flat cost above. MIN, MAX, VAR and STD (population: the
+    bucket's events are all of them, not a sample) and the percentiles P50, P90, P99, P999
+    (nearest rank: the value of an actual event) need each event's own value: they are read from
+    raw ``usage_events`` over the same range (``raw_event_values``: the database groups the events
+    per slice, price version, property set and quantity, or finds each slice's extremes when MIN
+    and MAX are all that is asked), so their cost grows with the events in the range; only within
+    the retention window, at most ``MAX_EVENT_VALUES`` rows. All are exact: computed in Python
+    ints (SQLite has no variance nor percentiles, and sums of squared quantities overflow int64),
+    turned into a float once. A bucket without events is 0 for every aggregation.
 
 Resolution (the rule clients see; docs/api-decisions.md)
     The rollups' resolution is 15 minutes, so for every unit but MINUTE and SECOND the range is
@@ -69,7 +83,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation
 from enum import StrEnum
@@ -1184,6 +1197,8 @@ class UsageAnalytics:
             if cell is None:  # filtered out, or not in the rollups (see docs/api-decisions.md)
                 continue
             price = versions[version_id].unit_price_pico
+            if cell.values is None:
+                cell.values = Counter()
             for quantity, events in quantities:
                 cell.values[quantity, price] += events
         if not query.group_by and not cells:
@@ -1235,7 +1250,7 @@ class _Cell:
     quantity: int = 0
     pico: int = 0
     events: int = 0
-    values: Counter[tuple[int, int]] = dataclass_field(default_factory=Counter)
+    values: Counter[tuple[int, int]] | None = None  # made when the first event value comes
 
 
 def _zero(spec: ValueSpec) -> int | float:
@@ -1269,12 +1284,12 @@ def _values(specs: Sequence[ValueSpec], cell: _Cell) -> list[int | float]:
     return values
 
 
-def _per_event(spec: ValueSpec, seen: Counter[tuple[int, int]]) -> int | float:
+def _per_event(spec: ValueSpec, seen: Counter[tuple[int, int]] | None) -> int | float:
     """MIN, MAX, VAR, STD or a percentile of the events' own values, exact: computed over the
     integers (pico-dollars for usd), turned into a float once."""
     usd = spec.name == "usd"
     values: Counter[int] = Counter()
-    for (quantity, price), events in seen.items():
+    for (quantity, price), events in (seen or {}).items():
         values[quantity * price if usd else quantity] += events
     if not values:  # the rollups saw usage the raw events do not hold (see docs)
         return _zero(spec)
