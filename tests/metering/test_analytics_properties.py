@@ -4,15 +4,18 @@ Random events (SKUs with prices, one SKU changing price and description mid-wind
 over a month that holds the Berlin and New York DST changes, properties) are ingested for a fresh
 team; random queries (zone, unit, range, groupBy, filters, values) must equal a sum over the
 events computed here independently: every bucket present (dense), every value exact (usd compared
-with the float of the exact Decimal sum), series in the documented order.
+with the float of the exact Decimal sum; every aggregation from its definition, in fractions),
+series in the documented order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -54,6 +57,16 @@ VALUES = [
     {"name": "usd", "aggregation": "AGGREGATION_SUM"},
     {"name": "num_units", "aggregation": "AGGREGATION_SUM"},
     {"name": "requests", "aggregation": "AGGREGATION_COUNT"},
+    {"name": "usd", "aggregation": "AGGREGATION_AVG"},
+    {"name": "usd", "aggregation": "AGGREGATION_MIN"},
+    {"name": "usd", "aggregation": "AGGREGATION_MAX"},
+    {"name": "usd", "aggregation": "AGGREGATION_VAR"},
+    {"name": "usd", "aggregation": "AGGREGATION_P90"},
+    {"name": "num_units", "aggregation": "AGGREGATION_MAX"},
+    {"name": "num_units", "aggregation": "AGGREGATION_STD"},
+    {"name": "num_units", "aggregation": "AGGREGATION_P50"},
+    {"name": "model", "aggregation": "AGGREGATION_COUNT_DISTINCT"},
+    {"name": "api_key_id", "aggregation": "AGGREGATION_COUNT_DISTINCT"},
 ]
 OWN_KEY = "own"  # stands for the team's own management key id in generated events
 
@@ -158,7 +171,9 @@ def queries(draw: st.DrawFn) -> Query:
         start_offset=draw(st.integers(0, int((WINDOW + timedelta(days=1)).total_seconds()))),
         length=draw(st.integers(1, int(longest.total_seconds()))),
         group_by=tuple(draw(st.lists(st.sampled_from(GROUP_FIELDS), unique=True, max_size=3))),
-        values=tuple(draw(st.lists(st.integers(0, 2), unique=True, min_size=1, max_size=3))),
+        values=tuple(
+            draw(st.lists(st.integers(0, len(VALUES) - 1), unique=True, min_size=1, max_size=4))
+        ),
         filters=tuple(draw(st.lists(st.integers(0, len(FILTERS) - 1), unique=True, max_size=2))),
     )
 
@@ -275,8 +290,8 @@ def check(
     answer = response.json()
     assert answer["limitReached"] is False
 
-    # brute force: group -> bucket key -> [units, exact dollars, requests]
-    expected: dict[tuple[str, ...], dict[Any, list[Any]]] = {}
+    # brute force: group -> bucket key -> [(units, exact dollars, group values) of each event]
+    expected: dict[tuple[str, ...], dict[Any, list[tuple[int, Decimal, dict[str, str]]]]] = {}
     for usage in events:
         if not low <= usage.at < high:
             continue
@@ -294,12 +309,9 @@ def check(
         if not all(FILTERS[i][1](fields) for i in query.filters):
             continue
         group = tuple(fields[f] for f in query.group_by)
-        cell = expected.setdefault(group, {}).setdefault(
-            bucket_key(query.unit, zone, usage.at), [0, Decimal(0), 0]
-        )
-        cell[0] += usage.quantity
-        cell[1] += usage.quantity * version.price
-        cell[2] += 1
+        expected.setdefault(group, {}).setdefault(
+            bucket_key(query.unit, zone, usage.at), []
+        ).append((usage.quantity, usage.quantity * version.price, fields))
     if not query.group_by:
         expected.setdefault((), {})
 
@@ -319,9 +331,9 @@ def check(
     def totals(group: tuple[str, ...]) -> tuple[Decimal, int, int, tuple[str, ...]]:
         cells = expected[group].values()
         return (
-            -sum((c[1] for c in cells), Decimal(0)),
-            -sum(c[0] for c in cells),
-            -sum(c[2] for c in cells),
+            -sum((e[1] for c in cells for e in c), Decimal(0)),
+            -sum(e[0] for c in cells for e in c),
+            -sum(len(c) for c in cells),
             group,
         )
 
@@ -342,6 +354,43 @@ def check(
             assert stamps == [low]
         for point in s["dataPoints"]:
             k = bucket_key(query.unit, zone, parse_stamp(point["timestamp"]))
-            units, dollars, requests = expected[group].get(k, [0, Decimal(0), 0])
-            want = {"usd": float(dollars), "num_units": units, "requests": requests}
-            assert point["values"] == [want[v["name"]] for v in values], (query, group, k)
+            in_bucket = expected[group].get(k, [])
+            for spec, got in zip(values, point["values"], strict=True):
+                want = brute_force(spec["name"], spec["aggregation"], in_bucket)
+                if spec["aggregation"] == "AGGREGATION_STD":
+                    assert got == pytest.approx(want, rel=1e-15, abs=0), (query, group, k, spec)
+                else:
+                    assert (type(got), got) == (type(want), want), (query, group, k, spec)
+
+
+def brute_force(
+    name: str, aggregation: str, events: list[tuple[int, Decimal, dict[str, str]]]
+) -> int | float:
+    """One value of one bucket, from its definition (docs/api-decisions.md), over its events:
+    (units, exact dollars, the event's group values)."""
+    kind = aggregation.removeprefix("AGGREGATION_")
+    if kind == "COUNT_DISTINCT":
+        return len({fields[name] for _, _, fields in events} - {""})
+    if kind == "COUNT":
+        return len(events)
+    xs = [Fraction(dollars) if name == "usd" else Fraction(units) for units, dollars, _ in events]
+    floating = name == "usd" or kind in ("AVG", "VAR", "STD")
+    if not xs:
+        return 0.0 if floating else 0
+    n = len(xs)
+    if kind == "SUM":
+        result = sum(xs, Fraction(0))
+    elif kind in ("AVG", "VAR", "STD"):
+        mean = sum(xs, Fraction(0)) / n
+        variance = sum(((x - mean) ** 2 for x in xs), Fraction(0)) / n
+        if kind == "STD":
+            return math.sqrt(variance)
+        result = mean if kind == "AVG" else variance
+    elif kind == "MIN":
+        result = min(xs)
+    elif kind == "MAX":
+        result = max(xs)
+    else:  # nearest rank
+        share = Fraction(int(kind[1:]), 10 ** len(kind[1:]))
+        result = sorted(xs)[max(1, math.ceil(share * n)) - 1]
+    return float(result) if floating else int(result)

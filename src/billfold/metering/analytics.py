@@ -18,10 +18,24 @@ What is read
     its bucket, filters, groups, and computes dollars exactly: ``usd = sum(quantity *
     unit_price_pico)`` in Python ints, turned into a float only for the wire. The cost of a query
     grows with buckets x price versions (x property combinations, when it needs properties),
-    never with the number of events. ``TIME_UNIT_MINUTE`` and ``TIME_UNIT_SECOND`` are finer than
-    the rollups: they are answered from raw ``usage_events`` (index ``(team_id, ts)``), only
-    inside the retention window, and the point cap bounds their range (about 6.9 days of
-    minutes, 2.8 hours of seconds).
+    never with the number of events (but for the per-event values below). ``TIME_UNIT_MINUTE``
+    and ``TIME_UNIT_SECOND`` are finer than the rollups: they are answered from raw
+    ``usage_events`` (index ``(team_id, ts)``), only inside the retention window, and the point
+    cap bounds their range (about 6.9 days of minutes, 2.8 hours of seconds).
+
+Values
+    ``usd`` (an event's cost: quantity x its price version's unit price, exact pico-dollars,
+    dollars on the wire) and ``num_units`` (its quantity) with SUM, AVG (sum / events) and COUNT
+    (events), ``requests`` with COUNT, and COUNT_DISTINCT of a groupBy field: all from the rollups'
+    sums, counts and keys, so at the flat cost above. MIN, MAX, VAR and STD (population: the
+    bucket's events are all of them, not a sample) and the percentiles P50, P90, P99, P999
+    (nearest rank: the value of an actual event) need each event's own value: they are read from
+    raw ``usage_events`` over the same range (``raw_event_values``: the database groups the events
+    per slice, price version, property set and quantity, or finds each slice's extremes when MIN
+    and MAX are all that is asked), so their cost grows with the events in the range; only within
+    the retention window, at most ``MAX_EVENT_VALUES`` rows. All are exact: computed in Python
+    ints (SQLite has no variance nor percentiles, and sums of squared quantities overflow int64),
+    turned into a float once. A bucket without events is 0 for every aggregation.
 
 Resolution (the rule clients see; docs/api-decisions.md)
     The rollups' resolution is 15 minutes, so for every unit but MINUTE and SECOND the range is
@@ -66,11 +80,13 @@ import bisect
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -84,6 +100,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    null,
     select,
     union_all,
 )
@@ -92,7 +109,7 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import InvalidField
-from billfold.kit.money import pico_to_usd_float
+from billfold.kit.money import PICO_PER_USD, pico_to_usd_float
 from billfold.metering.models import (
     ROLLUP_WIDTHS,
     ROLLUPS_BY_WIDTH,
@@ -156,10 +173,52 @@ _UNIT_NUMBERS = {
 _FIXED_STEP = {TimeUnit.QUARTER_HOUR: 900, TimeUnit.MINUTE: 60, TimeUnit.SECOND: 1}
 _RAW_UNITS = (TimeUnit.MINUTE, TimeUnit.SECOND)
 
-SUM, COUNT = "AGGREGATION_SUM", "AGGREGATION_COUNT"
-_AGGREGATION_NUMBERS = {1: SUM, 11: COUNT}
-VALUE_KINDS = {("usd", SUM), ("num_units", SUM), ("requests", COUNT)}
-_VALUE_NAMES = {name for name, _ in VALUE_KINDS}
+
+class Aggregation(StrEnum):
+    """xai.shared.analytics.Aggregation by name (proto numbers: ``_AGGREGATION_NUMBERS``)."""
+
+    NONE = "AGGREGATION_NONE"
+    SUM = "AGGREGATION_SUM"
+    AVG = "AGGREGATION_AVG"
+    VAR = "AGGREGATION_VAR"
+    STD = "AGGREGATION_STD"
+    MIN = "AGGREGATION_MIN"
+    MAX = "AGGREGATION_MAX"
+    P50 = "AGGREGATION_P50"
+    P90 = "AGGREGATION_P90"
+    P99 = "AGGREGATION_P99"
+    P999 = "AGGREGATION_P999"
+    COUNT = "AGGREGATION_COUNT"
+    COUNT_DISTINCT = "AGGREGATION_COUNT_DISTINCT"
+
+
+_AGGREGATION_NUMBERS = dict(enumerate(Aggregation))  # NONE = 0 ... COUNT_DISTINCT = 12
+# Values measured per event: an event's usd (quantity x unit price) and num_units (quantity).
+PER_EVENT_VALUES = ("usd", "num_units")
+# Of these, what the rollups' sums and counts give (flat cost), and what needs every event's own
+# value (read from raw events: the cost grows with the events in the range).
+ROLLUP_AGGREGATIONS = (Aggregation.SUM, Aggregation.AVG, Aggregation.COUNT)
+EVENT_AGGREGATIONS = (
+    Aggregation.MIN,
+    Aggregation.MAX,
+    Aggregation.VAR,
+    Aggregation.STD,
+    Aggregation.P50,
+    Aggregation.P90,
+    Aggregation.P99,
+    Aggregation.P999,
+)
+# Nearest rank: the smallest event value with at least this share of the events at or below it.
+PERCENTILES = {
+    Aggregation.P50: Fraction(50, 100),
+    Aggregation.P90: Fraction(90, 100),
+    Aggregation.P99: Fraction(99, 100),
+    Aggregation.P999: Fraction(999, 1000),
+}
+_VALUE_NAMES = {*PER_EVENT_VALUES, "requests"}
+# Rows of per-event values one query may read from raw events (each a distinct quantity of one
+# price version and property set in one time slice): bounds the memory and time of such a query.
+MAX_EVENT_VALUES = 1_000_000
 
 
 # --- the query ---------------------------------------------------------------------------------
@@ -212,7 +271,13 @@ Filter = tuple[tuple[Condition, ...], ...]
 @dataclass(frozen=True)
 class ValueSpec:
     name: str
-    aggregation: str
+    aggregation: Aggregation
+    field: Field | None = None  # what AGGREGATION_COUNT_DISTINCT counts the values of
+
+    @property
+    def from_events(self) -> bool:
+        """Needs each event's own value (raw events), not only the rollups' sums and counts."""
+        return self.aggregation in EVENT_AGGREGATIONS
 
 
 @dataclass(frozen=True)
@@ -229,6 +294,7 @@ class AnalyticsQuery:
     @property
     def fields(self) -> list[Field]:
         used = list(self.group_by)
+        used.extend(v.field for v in self.values if v.field is not None)
         for one in self.filters:
             used.extend(c.field for alternative in one for c in alternative)
         return used
@@ -279,14 +345,16 @@ def parse_query(
             code="invalid_time_range",
         )
     unit = _parse_unit(request.time_unit)
-    values = tuple(_parse_value(i, v.name, v.aggregation) for i, v in enumerate(request.values))
+    fields = available_fields(settings)
+    values = tuple(
+        _parse_value(i, v.name, v.aggregation, fields) for i, v in enumerate(request.values)
+    )
     if not values:
         raise InvalidField(
             f"{REQUEST}.values",
             'at least one value is required, e.g. {"name": "usd", "aggregation": '
             '"AGGREGATION_SUM"}',
         )
-    fields = available_fields(settings)
     group_by: list[Field] = []
     for i, name in enumerate(request.group_by):
         field = _lookup_field(fields, name.strip(), f"{REQUEST}.groupBy.{i}")
@@ -364,17 +432,69 @@ def _parse_unit(value: str | int) -> TimeUnit:
     return unit
 
 
-def _parse_value(index: int, name: str, aggregation: str | int) -> ValueSpec:
-    agg = _AGGREGATION_NUMBERS.get(aggregation, "") if isinstance(aggregation, int) else aggregation
-    spec = ValueSpec(name.strip(), agg.strip())
-    if (spec.name, spec.aggregation) not in VALUE_KINDS:
+_SUPPORTED = (
+    "usd and num_units with AGGREGATION_SUM, _AVG, _COUNT, _MIN, _MAX, _VAR, _STD, _P50, _P90, "
+    "_P99 or _P999; requests with AGGREGATION_COUNT; a groupBy field (such as api_key_id) with "
+    "AGGREGATION_COUNT_DISTINCT"
+)
+
+
+def _parse_value(
+    index: int, name: str, aggregation: str | int, fields: dict[str, Field]
+) -> ValueSpec:
+    path = f"{REQUEST}.values.{index}"
+    name = name.strip()
+    agg = _parse_aggregation(aggregation, name, path)
+    if agg is Aggregation.COUNT_DISTINCT:
+        field = fields.get(name)
+        if field is None:
+            raise InvalidField(
+                path,
+                f"AGGREGATION_COUNT_DISTINCT counts the distinct values of a field, and {name!r} "
+                f"is not one; fields: {_field_names(fields)}",
+                code="unsupported_value",
+            )
+        return ValueSpec(name, agg, field)
+    supported = (name == "requests" and agg is Aggregation.COUNT) or (
+        name in PER_EVENT_VALUES and agg in (*ROLLUP_AGGREGATIONS, *EVENT_AGGREGATIONS)
+    )
+    if not supported:
         raise InvalidField(
-            f"{REQUEST}.values.{index}",
-            f"unsupported value {name!r} with {aggregation!r}; supported: usd with "
-            "AGGREGATION_SUM, num_units with AGGREGATION_SUM, requests with AGGREGATION_COUNT",
+            path,
+            f"unsupported value {name!r} with {agg.value}; supported: {_SUPPORTED}",
             code="unsupported_value",
         )
-    return spec
+    return ValueSpec(name, agg)
+
+
+def _parse_aggregation(value: str | int, name: str, path: str) -> Aggregation:
+    agg: Aggregation | None
+    if isinstance(value, int):
+        agg = _AGGREGATION_NUMBERS.get(value)
+    else:
+        try:
+            agg = Aggregation(value.strip())
+        except ValueError:
+            agg = None
+    if agg is None:
+        raise InvalidField(
+            path,
+            f"{value!r} is not an aggregation; one of "
+            f"{', '.join(a.value for a in Aggregation if a is not Aggregation.NONE)}",
+            code="invalid_aggregation",
+        )
+    if agg is Aggregation.NONE:
+        raise InvalidField(
+            path,
+            f"AGGREGATION_NONE (what a missing aggregation means) does not say how to aggregate "
+            f"{name!r} per bucket; send one, e.g. AGGREGATION_SUM. Supported: {_SUPPORTED}",
+            code="invalid_aggregation",
+        )
+    return agg
+
+
+def _field_names(fields: dict[str, Field]) -> str:
+    return ", ".join(sorted({f.name for f in fields.values() if f.name == _snake(f.name)}))
 
 
 def _lookup_field(fields: dict[str, Field], name: str, path: str) -> Field:
@@ -388,8 +508,9 @@ def _lookup_field(fields: dict[str, Field], name: str, path: str) -> Field:
             "unit_type, sku and the groupable properties (per-event amounts are not kept)",
             code="unsupported_field",
         )
-    known = ", ".join(sorted({f.name for f in fields.values() if f.name == _snake(f.name)}))
-    raise InvalidField(path, f"unknown field {name!r}; known fields: {known}", code="unknown_field")
+    raise InvalidField(
+        path, f"unknown field {name!r}; known fields: {_field_names(fields)}", code="unknown_field"
+    )
 
 
 def parse_filter(
@@ -715,6 +836,11 @@ class _Partition:
 _Slice = tuple[datetime, datetime, int, Any, dict[str, str], int, int]
 
 
+# The events of one slice (bucket, price version, property combination): price version, a
+# hashable key of its property values and the values, and (quantity, events with it) pairs.
+_EventValues = tuple[int, Any, dict[str, str], list[tuple[int, int]]]
+
+
 class _Straddles(Exception):
     """A partition spans two requested buckets (a DST transition the sampling missed)."""
 
@@ -760,8 +886,10 @@ class UsageAnalytics:
     def run(self, session: Session, settings: Settings, query: AnalyticsQuery) -> AnalyticsResult:
         """The time series of ``query``; reads only, so any transaction will do."""
         raw = query.unit in _RAW_UNITS
+        per_event = [i for i, spec in enumerate(query.values) if spec.from_events]
+        if raw or per_event:  # raw events are needed: only within their retention window
+            self._check_raw_window(settings, query, None if raw else per_event[0])
         if raw:
-            self._check_raw_window(settings, query)
             start, end = query.start, query.end
         else:
             start = floor_to(query.start, ROLLUP_SECONDS)
@@ -780,19 +908,32 @@ class UsageAnalytics:
             slices = self._event_slices(session, query, starts, properties)
         else:
             slices = self._rollup_slices(session, query, start, end, starts, bool(properties))
-        return self._shape(session, query, starts, slices)
+        values: list[tuple[int, _EventValues]] = []
+        if per_event and slices:  # no usage in the rollups, no events either
+            values = self._event_values(session, query, start, end, starts, properties, per_event)
+        return self._shape(session, query, starts, slices, values)
 
     @staticmethod
-    def _check_raw_window(settings: Settings, query: AnalyticsQuery) -> None:
+    def _check_raw_window(
+        settings: Settings, query: AnalyticsQuery, value_index: int | None = None
+    ) -> None:
         oldest = utc_now() - timedelta(days=settings.usage_retention_days)
-        if query.start < oldest:
-            raise InvalidField(
-                f"{REQUEST}.timeUnit",
-                f"{query.unit.value} is answered from raw events, which are kept "
-                f"{settings.usage_retention_days} days; start after "
-                f"{oldest:%Y-%m-%d %H:%M:%S} UTC or use TIME_UNIT_QUARTER_HOUR or coarser",
-                code="outside_raw_retention",
-            )
+        if query.start >= oldest:
+            return
+        if value_index is None:
+            field = f"{REQUEST}.timeUnit"
+            what = f"{query.unit.value} is answered"
+            instead = "use TIME_UNIT_QUARTER_HOUR or coarser"
+        else:
+            field = f"{REQUEST}.values.{value_index}"
+            what = f"{query.values[value_index].aggregation.value} is computed"
+            instead = "use AGGREGATION_SUM, AGGREGATION_AVG or AGGREGATION_COUNT"
+        raise InvalidField(
+            field,
+            f"{what} from raw events, which are kept {settings.usage_retention_days} days; "
+            f"start after {oldest:%Y-%m-%d %H:%M:%S} UTC or {instead}",
+            code="outside_raw_retention",
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -949,6 +1090,57 @@ class UsageAnalytics:
         return slices
 
     @staticmethod
+    def _event_values(
+        session: Session,
+        query: AnalyticsQuery,
+        start: datetime,
+        end: datetime,
+        starts: list[datetime],
+        properties: list[str],
+        per_event: list[int],
+    ) -> list[tuple[int, _EventValues]]:
+        """The events' own values, for the aggregations the rollups cannot give (MIN, MAX, VAR,
+        STD, percentiles): per bucket, price version and property combination, each distinct
+        quantity with its number of events -- or, when only MIN and MAX are asked, just the
+        smallest and the largest, which the database finds. Read from ``usage_events`` over the
+        same range as the rollups (widened to quarter hours, but for MINUTE and SECOND), canceled
+        events left out; grouped in slices no requested bucket boundary cuts."""
+        if query.unit is TimeUnit.NONE:
+            step = 0
+        elif query.unit in _RAW_UNITS:
+            step = _FIXED_STEP[query.unit]
+        else:  # the widest slice whose boundaries every bucket start is one of
+            step = max(w for w in ROLLUP_WIDTHS if all(floor_to(at, w) == at for at in starts))
+        extremes = all(
+            query.values[i].aggregation in (Aggregation.MIN, Aggregation.MAX) for i in per_event
+        )
+        try:
+            rows = raw_event_values(
+                session,
+                query.team_id,
+                start,
+                end,
+                step,
+                with_properties=bool(properties),
+                extremes=extremes,
+                limit=MAX_EVENT_VALUES,
+            )
+        except TooManyEventValues:
+            raise InvalidField(
+                f"{REQUEST}.values.{per_event[0]}",
+                f"{query.values[per_event[0]].aggregation.value} reads every event, and the range "
+                f"holds more than {MAX_EVENT_VALUES} distinct event values; use a shorter range",
+                code="too_many_events",
+            ) from None
+        found: list[tuple[int, _EventValues]] = []
+        for part, version, values, quantities in rows:
+            at = EPOCH + timedelta(seconds=part * step)
+            dims = {p: str(values[p]) for p in properties if values.get(p) is not None}
+            key = tuple(dims.get(p) for p in properties)
+            found.append((_bucket_index(starts, at), (version, key, dims, quantities)))
+        return found
+
+    @staticmethod
     def _attribute(starts: list[datetime], slices: list[_Slice]) -> list[tuple[int, _Slice]]:
         attributed = []
         for piece in slices:
@@ -966,46 +1158,74 @@ class UsageAnalytics:
         query: AnalyticsQuery,
         starts: list[datetime],
         slices: list[tuple[int, _Slice]],
+        event_values: list[tuple[int, _EventValues]],
     ) -> AnalyticsResult:
         versions = _versions(session, {piece[2] for _, piece in slices})
+        versions.update(_versions(session, {v[0] for _, v in event_values} - set(versions)))
         # Filters and groups depend only on (price version, properties): decided once per pair.
         decided: dict[tuple[int, Any], tuple[str, ...] | None] = {}
-        # group -> bucket index -> [quantity, pico-dollars, events], all exact ints
-        sums: dict[tuple[str, ...], dict[int, list[int]]] = {}
-        for index, (_, _, version_id, dims_key, dims, quantity, events) in slices:
+
+        def group_of(
+            version_id: int, dims_key: Any, dims: dict[str, str]
+        ) -> tuple[str, ...] | None:
             context = (version_id, dims_key)
             if context not in decided:
                 decided[context] = _group_of(query, versions[version_id], dims)
-            group = decided[context]
+            return decided[context]
+
+        distinct = [spec.field for spec in query.values if spec.field is not None]
+        # group -> bucket index -> cell (exact ints)
+        cells: dict[tuple[str, ...], dict[int, _Cell]] = {}
+        for index, (_, _, version_id, dims_key, dims, quantity, events) in slices:
+            group = group_of(version_id, dims_key, dims)
             if group is None:
                 continue
-            cell = sums.setdefault(group, {}).setdefault(index, [0, 0, 0])
-            cell[0] += quantity
-            cell[1] += quantity * versions[version_id].unit_price_pico
-            cell[2] += events
-        if not query.group_by and not sums:
-            sums[()] = {}  # groupBy [] always answers one (here all-zero) series
+            cell = cells.setdefault(group, {}).get(index)
+            if cell is None:
+                cell = cells[group][index] = _Cell([set() for _ in distinct])
+            version = versions[version_id]
+            cell.quantity += quantity
+            cell.pico += quantity * version.unit_price_pico
+            cell.events += events
+            for seen, field in zip(cell.distinct, distinct, strict=True):
+                value = _field_value(field, version, dims)
+                if value:  # events without the field have no value to count
+                    seen.add(value)
+        for index, (version_id, dims_key, dims, quantities) in event_values:
+            group = group_of(version_id, dims_key, dims)
+            cell = None if group is None else cells.get(group, {}).get(index)
+            if cell is None:  # filtered out, or not in the rollups (see docs/api-decisions.md)
+                continue
+            price = versions[version_id].unit_price_pico
+            if cell.values is None:
+                cell.values = Counter()
+            for quantity, events in quantities:
+                cell.values[quantity, price] += events
+        if not query.group_by and not cells:
+            cells[()] = {}  # groupBy [] always answers one (here all-zero) series
 
         def total(group: tuple[str, ...]) -> tuple[int, int, int]:
-            cells = sums[group].values()
+            in_group = cells[group].values()
             return (
-                sum(c[1] for c in cells),
-                sum(c[0] for c in cells),
-                sum(c[2] for c in cells),
+                sum(c.pico for c in in_group),
+                sum(c.quantity for c in in_group),
+                sum(c.events for c in in_group),
             )
 
-        totals = {group: total(group) for group in sums}
-        ordered = sorted(sums, key=lambda g: (-totals[g][0], -totals[g][1], -totals[g][2], g))
+        totals = {group: total(group) for group in cells}
+        ordered = sorted(cells, key=lambda g: (-totals[g][0], -totals[g][1], -totals[g][2], g))
         max_series = max(1, min(MAX_SERIES, MAX_DATA_POINTS // len(starts)))
         kept = ordered[:max_series]
         labels = _labels(session, query, kept)
+        zeros = [_zero(spec) for spec in query.values]
         series = []
         for group in kept:
-            cells = sums[group]
+            in_group = cells[group]
             points = []
             for index, at in enumerate(starts):
-                sums_at: Sequence[int] = cells.get(index) or _ZERO
-                points.append((at, [_value(spec, sums_at) for spec in query.values]))
+                cell = in_group.get(index)
+                values = list(zeros) if cell is None else _values(query.values, cell)
+                points.append((at, values))
             series.append(
                 Series(
                     list(group),
@@ -1019,15 +1239,96 @@ class UsageAnalytics:
         return AnalyticsResult(series, limit_reached=len(ordered) > len(kept))
 
 
-_ZERO = (0, 0, 0)
+@dataclass(slots=True)
+class _Cell:
+    """One group's usage in one bucket, exact: sums and counts from the rollups, the distinct
+    values of each COUNT_DISTINCT field, and -- for the aggregations that need them -- the events'
+    own values: (quantity, unit price in pico-dollars) -> events (only the smallest and largest
+    quantities of each slice, with 1, when MIN and MAX are all that is asked)."""
+
+    distinct: list[set[str]]
+    quantity: int = 0
+    pico: int = 0
+    events: int = 0
+    values: Counter[tuple[int, int]] | None = None  # made when the first event value comes
 
 
-def _value(spec: ValueSpec, cell: Sequence[int]) -> int | float:
-    if spec.name == "usd":
-        return pico_to_usd_float(cell[1])
-    if spec.name == "num_units":
-        return cell[0]
-    return cell[2]
+def _zero(spec: ValueSpec) -> int | float:
+    """A bucket without usage: 0 for every aggregation (no events have no mean, extreme or
+    spread; the wire's doubles have no null), as a float where the value is one."""
+    integral = spec.aggregation in (Aggregation.COUNT, Aggregation.COUNT_DISTINCT) or (
+        spec.name == "num_units"
+        and spec.aggregation not in (Aggregation.AVG, Aggregation.VAR, Aggregation.STD)
+    )
+    return 0 if integral else 0.0
+
+
+def _values(specs: Sequence[ValueSpec], cell: _Cell) -> list[int | float]:
+    values: list[int | float] = []
+    distinct = iter(cell.distinct)
+    for spec in specs:
+        agg = spec.aggregation
+        usd = spec.name == "usd"
+        if agg is Aggregation.COUNT_DISTINCT:
+            values.append(len(next(distinct)))
+        elif agg is Aggregation.COUNT:
+            values.append(cell.events)
+        elif agg is Aggregation.SUM:
+            values.append(pico_to_usd_float(cell.pico) if usd else cell.quantity)
+        elif agg is Aggregation.AVG:
+            # int / int is the correctly rounded quotient in Python, however large the ints
+            total, scale = (cell.pico, PICO_PER_USD) if usd else (cell.quantity, 1)
+            values.append(total / (cell.events * scale) if cell.events else 0.0)
+        else:
+            values.append(_per_event(spec, cell.values))
+    return values
+
+
+def _per_event(spec: ValueSpec, seen: Counter[tuple[int, int]] | None) -> int | float:
+    """MIN, MAX, VAR, STD or a percentile of the events' own values, exact: computed over the
+    integers (pico-dollars for usd), turned into a float once."""
+    usd = spec.name == "usd"
+    values: Counter[int] = Counter()
+    for (quantity, price), events in (seen or {}).items():
+        values[quantity * price if usd else quantity] += events
+    if not values:  # the rollups saw usage the raw events do not hold (see docs)
+        return _zero(spec)
+    agg = spec.aggregation
+    if agg in (Aggregation.VAR, Aggregation.STD):
+        # Population variance (the events of the bucket are all its events, not a sample):
+        # (n * sum(x^2) - sum(x)^2) / n^2, in integers; dollars^2 for usd.
+        n = sum(values.values())
+        s1 = sum(x * k for x, k in values.items())
+        s2 = sum(x * x * k for x, k in values.items())
+        numerator, denominator = n * s2 - s1 * s1, n * n * (PICO_PER_USD**2 if usd else 1)
+        if agg is Aggregation.VAR:
+            return numerator / denominator  # correctly rounded
+        return float((Decimal(numerator) / Decimal(denominator)).sqrt(_SQRT_CONTEXT))
+    if agg is Aggregation.MIN:
+        value = min(values)
+    elif agg is Aggregation.MAX:
+        value = max(values)
+    else:
+        value = _nearest_rank(values, PERCENTILES[agg])
+    return pico_to_usd_float(value) if usd else value
+
+
+# Enough digits that the square root, rounded once more to a float, is the float nearest to the
+# exact one (but in cases ~10^-40 apart from a tie).
+_SQRT_CONTEXT = Context(prec=60)
+
+
+def _nearest_rank(values: Counter[int], share: Fraction) -> int:
+    """The smallest value with at least ``share`` of the events at or below it: a value some
+    event has (PostgreSQL's percentile_disc), exact."""
+    n = sum(values.values())
+    rank = max(1, -(-share.numerator * n // share.denominator))  # ceil(share * n)
+    below = 0
+    for value in sorted(values):
+        below += values[value]
+        if below >= rank:
+            return value
+    raise AssertionError("rank beyond the events")  # pragma: no cover
 
 
 def _bucket_index(starts: list[datetime], at: datetime) -> int:
@@ -1080,6 +1381,82 @@ def raw_event_sums(
     for row in session.execute(stmt):
         properties = (row[4] if with_properties else None) or {}
         yield int(row[0]), int(row[1]), int(row[2]), int(row[3]), properties
+
+
+class TooManyEventValues(Exception):
+    pass
+
+
+def raw_event_values(
+    session: Session,
+    team_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    step: int,
+    *,
+    with_properties: bool,
+    extremes: bool,
+    limit: int,
+) -> list[tuple[int, int, dict[str, Any], list[tuple[int, int]]]]:
+    """A team's raw events in ``[start, end)``, canceled ones left out, per ``step``-second part
+    of the time since 1970 (a single part 0 with ``step`` 0), price version (and property set,
+    with ``with_properties``): ``(part, price version id, properties, [(quantity, events)])`` --
+    every distinct quantity with its number of events, or with ``extremes`` only the smallest and
+    the largest (each with 1).
+
+    The database groups, and finds the extremes; the variance and percentiles are computed by the
+    caller in Python ints: SQLite has neither, and a sum of squared quantities (up to 10^24 each)
+    overflows its int64. Raises TooManyEventValues when more than ``limit`` rows would come back.
+    """
+    e = UsageEvent
+    second = _epoch_seconds(session, e.ts)
+    part: ColumnElement[int] = second // step if step > 1 else second
+    if step == 0:  # one part
+        part = literal(0, BigInteger)
+    inner = (
+        select(
+            part.label("part"),
+            e.price_version_id.label("version"),
+            e.quantity.label("quantity"),
+            e.property_set_id.label("set_id"),
+        )
+        .where(e.team_id == team_id, e.ts >= start, e.ts < end, e.canceled_at.is_(None))
+        .subquery()
+    )
+    keys = [inner.c.part, inner.c.version, inner.c.set_id if with_properties else null()]
+    grouping = keys[:3] if with_properties else keys[:2]
+    stmt: Select[Any]
+    if extremes:  # (smallest, largest)
+        stmt = select(*keys, func.min(inner.c.quantity), func.max(inner.c.quantity)).group_by(
+            *grouping
+        )
+    else:  # (quantity, events)
+        stmt = select(*keys, inner.c.quantity, func.count()).group_by(*grouping, inner.c.quantity)
+    rows: Sequence[Any] = session.execute(stmt.limit(limit + 1)).all()
+    if len(rows) > limit:
+        raise TooManyEventValues
+    slices: dict[tuple[int, int, Any], list[tuple[int, int]]] = {}
+    for part_, version, set_id, first, second_ in rows:
+        quantities = slices.setdefault((int(part_), int(version), set_id), [])
+        if extremes:
+            quantities += [(int(first), 1), (int(second_), 1)]
+        else:
+            quantities.append((int(first), int(second_)))
+    sets: dict[Any, dict[str, Any]] = {}
+    if with_properties:
+        wanted = sorted({set_id for _, _, set_id in slices})
+        s = UsagePropertySet
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            for set_id, properties in session.execute(
+                select(s.id, s.properties).where(s.id.in_(chunk))
+            ):
+                sets[set_id] = properties
+    # an event whose set is missing still counts, without properties
+    return [
+        (part_, version, sets.get(set_id) or {}, quantities)
+        for (part_, version, set_id), quantities in slices.items()
+    ]
 
 
 def _has_date_bin(session: Session) -> bool:

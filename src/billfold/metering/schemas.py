@@ -132,7 +132,8 @@ class AnalyticsValue(WireModel):
 class AnalyticsRequest(WireModel):
     time_range: AnalyticsTimeRange
     time_unit: str | int = "TIME_UNIT_INVALID"
-    values: list[AnalyticsValue] = Field(default_factory=list, max_length=8)
+    # 32: every value-aggregation pair that means something fits (docs/api-decisions.md)
+    values: list[AnalyticsValue] = Field(default_factory=list, max_length=32)
     group_by: list[str] = Field(default_factory=list, max_length=8)
     filters: list[str] = Field(default_factory=list, max_length=32)
 
@@ -143,7 +144,8 @@ class UsageAnalyticsRequest(WireModel):
 
 class AnalyticsDataPoint(WireModel):
     timestamp: UtcDateTime
-    # usd is a float (dollars); num_units and requests are whole numbers. All are JSON numbers.
+    # usd is a float (dollars); num_units (but its AVG, VAR and STD), counts and distinct counts
+    # are whole numbers. All are JSON numbers.
     values: list[int | float]
 
 
