@@ -138,8 +138,18 @@ def _parse_json(text: bytes | str) -> Any:
     except ValueError as exc:
         if str(exc).startswith("recursion limit exceeded"):  # deeper than the parser goes
             return _TOO_DEEP
-        raise
+        # As the server (metering/endpoints.py): the standard library's reader takes an escaped
+        # lone surrogate, which the service then rejects with its event's code (an eventId's is
+        # invalid_event_id), instead of the line being invalid_json.
+        try:
+            value = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise exc from None
     return _unsendable(value, MAX_LINE_DEPTH) or value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unsendable(value: Any, levels: int) -> Unreadable | None:
@@ -391,8 +401,9 @@ class HttpSink:
 
         try:
             body = orjson.dumps({"events": events})
-        except TypeError:  # an integer beyond 64 bits, which the server will reject alone
-            body = json.dumps({"events": events}, ensure_ascii=False, allow_nan=False).encode()
+        except TypeError:  # an integer beyond 64 bits or a lone surrogate, which the server
+            # rejects with its event alone; escaped (ASCII), since UTF-8 cannot carry a surrogate
+            body = json.dumps({"events": events}, allow_nan=False).encode()
         problem = ""
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:

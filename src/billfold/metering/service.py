@@ -227,6 +227,15 @@ def is_id(value: Any) -> TypeGuard[str]:
     )
 
 
+def echo_id(event_id: Any) -> str:
+    """An event's eventId as its rejection repeats it: "" if not a string; a lone surrogate
+    (which JSON can carry and UTF-8 cannot) as its escape (``\\ud800``), so the answer can be
+    written."""
+    if not isinstance(event_id, str):
+        return ""
+    return event_id if event_id.isascii() else event_id.encode("utf-8", "backslashreplace").decode()
+
+
 def team_uuid(value: Any) -> uuid.UUID | None:
     """A team id as sent, as a UUID; None when it is not one."""
     try:
@@ -1040,11 +1049,7 @@ class MeteringService:
                     if isinstance(raw, dict)
                     else None
                 )
-                result.rejected.append(
-                    Rejection(
-                        index, event_id if isinstance(event_id, str) else "", exc.code, exc.error
-                    )
-                )
+                result.rejected.append(Rejection(index, echo_id(event_id), exc.code, exc.error))
         if not parsed:
             return result
 
