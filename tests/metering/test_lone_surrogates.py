@@ -139,7 +139,10 @@ def _surrogate_lines(team_id: str, sku: str) -> list[str]:
 EXPECTED = [(2, "invalid_event_id"), (3, "invalid_properties"), (4, "invalid_sku")]
 
 
-def test_the_cli_rejects_a_lone_surrogate_line_alone(cli_api: Api, tmp_path: Path) -> None:
+def test_the_cli_rejects_a_lone_surrogate_line_alone(
+    cli_api: Api,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
     sku = unique_sku()
     cli_api.set_price(sku, "0.01")
     team_id = cli_api.create_team()
