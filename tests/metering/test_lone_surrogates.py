@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from billfold.cli import app
+from billfold.config import get_settings
 from billfold.metering import cli as usage_cli
 from billfold.metering.models import UsageEvent
 from tests.conftest import Api, event, unique_sku
@@ -194,3 +197,27 @@ def test_a_body_with_a_lone_surrogate_is_refused_as_deep_nesting_is(api: Api) ->
         response = api.admin("POST", "/admin/v1/usage-events", content=body, headers=headers)
         assert response.status_code == status, (depth, response.text)
     assert _stored(api, team_id) == ["deep-200"]
+
+
+def test_the_cli_cancel_refuses_a_reason_it_cannot_store(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # argv that is not UTF-8 arrives with surrogates (surrogateescape): a usage error, not a crash
+    monkeypatch.setenv("BILLFOLD_DATABASE_URL", api.url)
+    get_settings.cache_clear()
+    sku = unique_sku()
+    api.set_price(sku, "0.01")
+    team_id = api.create_team()
+    try:
+        assert api.ingest([event(team_id, sku, 1, WHEN, "argv-1")])["accepted"] == 1
+        for reason in ("bad \udcff byte", "nul \x00"):
+            refused = CliRunner().invoke(
+                app, ["usage", "cancel", team_id, "argv-1", "--reason", reason]
+            )
+            assert refused.exit_code == 2, refused.output
+            assert "--reason" in refused.output
+        done = CliRunner().invoke(app, ["usage", "cancel", team_id, "argv-1", "--json"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["canceled"] == 1  # not canceled by the refused calls
+    finally:
+        get_settings.cache_clear()

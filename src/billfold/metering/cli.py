@@ -67,7 +67,7 @@ from billfold.kit.errors import BillfoldError
 from billfold.metering import cancellation, rebuild, retention
 from billfold.metering.models import UsageEvent
 from billfold.metering.schemas import MAX_REASON_LENGTH
-from billfold.metering.service import IngestResult, Rejection, metering_service
+from billfold.metering.service import IngestResult, Rejection, metering_service, storable
 
 usage_app = typer.Typer(no_args_is_help=True, help="Usage events.")
 
@@ -786,6 +786,8 @@ def cancel_events(
     team_id = str(parse_team_id(team))
     if len(reason) > MAX_REASON_LENGTH:
         raise typer.BadParameter(f"at most {MAX_REASON_LENGTH} characters", param_hint="--reason")
+    if not storable(reason):  # as the API's 400: bytes that are not UTF-8 (surrogateescape)
+        raise typer.BadParameter("no NUL characters or invalid UTF-8", param_hint="--reason")
     settings = get_settings()
     items = [{"teamId": team_id, "eventId": event_id} for event_id in event_ids]
     with cli_transaction(settings) as session:

@@ -205,7 +205,8 @@ def property_set_id(properties: dict[str, Any]) -> bytes:
 
 def storable(text: str) -> bool:
     """Text every database can store: PostgreSQL refuses NUL characters (in text and in JSONB),
-    and UTF-8 cannot encode lone surrogates (possible from the CLI's JSON reader, not from HTTP).
+    and UTF-8 cannot encode lone surrogates (which JSON can escape: metering/endpoints.py and the
+    CLI read such a body or line with a reader that lets them through, to be refused here).
     Checked per event, so such an event is rejected alone instead of failing its whole batch."""
     if "\x00" in text:
         return False
