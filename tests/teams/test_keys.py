@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+import pytest
 
 from tests.conftest import Api
 
@@ -142,6 +145,23 @@ def test_unknown_acl_is_400_and_creates_nothing(api: Api) -> None:
     assert response.status_code == 400
     assert response.json()["field"] == "acls.1"
     assert api.admin("GET", f"/admin/v1/teams/{team_id}/management-keys").json()["keys"] == []
+
+
+@pytest.mark.parametrize("acls", [None, []], ids=["null", "empty"])
+def test_null_or_empty_acls_are_400_and_create_nothing(api: Api, acls: Any) -> None:
+    # Left out, acls is both (operator-api.md); null or [] is not read as that default.
+    team_id = api.create_team()
+    response = api.admin(
+        "POST", f"/admin/v1/teams/{team_id}/management-keys", json={"name": "x", "acls": acls}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_argument"
+    assert response.json()["field"] == "acls"
+    assert "leave acls out" in response.json()["error"]
+    assert api.admin("GET", f"/admin/v1/teams/{team_id}/management-keys").json()["keys"] == []
+    left_out = api.admin("POST", f"/admin/v1/teams/{team_id}/management-keys", json={"name": "x"})
+    assert left_out.status_code == 201, left_out.text
+    assert left_out.json()["acls"] == [READ, WRITE]
 
 
 def test_key_for_unknown_team_is_404(api: Api) -> None:

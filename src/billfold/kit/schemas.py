@@ -133,13 +133,23 @@ AwareUtc = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_a
 years 1970-9000."""
 
 
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError('must be an integer string such as "1250", not null (leave val out for 0)')
+    return value
+
+
 class Cent(WireModel):
     """The cent object of the wire: ``{"val": "<int64 cents>"}``.
 
     ``{}`` is zero: proto3 JSON leaves a zero ``val`` out, so that is how generated clients send 0.
+    ``{"val": null}`` is refused (a 400 naming ``<field>.val``), not read as that zero: no proto3
+    writer sends a null scalar, so it comes from a client whose amount is missing (a bug or an
+    unset variable), and taking it for 0 would, say, set a soft limit of $0 and block the team.
     """
 
-    val: Int64 = 0
+    keep_nulls: ClassVar[bool] = True
+    val: Annotated[Int64, BeforeValidator(_not_null)] = 0
 
 
 def cent(amount: int) -> Cent:

@@ -70,6 +70,7 @@ from billfold.metering.service import (
     Properties,
     RatedEvent,
     Rejection,
+    echo_id,
     is_id,
     metering_service,
     sum_accepted,
@@ -113,14 +114,6 @@ def _key_of(raw: Any) -> EventKey:
     if team_id is None:
         raise ValueError("invalid_team_id", "teamId must be a team's UUID")
     return team_id, event_id
-
-
-def _echo(event_id: Any) -> str:
-    """An item's eventId as a rejection repeats it: "" if not a string; a lone surrogate (which
-    JSON can carry and UTF-8 cannot) as its escape."""
-    if not isinstance(event_id, str):
-        return ""
-    return event_id.encode("utf-8", "backslashreplace").decode()
 
 
 def _by_team(keys: Sequence[EventKey]) -> dict[uuid.UUID, list[str]]:
@@ -210,7 +203,7 @@ class CancellationService:
             except ValueError as exc:
                 code, error = exc.args
                 event_id = raw.get("eventId") if isinstance(raw, dict) else None
-                result.rejected.append(Rejection(index, _echo(event_id), code, error))
+                result.rejected.append(Rejection(index, echo_id(event_id), code, error))
                 continue
             if key in first:
                 repeats.append((index, key))

@@ -67,7 +67,7 @@ from billfold.kit.errors import BillfoldError
 from billfold.metering import cancellation, rebuild, retention
 from billfold.metering.models import UsageEvent
 from billfold.metering.schemas import MAX_REASON_LENGTH
-from billfold.metering.service import IngestResult, Rejection, metering_service
+from billfold.metering.service import IngestResult, Rejection, metering_service, storable
 
 usage_app = typer.Typer(no_args_is_help=True, help="Usage events.")
 
@@ -138,8 +138,18 @@ def _parse_json(text: bytes | str) -> Any:
     except ValueError as exc:
         if str(exc).startswith("recursion limit exceeded"):  # deeper than the parser goes
             return _TOO_DEEP
-        raise
+        # As the server (metering/endpoints.py): the standard library's reader takes an escaped
+        # lone surrogate, which the service then rejects with its event's code (an eventId's is
+        # invalid_event_id), instead of the line being invalid_json.
+        try:
+            value = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise exc from None
     return _unsendable(value, MAX_LINE_DEPTH) or value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unsendable(value: Any, levels: int) -> Unreadable | None:
@@ -391,8 +401,9 @@ class HttpSink:
 
         try:
             body = orjson.dumps({"events": events})
-        except TypeError:  # an integer beyond 64 bits, which the server will reject alone
-            body = json.dumps({"events": events}, ensure_ascii=False, allow_nan=False).encode()
+        except TypeError:  # an integer beyond 64 bits or a lone surrogate, which the server
+            # rejects with its event alone; escaped (ASCII), since UTF-8 cannot carry a surrogate
+            body = json.dumps({"events": events}, allow_nan=False).encode()
         problem = ""
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:
@@ -772,6 +783,8 @@ def cancel_events(
     team_id = str(parse_team_id(team))
     if len(reason) > MAX_REASON_LENGTH:
         bad_input(f"at most {MAX_REASON_LENGTH} characters", field="--reason")
+    if not storable(reason):  # as the API's 400: bytes that are not UTF-8 (surrogateescape)
+        bad_input("no NUL characters or invalid UTF-8", field="--reason")
     settings = get_settings()
     items = [{"teamId": team_id, "eventId": event_id} for event_id in event_ids]
     with cli_transaction(settings) as session:

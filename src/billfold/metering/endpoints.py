@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -97,13 +98,55 @@ def _decode_event_batch(body: bytes) -> list[Any]:
     # msgspec recurses: the plain parser looks closer (and says 400 for what is not JSON).
     except (msgspec.DecodeError, RecursionError):
         pass
-    payload = from_json(body, allow_inf_nan=False)  # raises ValueError when not JSON at all
+    try:
+        payload = from_json(body, allow_inf_nan=False)  # raises ValueError when not JSON
+    except ValueError as exc:
+        if not str(exc).startswith(_SURROGATE_ERRORS):
+            raise
+        payload = _lenient_json(body)
     events = payload.get("events") if isinstance(payload, dict) else None
     if not isinstance(events, list):
         raise BadRequest(
             "events: must be an array of events", code="invalid_argument", field="events"
         )
     return events
+
+
+# pydantic-core's errors for an escaped lone surrogate (a high one not followed by a low one, or
+# a low one alone)
+_SURROGATE_ERRORS = ("unexpected end of hex escape", "lone leading surrogate")
+_MAX_DEPTH = 201  # the deepest nesting pydantic-core reads
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient_json(body: bytes) -> Any:
+    """The body as the standard library reads JSON, which -- unlike msgspec and pydantic-core --
+    accepts an escaped lone surrogate (``"bad\\ud800id"``): JSON can carry one, UTF-8 and the
+    databases cannot. Such a string then fails the full check of its event (``storable``), so
+    that event is rejected alone instead of the whole batch. Only for a body both fast parsers
+    refused for such an escape: the usual batch never comes here. Otherwise it refuses what
+    pydantic-core refuses: ``NaN`` and ``Infinity`` (not JSON), invalid UTF-8, nesting deeper
+    than 201 levels."""
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:  # nesting deeper than the interpreter recurses
+        raise ValueError("the JSON nests too deep") from None
+    if _too_deep(payload, _MAX_DEPTH):
+        raise ValueError("the JSON nests too deep")
+    return payload
+
+
+def _too_deep(value: Any, levels: int) -> bool:
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return levels <= 0 or any(_too_deep(child, levels - 1) for child in children)
 
 
 _BATCH = msgspec.json.Decoder(WireBatch)

@@ -205,7 +205,8 @@ def property_set_id(properties: dict[str, Any]) -> bytes:
 
 def storable(text: str) -> bool:
     """Text every database can store: PostgreSQL refuses NUL characters (in text and in JSONB),
-    and UTF-8 cannot encode lone surrogates (possible from the CLI's JSON reader, not from HTTP).
+    and UTF-8 cannot encode lone surrogates (which JSON can escape: metering/endpoints.py and the
+    CLI read such a body or line with a reader that lets them through, to be refused here).
     Checked per event, so such an event is rejected alone instead of failing its whole batch."""
     if "\x00" in text:
         return False
@@ -225,6 +226,15 @@ def is_id(value: Any) -> TypeGuard[str]:
         and 1 <= len(value) <= MAX_ID_LENGTH
         and ((value.isascii() and "\x00" not in value) or storable(value))
     )
+
+
+def echo_id(event_id: Any) -> str:
+    """An event's eventId as its rejection repeats it: "" if not a string; a lone surrogate
+    (which JSON can carry and UTF-8 cannot) as its escape (``\\ud800``), so the answer can be
+    written."""
+    if not isinstance(event_id, str):
+        return ""
+    return event_id if event_id.isascii() else event_id.encode("utf-8", "backslashreplace").decode()
 
 
 def team_uuid(value: Any) -> uuid.UUID | None:
@@ -1040,11 +1050,7 @@ class MeteringService:
                     if isinstance(raw, dict)
                     else None
                 )
-                result.rejected.append(
-                    Rejection(
-                        index, event_id if isinstance(event_id, str) else "", exc.code, exc.error
-                    )
-                )
+                result.rejected.append(Rejection(index, echo_id(event_id), exc.code, exc.error))
         if not parsed:
             return result
 

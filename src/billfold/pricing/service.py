@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billfold.invoicing.periods import is_closed, month_of
-from billfold.kit.clock import utc_now
+from billfold.kit.clock import rfc3339, to_utc, utc_now
 from billfold.kit.errors import Conflict, InvalidField
 from billfold.kit.money import Pico, parse_usd_price
 from billfold.metering.models import UsageRollupByVersion
@@ -53,13 +53,6 @@ class PricingService:
             effective_from = now
         elif effective_from.tzinfo is None:
             raise InvalidField("effectiveFrom", "needs a time zone, e.g. 2026-11-01T00:00:00Z")
-        year, month = month_of(effective_from)
-        if is_closed(session, year, month):
-            raise Conflict(
-                f"effectiveFrom falls in {year}-{month:02d}, a closed billing cycle",
-                code="cycle_closed",
-                field="effectiveFrom",
-            )
         # Serialize writers of one SKU (PostgreSQL row locks; SQLite is serialized already).
         existing = list(
             session.scalars(
@@ -76,7 +69,7 @@ class PricingService:
                     and version.unit_type == unit_type
                     and version.unit_price_pico == price
                 )
-                if same:
+                if same:  # idempotent, also once its month is closed: it changes nothing
                     return version, False
                 raise Conflict(
                     "a different version of this SKU already starts at effectiveFrom; "
@@ -84,7 +77,20 @@ class PricingService:
                     code="price_version_exists",
                     field="effectiveFrom",
                 )
-        self._refuse_rewriting_rated_usage(session, existing, effective_from)
+        year, month = month_of(effective_from)
+        if is_closed(session, year, month):
+            # A closed month further into the new version's interval needs no rule of its own:
+            # its usage there is rated usage (refused below); without any, no invoice changes.
+            raise Conflict(
+                f"effectiveFrom falls in {year}-{month:02d}, a closed billing cycle",
+                code="cycle_closed",
+                field="effectiveFrom",
+            )
+        earlier = [v for v in existing if v.effective_from < effective_from]
+        later = [v for v in existing if v.effective_from > effective_from]
+        until = later[0].effective_from if later else None
+        if earlier:
+            self._refuse_rewriting_rated_usage(session, earlier[-1], effective_from, until)
         version = PriceVersion(
             sku=sku,
             description=description,
@@ -99,30 +105,39 @@ class PricingService:
 
     @staticmethod
     def _refuse_rewriting_rated_usage(
-        session: Session, existing: list[PriceVersion], effective_from: datetime
+        session: Session, before: PriceVersion, effective_from: datetime, until: datetime | None
     ) -> None:
-        """A new version may not change the price of usage that is already rated."""
-        if not existing:
-            return
-        # Rollup buckets are 15 minutes wide; a bucket that ends after effective_from may hold
-        # an event at or after it.
+        """A new version may not change the price of usage that is already rated.
+
+        It would rate the events from ``effective_from`` until the next version (``until``),
+        which are rated now with the version in force before it (``before``): only ``before``'s
+        rated usage at or after ``effective_from`` is in the way. Events before the SKU's first
+        version are not rated at all (``unknown_sku``), so a version earlier than every other
+        one never is. Rollup buckets are 15 minutes wide: a bucket that ends after
+        ``effective_from`` may hold an event at or after it.
+        """
         horizon = effective_from - timedelta(minutes=15)
-        rated = session.scalar(
-            select(UsageRollupByVersion.bucket_start)
-            .where(
-                UsageRollupByVersion.price_version_id.in_([v.id for v in existing]),
+        first, last = session.execute(
+            select(
+                func.min(UsageRollupByVersion.bucket_start),
+                func.max(UsageRollupByVersion.bucket_start),
+            ).where(
+                UsageRollupByVersion.price_version_id == before.id,
                 UsageRollupByVersion.bucket_start > horizon,
             )
-            .order_by(UsageRollupByVersion.bucket_start.desc())
-            .limit(1)
+        ).one()
+        if first is None:
+            return
+        start, end = max(to_utc(first), effective_from), to_utc(last) + timedelta(minutes=15)
+        span = f"until {rfc3339(until)}" if until is not None else "from then on"
+        raise Conflict(
+            f"a version at effectiveFrom would be in force {span} and re-price usage from "
+            f"{rfc3339(start)} to {rfc3339(end)}, already rated with version {before.id} "
+            f"(in force since {rfc3339(before.effective_from)}); choose an effectiveFrom at or "
+            f"after {rfc3339(end)}",
+            code="usage_already_rated",
+            field="effectiveFrom",
         )
-        if rated is not None:
-            raise Conflict(
-                "usage at or after effectiveFrom is already rated with an earlier version; "
-                f"choose an effectiveFrom after {rated + timedelta(minutes=15):%Y-%m-%dT%H:%M:%SZ}",
-                code="usage_already_rated",
-                field="effectiveFrom",
-            )
 
     def list(self, session: Session) -> dict[str, list[PriceVersion]]:
         versions = session.scalars(

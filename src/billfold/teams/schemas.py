@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 from billfold.kit.schemas import UtcDateTime, WireModel
 
@@ -220,9 +220,31 @@ class TeamList(WireModel):
     next_page_token: str = ""
 
 
+def _acls_given(value: object) -> object:
+    if value is None:
+        raise ValueError("must be a list of ACLs, not null (leave acls out for both)")
+    return value
+
+
+def _some_acls(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError(
+            f"must name at least one ACL (leave acls out for both); known: {', '.join(KNOWN_ACLS)}"
+        )
+    return value
+
+
 class CreateKeyRequest(WireModel):
+    # ``acls`` left out is both ACLs (operator-api.md); ``null`` and ``[]`` are a 400, not read
+    # as that default (a key that can write where the caller meant "none" or "I forgot").
+    keep_nulls: ClassVar[bool] = True
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    acls: list[str] = Field(default_factory=lambda: list(KNOWN_ACLS), max_length=8)
+    acls: Annotated[
+        list[str],
+        BeforeValidator(_acls_given),
+        Field(max_length=8),
+        AfterValidator(_some_acls),
+    ] = Field(default_factory=lambda: list(KNOWN_ACLS))
 
 
 class KeyOut(WireModel):

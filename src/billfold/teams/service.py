@@ -118,6 +118,10 @@ class KeyService:
     def issue(
         self, session: Session, team: Team, name: str, acls: list[str], owner: str = ""
     ) -> IssuedKey:
+        if not acls:  # a key that can do nothing is a caller's mistake
+            raise InvalidField(
+                "acls", f"must name at least one ACL; known: {', '.join(KNOWN_ACLS)}"
+            )
         for index, acl in enumerate(acls):
             if acl not in KNOWN_ACLS:
                 raise InvalidField(
