@@ -6,7 +6,8 @@ One piece of code states a cycle: :meth:`InvoicingService.statement` turns a tea
 usage, the credit-paid share, the postpaid rest and VAT. The preview shows the statement of the
 current cycle; cycle close writes the statement of the closed month into the invoice, so a preview
 and the invoice it becomes can never disagree. Neither reads raw usage events: the cost of both is
-the number of price versions a team used in the month, not the number of its events.
+the number of lines (SKU, price version and cluster) a team used in the month, not the number
+of its events.
 
 How a monthly invoice adds up (all cents)::
 

@@ -15,8 +15,9 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
    elsewhere that statement always does, and the keys that come back are the accepted ones;
 4. the six rollup tables, cycle lines and billing cycles are upserted in key order (so row locks
    are always taken in the same order: property sets; events; rollups and rollups by version per
-   quarter hour, then per hour, then per day; lines; cycles; each sorted by key), and each
-   touched line's rounded amount is recomputed from its new quantity. Rollups by version are the
+   quarter hour, then per hour, then per day; lines (per team, month, price version and cluster:
+   :func:`cluster_of`); cycles; each sorted by key), and each touched line's rounded amount is
+   recomputed from its new quantity. Rollups by version are the
    rollups summed over their property dimensions, the hourly and daily ones the same summed per
    UTC hour and day (metering/models.py), all computed from the same sums and written in the
    same transaction, so the tables always agree.
