@@ -191,6 +191,7 @@ def _stored(api: Api, teams: list[str]) -> dict[str, list[tuple[Any, ...]]]:
                     c.year,
                     c.month,
                     c.price_version_id,
+                    c.cluster_name,
                     c.quantity,
                     c.events,
                     c.amount_cents,
@@ -220,10 +221,13 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
                 for p in ("apiKeyId", "model", "clusterName")
                 if p in e.property_set.properties
             }
+            # the line's cluster: clusterName when it is a string, whether groupable or not
+            cluster = e.property_set.properties.get("clusterName")
+            cluster = cluster if isinstance(cluster, str) else ""
             for key, sums in (
                 ((e.team_id, bucket, e.price_version_id, dims_key(dims)), raw),
                 ((e.team_id, bucket, e.price_version_id), per_version),
-                ((e.team_id, e.ts.year, e.ts.month, e.price_version_id), per_line),
+                ((e.team_id, e.ts.year, e.ts.month, e.price_version_id, cluster), per_line),
             ):
                 sums[key][0] += e.quantity
                 sums[key][1] += 1
@@ -266,7 +270,8 @@ def _check_aggregates(api: Api, teams: list[str]) -> None:
         spend: dict[tuple[Any, ...], int] = defaultdict(int)
         lines = {}
         for c in session.scalars(select(CycleLine).where(CycleLine.team_id.in_(ids))):
-            lines[(c.team_id, c.year, c.month, c.price_version_id)] = [c.quantity, c.events]
+            key = (c.team_id, c.year, c.month, c.price_version_id, c.cluster_name)
+            lines[key] = [c.quantity, c.events]
             assert c.amount_cents == round_to_cents(Pico(c.quantity * prices[c.price_version_id]))
             spend[(c.team_id, c.year, c.month)] += c.amount_cents
         assert lines == per_line

@@ -6,7 +6,8 @@ One piece of code states a cycle: :meth:`InvoicingService.statement` turns a tea
 usage, the credit-paid share, the postpaid rest and VAT. The preview shows the statement of the
 current cycle; cycle close writes the statement of the closed month into the invoice, so a preview
 and the invoice it becomes can never disagree. Neither reads raw usage events: the cost of both is
-the number of price versions a team used in the month, not the number of its events.
+the number of lines (SKU, price version and cluster) a team used in the month, not the number
+of its events.
 
 How a monthly invoice adds up (all cents)::
 
@@ -635,10 +636,14 @@ class InvoicingService:
     def cycle_lines(
         self, session: Session, team_id: uuid.UUID, year: int, month: int
     ) -> list[StatementLine]:
-        """One line per SKU and price version used in the cycle, from ``cycle_lines``."""
+        """One line per SKU, price version and cluster used in the cycle, from ``cycle_lines``:
+        by SKU, then price version (in time order), then cluster name (``""``, no cluster,
+        first). The preview and the invoice at close are this one list, so they agree line by
+        line."""
         rows = session.execute(
             select(
                 CycleLine.price_version_id,
+                CycleLine.cluster_name,
                 CycleLine.quantity,
                 CycleLine.amount_cents,
                 PriceVersion.sku,
@@ -648,13 +653,13 @@ class InvoicingService:
             )
             .join(PriceVersion, PriceVersion.id == CycleLine.price_version_id)
             .where(CycleLine.team_id == team_id, CycleLine.year == year, CycleLine.month == month)
-            .order_by(PriceVersion.sku, PriceVersion.effective_from)
+            .order_by(PriceVersion.sku, PriceVersion.effective_from, CycleLine.cluster_name)
         ).all()
         return [
             StatementLine(
                 sku=r.sku,
                 price_version_id=r.price_version_id,
-                cluster_name="",
+                cluster_name=r.cluster_name,
                 description=r.description,
                 unit_type=r.unit_type,
                 unit_price_pico=r.unit_price_pico,

@@ -10,9 +10,10 @@ Units
 * Wire "price units" (``unitPrice`` of invoice lines) are 10^-10 USD (1/100,000,000 of a cent).
 
 Rounding happens in exactly one place: :func:`round_to_cents`, applied once per invoice line (the
-exact pico total of one SKU at one price version in one cycle). Totals are sums of rounded lines,
-so lines always add up to totals. No float ever carries an amount that is stored or billed; the
-only floats are the dollar values of usage analytics, which the wire format defines as JSON numbers.
+exact pico total of one SKU at one price version in one cluster in one cycle). Totals are sums of
+rounded lines, so lines always add up to totals. No float ever carries an amount that is stored or
+billed; the only floats are the dollar values of usage analytics, which the wire format defines as
+JSON numbers.
 """
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ What a cancellation does, in one transaction:
 3. marks the events ``canceled_at`` (the row stays: its id stays used, so sending the event again
    is a duplicate, as exactly-once requires) and records each in ``usage_cancellations``
    (append-only: what it took back, when, why);
-4. takes their sums back from the rollups by version, the cycle lines (each line's amount
-   recomputed from its new quantity, the one rounding, so the cycle's spend moves by the
-   difference: metering/service.py) and the cycles, through the same writer as ingestion, with
-   negative sums; rows left with no events are deleted, as if the events had never come;
+4. takes their sums back from the rollups by version, the cycle lines and the cycles, through the
+   same writer as ingestion, with negative sums: each event from its own line (its price version
+   and its cluster, read from its property set as ingestion read it from its properties:
+   metering.service.cluster_of); each line's amount is recomputed from its new quantity, the one
+   rounding, so the cycle's spend moves by the difference; rows left with no events are deleted,
+   as if the events had never come;
 5. recomputes the rollups with properties of each touched team-day from its raw events, as the
    rebuild does -- rather than subtracting from them, because the groupable properties may have
    changed since the events were ingested, and only the raw events tell under which dimensions
@@ -65,11 +67,13 @@ from billfold.metering.models import (
     CycleLine,
     UsageCancellation,
     UsageEvent,
+    UsagePropertySet,
 )
 from billfold.metering.service import (
     Properties,
     RatedEvent,
     Rejection,
+    cluster_of,
     echo_id,
     is_id,
     metering_service,
@@ -78,8 +82,11 @@ from billfold.metering.service import (
 )
 from billfold.pricing.models import PriceVersion
 
-# The rollups with properties are recomputed, not summed: no properties needed.
-_NO_PROPERTIES: Properties = ({}, "", b"")
+
+def _line_properties(cluster: str) -> Properties:
+    """What the sums need of a canceled event's properties: only its line's cluster. The rollups
+    with properties are recomputed, not summed (step 5)."""
+    return ({}, "", b"", cluster)
 
 
 @dataclass
@@ -96,6 +103,7 @@ class _Stored:
     quantity: int
     ingested_at: datetime
     canceled: bool
+    property_set_id: uuid.UUID
 
 
 EventKey = tuple[uuid.UUID, str]  # (team id, event id)
@@ -138,14 +146,34 @@ def _stored(session: Session, keys: Sequence[EventKey]) -> dict[EventKey, _Store
         for page in _pages(ids):
             rows = session.execute(
                 select(e.event_id, e.ts, e.price_version_id, e.quantity, e.ingested_at)
-                .add_columns(e.canceled_at)
+                .add_columns(e.canceled_at, e.property_set_id)
                 .where(e.team_id == team_id, e.event_id.in_(page))
             )
-            for event_id, ts, version_id, quantity, ingested_at, canceled_at in rows:
+            for event_id, ts, version_id, quantity, ingested_at, canceled_at, set_id in rows:
                 found[(team_id, event_id)] = _Stored(
-                    ts, int(version_id), int(quantity), ingested_at, canceled_at is not None
+                    ts,
+                    int(version_id),
+                    int(quantity),
+                    ingested_at,
+                    canceled_at is not None,
+                    set_id,
                 )
     return found
+
+
+def _clusters(session: Session, set_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The line cluster of each property set (once per set, not per event)."""
+    ids = sorted(set_ids)
+    clusters: dict[uuid.UUID, str] = {}
+    for start in range(0, len(ids), 1_000):
+        rows = session.execute(
+            select(UsagePropertySet.id, UsagePropertySet.properties).where(
+                UsagePropertySet.id.in_(ids[start : start + 1_000])
+            )
+        )
+        for set_id, properties in rows:
+            clusters[set_id] = cluster_of(properties)
+    return clusters
 
 
 def _booked_expiries(
@@ -304,8 +332,18 @@ class CancellationService:
         )
 
         # 4. Taken back from what billing reads.
+        clusters = _clusters(session, {e.property_set_id for e in wanted.values()})
+        properties = {cluster: _line_properties(cluster) for cluster in set(clusters.values())}
         rated: list[RatedEvent] = [
-            (str(team_id), event_id, e.ts, "", e.quantity, e.price_version_id, _NO_PROPERTIES)
+            (
+                str(team_id),
+                event_id,
+                e.ts,
+                "",
+                e.quantity,
+                e.price_version_id,
+                properties[clusters[e.property_set_id]],
+            )
             for (team_id, event_id), e in wanted.items()
         ]
         versions = {e.price_version_id for e in wanted.values()}

@@ -12,8 +12,9 @@ have written them with the current setting (:func:`metering.service.dims_of`,
 
 What it touches: only the three rollup tables with property dimensions, one team and one UTC day
 at a time (the day's quarter-hour, hourly and daily rows), each in its own transaction. The
-rollups by version, cycle lines, cycles and invoices do not depend on properties and are never
-written here. They are the check that the events are complete: a team-day is rewritten only when
+rollups by version, cycle lines, cycles and invoices do not depend on the groupable setting (a
+line's cluster is the events' ``clusterName`` as sent, groupable or not) and are never written
+here. They are the check that the events are complete: a team-day is rewritten only when
 its events, summed per version, equal its rollups by version. Otherwise it is reported and left
 as it is -- its raw events are not the whole record (compacted under a shorter retention setting
 than today's, or deleted by hand), and rebuilding from them would drop usage from analytics.

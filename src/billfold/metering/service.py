@@ -15,8 +15,9 @@ A batch is processed so that concurrent ingesters never lose an update nor deadl
    elsewhere that statement always does, and the keys that come back are the accepted ones;
 4. the six rollup tables, cycle lines and billing cycles are upserted in key order (so row locks
    are always taken in the same order: property sets; events; rollups and rollups by version per
-   quarter hour, then per hour, then per day; lines; cycles; each sorted by key), and each
-   touched line's rounded amount is recomputed from its new quantity. Rollups by version are the
+   quarter hour, then per hour, then per day; lines (per team, month, price version and cluster:
+   :func:`cluster_of`); cycles; each sorted by key), and each touched line's rounded amount is
+   recomputed from its new quantity. Rollups by version are the
    rollups summed over their property dimensions, the hourly and daily ones the same summed per
    UTC hour and day (metering/models.py), all computed from the same sums and written in the
    same transaction, so the tables always agree.
@@ -145,9 +146,10 @@ class IngestResult:
 # An event's properties as the writes need them, built once per distinct combination of values
 # (EventParser keeps them): the properties as sent (what usage_property_sets keeps); the
 # canonical JSON of the groupable ones as rollups keep them (the values' text), which is the
-# rollups' dims_key; and the id of their property set (property_set_id) as its 16 bytes, which
-# PostgresWriter's binary COPY sends as they are.
-Properties = tuple[dict[str, Any], str, bytes]
+# rollups' dims_key; the id of their property set (property_set_id) as its 16 bytes, which
+# PostgresWriter's binary COPY sends as they are; and the cluster of its invoice line
+# (cluster_of).
+Properties = tuple[dict[str, Any], str, bytes, str]
 # A valid event: (index in the batch, team key, event id, sku, quantity, ts, properties). The
 # team key is the canonical text of the team's UUID (str(UUID)): sort key, dict key, and what
 # PostgreSQL parses back into a uuid.
@@ -189,6 +191,16 @@ def dims_of(properties: dict[str, Any], groupable: tuple[str, ...]) -> dict[str,
     the JSON value: "1.5", "True"). Ingestion and the rollup rebuild (metering/rebuild.py) both
     use it, so a rebuild gives the rows ingestion would have written."""
     return {p: str(properties[p]) for p in groupable if p in properties}
+
+
+def cluster_of(properties: dict[str, Any]) -> str:
+    """The cluster an event's usage is invoiced under (a cycle line per SKU, price version and
+    cluster; invoice lines' ``clusterName``): its ``clusterName`` property when that is a string,
+    whether or not the property is groupable; ``""`` without one. A number is no cluster name
+    (upstream's is a string), and its text would not survive every way back from the database
+    (migration 0011), which the cancellation relies on to find an event's line again."""
+    value = properties.get("clusterName")
+    return value if type(value) is str else ""
 
 
 def property_set_id(properties: dict[str, Any]) -> bytes:
@@ -313,7 +325,7 @@ class EventParser:
         # strings: equal tuples of strings are the same values, whereas 1 == 1.0 == True as dict
         # keys.
         self._checked: dict[tuple[tuple[str, Any], ...], Properties] = {}
-        self._none: Properties = ({}, dims_key({}), property_set_id({}))
+        self._none: Properties = ({}, dims_key({}), property_set_id({}), "")
         self._checked[()] = self._none  # properties {}: found like any checked combination
 
     def parse(self, index: int, raw: Any) -> ParsedEvent:
@@ -476,7 +488,7 @@ class EventParser:
                 f"{MAX_DIMS_KEY_LENGTH} characters or {MAX_DIMS_KEY_BYTES} bytes together "
                 "(as JSON in UTF-8); shorten their values",
             )
-        result = (properties, key, property_set_id(properties))
+        result = (properties, key, property_set_id(properties), cluster_of(properties))
         if all_strings:
             self._checked[items] = result
         return result
@@ -488,7 +500,7 @@ class EventParser:
 # number of their bucket's first quarter hour.
 RollupKey = tuple[str, int, int, str]  # team key, bucket number, price version, dims key
 VersionRollupKey = tuple[str, int, int]  # team key, bucket number, price version
-LineKey = tuple[str, int, int, int]  # team key, year, month, price version
+LineKey = tuple[str, int, int, int, str]  # team key, year, month, price version, cluster
 CycleKey = tuple[str, int, int]  # team key, year, month
 Sums = list[int]  # [quantity, events]
 
@@ -526,28 +538,38 @@ def _add_sums(into: dict[Any, Sums], key: Any, quantity: int, count: int) -> Non
 
 def sum_accepted(events: Sequence[RatedEvent]) -> BatchSums:
     """The accepted events summed per rollup, per rollup by version, and per cycle line."""
-    quarters: dict[RollupKey, Sums] = {}
-    for team_key, _, ts, _, quantity, version_id, (_, key, _) in events:
+    # Per quarter hour, price version, dims key AND cluster (cluster_of, kept with the event's
+    # Properties): the cluster rides along as one more item of the key -- no more work per
+    # event -- and is summed away below, once per such sum (a batch has ~100x fewer of them
+    # than events).
+    clustered: dict[tuple[str, int, int, str, str], Sums] = {}
+    for team_key, _, ts, _, quantity, version_id, (_, key, _, cluster) in events:
         # bucket_number(ts), inlined: this loop runs once per event
-        rkey = (team_key, (ts.toordinal() * 24 + ts.hour) * 4 + ts.minute // 15, version_id, key)
-        sums = quarters.get(rkey)
+        ckey = (
+            team_key,
+            (ts.toordinal() * 24 + ts.hour) * 4 + ts.minute // 15,
+            version_id,
+            key,
+            cluster,
+        )
+        sums = clustered.get(ckey)
         if sums is None:
-            quarters[rkey] = [quantity, 1]
+            clustered[ckey] = [quantity, 1]
         else:
             sums[0] += quantity
             sums[1] += 1
-    rollups, version_rollups = rollup_sums(quarters)
-    # The lines from the daily rollups by version (a batch has ~100x fewer rollups than events,
-    # and fewer still of these).
+    quarters: dict[RollupKey, Sums] = {}
     lines: dict[LineKey, Sums] = {}
-    months: dict[int, tuple[int, int]] = {}
-    daily = version_rollups[ROLLUP_WIDTHS[-1]]
-    for (team_key, number, version_id), (quantity, count) in daily.items():
-        month = months.get(number)
+    months: dict[int, tuple[int, int]] = {}  # day number -> (year, month)
+    for (team_key, number, version_id, key, cluster), (quantity, count) in clustered.items():
+        _add_sums(quarters, (team_key, number, version_id, key), quantity, count)
+        day = number // 96
+        month = months.get(day)
         if month is None:
             start = bucket_start(number)
-            month = months[number] = (start.year, start.month)
-        _add_sums(lines, (team_key, *month, version_id), quantity, count)
+            month = months[day] = (start.year, start.month)
+        _add_sums(lines, (team_key, month[0], month[1], version_id, cluster), quantity, count)
+    rollups, version_rollups = rollup_sums(quarters)
     return BatchSums(rollups, version_rollups, lines)
 
 
@@ -714,19 +736,20 @@ class CoreWriter:
         new_quantities: dict[LineKey, int] = {}
         insert = dialect_insert(session)
         for key, (quantity, count) in lines:
-            team, year, month, version_id = key
+            team, year, month, version_id, cluster = key
             stmt = insert(CycleLine).values(
                 team_id=uuid.UUID(team),
                 year=year,
                 month=month,
                 price_version_id=version_id,
+                cluster_name=cluster,
                 quantity=quantity,
                 events=count,
                 amount_cents=0,
             )
             new_quantities[key] = session.execute(
                 stmt.on_conflict_do_update(
-                    index_elements=["team_id", "year", "month", "price_version_id"],
+                    index_elements=["team_id", "year", "month", "price_version_id", "cluster_name"],
                     set_={
                         "quantity": CycleLine.quantity + stmt.excluded.quantity,
                         "events": CycleLine.events + stmt.excluded.events,
@@ -743,11 +766,19 @@ class CoreWriter:
                 CycleLine.year == bindparam("y"),
                 CycleLine.month == bindparam("m"),
                 CycleLine.price_version_id == bindparam("v"),
+                CycleLine.cluster_name == bindparam("c"),
             )
             .values(amount_cents=bindparam("a")),
             [
-                {"t": uuid.UUID(team), "y": year, "m": month, "v": version_id, "a": amount}
-                for (team, year, month, version_id), amount in amounts
+                {
+                    "t": uuid.UUID(team),
+                    "y": year,
+                    "m": month,
+                    "v": version_id,
+                    "c": cluster,
+                    "a": amount,
+                }
+                for (team, year, month, version_id, cluster), amount in amounts
             ],
         )
 
@@ -831,21 +862,23 @@ class PostgresWriter:
         SET quantity = r.quantity + excluded.quantity, events = r.events + excluded.events
     """
     LINES = """
-        INSERT INTO cycle_lines AS c (team_id, year, month, price_version_id, quantity, events,
-                                      amount_cents)
-        SELECT (e->>0)::uuid, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint,
-               (e->>4)::bigint, (e->>5)::bigint, 0
+        INSERT INTO cycle_lines AS c (team_id, year, month, price_version_id, cluster_name,
+                                      quantity, events, amount_cents)
+        SELECT (e->>0)::uuid, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, e->>4,
+               (e->>5)::bigint, (e->>6)::bigint, 0
         FROM jsonb_array_elements(%(rows)t) WITH ORDINALITY AS b(e, n) ORDER BY n
-        ON CONFLICT (team_id, year, month, price_version_id) DO UPDATE
+        ON CONFLICT (team_id, year, month, price_version_id, cluster_name) DO UPDATE
         SET quantity = c.quantity + excluded.quantity, events = c.events + excluded.events
-        RETURNING c.team_id::text, c.year, c.month, c.price_version_id, c.quantity
+        RETURNING c.team_id::text, c.year, c.month, c.price_version_id, c.cluster_name,
+                  c.quantity
     """
     # The lines are locked already (by LINES, in key order), so this join's order is harmless.
     AMOUNTS = """
-        UPDATE cycle_lines AS c SET amount_cents = (e->>4)::bigint
+        UPDATE cycle_lines AS c SET amount_cents = (e->>5)::bigint
         FROM jsonb_array_elements(%(rows)t) AS e
         WHERE c.team_id = (e->>0)::uuid AND c.year = (e->>1)::bigint
           AND c.month = (e->>2)::bigint AND c.price_version_id = (e->>3)::bigint
+          AND c.cluster_name = e->>4
     """
     CYCLES = """
         INSERT INTO billing_cycles AS c (team_id, year, month, spend_cents)
@@ -950,8 +983,8 @@ class PostgresWriter:
         document = self._document([(*key, *sums) for key, sums in lines])
         result = session.connection().exec_driver_sql(self.LINES, {"rows": document})
         return {
-            (team, int(year), int(month), int(version_id)): int(quantity)
-            for team, year, month, version_id, quantity in result
+            (team, int(year), int(month), int(version_id), cluster): int(quantity)
+            for team, year, month, version_id, cluster, quantity in result
         }
 
     def set_line_amounts(self, session: Session, amounts: Sequence[tuple[LineKey, int]]) -> None:
@@ -1191,7 +1224,7 @@ class MeteringService:
         amounts: list[tuple[LineKey, int]] = []
         spend: dict[CycleKey, int] = {}
         for key, (quantity, _) in sorted_lines:
-            team, year, month, version_id = key
+            team, year, month, version_id, _ = key
             price = prices[version_id]
             new_quantity = new_quantities[key]
             old_amount = round_to_cents(Pico((new_quantity - quantity) * price))
