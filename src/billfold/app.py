@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 from billfold import __version__
 from billfold.config import Settings, get_settings
 from billfold.invoicing import endpoints as invoicing
-from billfold.invoicing.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
 from billfold.kit.errors import Forbidden, install_error_handlers
@@ -32,6 +31,8 @@ from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.sandbox import SandboxProvider
 from billfold.pricing import endpoints as pricing
+from billfold.spend import endpoints as spend
+from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.teams import endpoints as teams
 from billfold.teams.auth import authenticated_key, billing_read, billing_write, operator
 
@@ -157,7 +158,9 @@ def create_app(
             )
         return JSONResponse({"status": "ok", "version": __version__})
 
-    for module in (teams, payments, pricing, metering, ledger, invoicing):
+    # The spend check first: FastAPI tries routes in order (see spend/endpoints.py).
+    app.include_router(spend.gateway_router, tags=["operator"])
+    for module in (teams, payments, pricing, metering, ledger, spend, invoicing):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     install_openapi(

@@ -18,7 +18,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from billfold.config import Settings, get_settings
-from billfold.invoicing.cli import cycle_app, invoices_app, limit_app, spend_status
+from billfold.invoicing.cli import cycle_app, invoices_app
 from billfold.kit.cli import (
     JsonOpt,
     bad_input,
@@ -39,6 +39,7 @@ from billfold.ledger.cli import credits_app
 from billfold.metering.cli import usage_app
 from billfold.payments.cli import card_app
 from billfold.pricing.cli import price_app
+from billfold.spend.cli import limit_app, spend_status
 from billfold.teams.schemas import KNOWN_ACLS
 
 app = typer.Typer(no_args_is_help=True, help="Billfold: usage billing for API platforms.")

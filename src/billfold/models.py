@@ -1,14 +1,9 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
-from billfold.invoicing.models import (
-    BillingCycle,
-    ClosedPeriod,
-    Invoice,
-    InvoiceCounter,
-    InvoiceLine,
-)
+from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
+from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.metering.models import UsageEvent, UsageRollup
 from billfold.payments.models import PaymentMethod
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from billfold.app import create_app
 from billfold.cli import app as cli_app
 from billfold.config import Settings, get_settings
-from billfold.invoicing.models import ClosedPeriod, Invoice
+from billfold.cycles.models import ClosedPeriod
+from billfold.invoicing.models import Invoice
 from billfold.invoicing.scheduler import due_months, latest_due_month
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.migrate import upgrade

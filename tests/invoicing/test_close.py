@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from billfold.invoicing.models import ClosedPeriod, Invoice
+from billfold.cycles.models import ClosedPeriod
+from billfold.invoicing.models import Invoice
 from billfold.payments.sandbox import SandboxProvider
 from tests.conftest import Api, event, unique_sku
 from tests.invoicing.conftest import (

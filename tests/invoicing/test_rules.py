@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billfold.config import Settings
-from billfold.invoicing.limits import SpendingLimits, spend_decision
 from billfold.invoicing.service import format_rate, vat_cents, vat_rate
 from billfold.kit.errors import ServiceUnavailable
 from billfold.kit.money import Cents
 from billfold.ledger.position import CreditPosition, CyclePosition
+from billfold.spend.limits import SpendingLimits, spend_decision
 
 rates = st.decimals(min_value=0, max_value=100, places=3, allow_nan=False, allow_infinity=False)
 

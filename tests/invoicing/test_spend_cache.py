@@ -20,10 +20,10 @@ from sqlalchemy import text
 
 from billfold.app import create_app
 from billfold.config import Settings
-from billfold.invoicing.gateway import SpendCache
-from billfold.invoicing.service import _spend_reader
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, normalize_database_url
+from billfold.spend.gateway import SpendCache
+from billfold.spend.reader import _spend_reader
 from tests.conftest import OPERATOR_TOKEN, Api, event, unique_sku
 from tests.invoicing.conftest import frozen_at, grant, set_soft_limit
 

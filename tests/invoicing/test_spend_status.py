@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from billfold.spend.service import spend_service
 from tests.conftest import Api, event, unique_sku
 from tests.invoicing.conftest import frozen_at, grant, limits, set_soft_limit, spend_status
 
@@ -141,12 +142,11 @@ def test_operator_team_view(api: Api) -> None:
 
 def _service_answer(api: Api, team_id: str) -> dict[str, Any]:
     """The spend check computed the long way (credit_position in a transaction)."""
-    from billfold.invoicing.endpoints import spend_status_json
-    from billfold.invoicing.service import invoicing_service
+    from billfold.spend.gateway import spend_status_json
 
     app: Any = api.client.app
     with app.state.sessionmaker() as session:
-        decision = invoicing_service.spend_status(session, app.state.settings, uuid.UUID(team_id))
+        decision = spend_service.spend_status(session, app.state.settings, uuid.UUID(team_id))
         session.commit()
     return dict(orjson.loads(spend_status_json(decision)))
 
@@ -229,10 +229,9 @@ def test_spend_check_with_a_generated_operator_token(api: Api) -> None:
 
 
 def test_inline_and_thread_pool_paths_agree(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    from billfold.invoicing.service import invoicing_service
 
     engine = api.client.app.state.engine  # type: ignore[attr-defined]
-    assert invoicing_service.reads_inline(engine) is (api.backend == "postgresql")
+    assert spend_service.reads_inline(engine) is (api.backend == "postgresql")
     sku = unique_sku()
     api.set_price(sku, "0.01", "2030-01-01T00:00:00Z")
     team_id, headers = api.team_with_key()
@@ -241,7 +240,7 @@ def test_inline_and_thread_pool_paths_agree(api: Api, monkeypatch: pytest.Monkey
         grant(api, team_id, 100)
         assert set_soft_limit(api, headers, team_id, "50").status_code == 200
         inline = spend_status(api, team_id)
-        monkeypatch.setattr(type(invoicing_service), "reads_inline", lambda self, engine: False)
+        monkeypatch.setattr(type(spend_service), "reads_inline", lambda self, engine: False)
         assert spend_status(api, team_id) == inline == _service_answer(api, team_id)
         missing = api.admin(
             "GET", "/admin/v1/teams/00000000-0000-4000-8000-00000000dead/spend-status"
@@ -251,10 +250,12 @@ def test_inline_and_thread_pool_paths_agree(api: Api, monkeypatch: pytest.Monkey
 
 
 def test_every_operator_route_of_the_domain_wants_the_operator_token(api: Api) -> None:
-    from billfold.invoicing.endpoints import admin_router, gateway_router
+    from billfold.invoicing.endpoints import admin_router
+    from billfold.spend.endpoints import admin_router as spend_admin_router
+    from billfold.spend.endpoints import gateway_router
 
     team_id, headers = api.team_with_key()
-    routes = [*admin_router.routes, *gateway_router.routes]
+    routes = [*admin_router.routes, *spend_admin_router.routes, *gateway_router.routes]
     assert len(routes) == 5  # team, hard limit, close, charge; spend-status (gateway)
     for route in routes:
         path = route.path.replace("{team_id}", team_id).replace("{invoice_id}", "inv_x")  # type: ignore[attr-defined]

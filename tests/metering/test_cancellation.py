@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from billfold.cli import app
 from billfold.config import Settings, get_settings
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.kit.clock import frozen
 from billfold.metering.cancellation import cancellation_service
-from billfold.metering.models import CycleLine, UsageCancellation, UsageEvent
+from billfold.metering.models import UsageCancellation, UsageEvent
 from billfold.metering.service import metering_service
 from tests.conftest import Api, event, unique_sku
 from tests.metering.test_analytics import request_body

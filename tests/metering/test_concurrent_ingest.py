@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
 from billfold.metering import service as metering
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
+from billfold.metering.models import UsageEvent, UsageRollup, UsageRollupByVersion
 from tests.conftest import Api, event, unique_sku
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

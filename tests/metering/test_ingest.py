@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from sqlalchemy import func, select
 
-from billfold.invoicing.models import BillingCycle
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup
+from billfold.cycles.models import BillingCycle, CycleLine
+from billfold.metering.models import UsageEvent, UsageRollup
 from tests.conftest import Api, event, unique_sku
 
 

@@ -27,13 +27,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
 from billfold.metering.models import (
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
-    CycleLine,
     RollupWithDims,
     UsageEvent,
     UsageRollup,

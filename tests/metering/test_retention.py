@@ -23,11 +23,11 @@ from typer.testing import CliRunner
 from billfold.app import create_app
 from billfold.cli import app
 from billfold.config import Settings, get_settings
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.metering import retention, scheduler
-from billfold.metering.models import CycleLine, UsageEvent, UsageRollup, UsageRollupByVersion
+from billfold.metering.models import UsageEvent, UsageRollup, UsageRollupByVersion
 from billfold.migrate import upgrade
 from tests.conftest import OPERATOR_TOKEN, Api, event, unique_sku
 from tests.metering.test_analytics import post_usage, request_body

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle
 from billfold.metering.models import UsageEvent
 from tests.conftest import Api, event, frozen_at, unique_sku
 from tests.invoicing.conftest import close

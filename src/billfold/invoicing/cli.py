@@ -1,4 +1,4 @@
-"""``billfold cycle ...`` and ``billfold limit ...``"""
+"""``billfold cycle ...`` and ``billfold invoices ...``"""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from billfold.kit.cli import (
 )
 
 cycle_app = typer.Typer(no_args_is_help=True, help="Billing cycles.")
-limit_app = typer.Typer(no_args_is_help=True, help="Spending limits.")
-
-_LIMIT_COLUMNS = ["hardSlOverride", "hardSlAuto", "effectiveHardSl", "softSl", "effectiveSl"]
 
 
 @cycle_app.command("close")
@@ -69,43 +66,6 @@ def cycle_close(
         f"{year}-{month:02d}: {t.invoices} invoices, total {t.total} cents "
         f"(paid {t.paid}, failed {t.failed}, pending {t.pending})"
     )
-
-
-@limit_app.command("show")
-def limit_show(team_id: str, as_json: JsonOpt = False) -> None:
-    """A team's spending limits, as the Billing Management API shows them."""
-    from billfold.invoicing.endpoints import limits_out
-    from billfold.invoicing.service import invoicing_service
-
-    settings = get_settings()
-    with transaction(settings) as session:
-        limits = invoicing_service.limits(session, settings, parse_team_id(team_id))
-    emit(limits_out(limits), as_json, _LIMIT_COLUMNS)
-
-
-@limit_app.command("hard")
-def limit_hard(
-    team_id: str,
-    amount: Annotated[
-        int | None, typer.Option("--amount", min=0, help="The team's hard limit in cents.")
-    ] = None,
-    clear: Annotated[
-        bool, typer.Option("--clear", help="Remove the override (back to the default).")
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Set (--amount CENTS) or remove (--clear) a team's hard spending limit."""
-    from billfold.invoicing.endpoints import limits_out
-    from billfold.invoicing.service import invoicing_service
-
-    if (amount is None) == (not clear):
-        bad_input("give exactly one of --amount CENTS or --clear", field="--amount")
-    settings = get_settings()
-    with transaction(settings) as session:
-        limits = invoicing_service.set_hard_limit(
-            session, settings, parse_team_id(team_id), None if clear else amount
-        )
-    emit(limits_out(limits), as_json, _LIMIT_COLUMNS)
 
 
 invoices_app = typer.Typer(no_args_is_help=True, help="Invoices (monthly and top-up receipts).")
@@ -165,15 +125,3 @@ def invoices_show(invoice_id: str, as_json: JsonOpt = False) -> None:
         emit(out.lines, False, _LINE_COLUMNS)
         if out.charger_attempts:
             emit(out.charger_attempts, False, ["ticket", "successful", "paymentMethodId"])
-
-
-def spend_status(team_id: str, as_json: JsonOpt = False) -> None:
-    """May the team spend now? The gateway's spend check (``GET .../spend-status``)."""
-    from billfold.invoicing.endpoints import spend_status_out
-    from billfold.invoicing.service import invoicing_service
-
-    settings = get_settings()
-    team = parse_team_id(team_id)
-    with transaction(settings) as session:
-        out = spend_status_out(invoicing_service.spend_status(session, settings, team))
-    show(out, as_json)

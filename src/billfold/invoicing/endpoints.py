@@ -3,15 +3,10 @@ team billing state, hard limits, cycle close and invoice charges (operator)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, TypeVar
 
-from fastapi import Query, Request, Response
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
+from fastapi import Query
 
-from billfold.invoicing.gateway import spend_answer, spend_status_json
-from billfold.invoicing.limits import SpendDecision, SpendingLimits
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.schemas import (
     BillingCycleOut,
@@ -29,12 +24,6 @@ from billfold.invoicing.schemas import (
     OperatorChargerAttemptOut,
     OperatorInvoiceOut,
     PrepaidFlavour,
-    SetHardLimitRequest,
-    SetSoftLimitRequest,
-    SetSoftLimitResponse,
-    SpendingLimitsOut,
-    SpendingLimitsResponse,
-    SpendStatusOut,
     TeamBillingOut,
 )
 from billfold.invoicing.service import (
@@ -49,13 +38,10 @@ from billfold.kit.errors import (
     Conflict,
     InvalidField,
     ResourceNotFound,
-    ServiceUnavailable,
-    Unauthorized,
 )
 from billfold.kit.http import (
     DbSession,
     Sessions,
-    bearer_token,
     end_request_transaction,
     parse_uuid,
 )
@@ -63,29 +49,18 @@ from billfold.kit.money import Pico, pico_to_price_units
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter, cent
 from billfold.payments.endpoints import Provider
-from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
-from billfold.teams.service import OperatorTokenService
+from billfold.spend.schemas import (
+    limits_out,
+    spend_status_out,
+)
+from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 _T = TypeVar("_T")
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-# The spend check's router (see "the spend check" below), included ahead of billing_router's own
-# routes: FastAPI tries routes in order, and each one tried first costs every check a few us.
-gateway_router = WireRouter()
-billing_router.include_router(gateway_router)
 
 # --- shaping -----------------------------------------------------------------------------------
-
-
-def limits_out(limits: SpendingLimits) -> SpendingLimitsOut:
-    return SpendingLimitsOut(
-        hard_sl_override=None if limits.hard_override is None else cent(limits.hard_override),
-        hard_sl_auto=cent(limits.hard_auto),
-        effective_hard_sl=cent(limits.effective_hard),
-        soft_sl=cent(limits.soft),
-        effective_sl=cent(limits.effective),
-    )
 
 
 def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
@@ -155,18 +130,6 @@ def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
     )
 
 
-def spend_status_out(decision: SpendDecision) -> SpendStatusOut:
-    return SpendStatusOut(
-        allowed=decision.allowed,
-        reason=decision.reason,
-        prepaid_remaining=cent(decision.prepaid_remaining),
-        postpaid_remaining=cent(decision.postpaid_remaining),
-        cycle_spend=cent(decision.cycle_spend),
-        postpaid_spend=cent(decision.postpaid_spend),
-        effective_spending_limit=cent(decision.effective_limit),
-    )
-
-
 def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
     t = summary.totals
     return CloseSummaryOut(
@@ -203,30 +166,6 @@ def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
 
 
 # --- the Billing Management API (customers) ----------------------------------------------------
-
-
-@billing_router.get(
-    "/v1/billing/teams/{team_id}/postpaid/spending-limits",
-    response_model=SpendingLimitsResponse,
-)
-def get_spending_limits(
-    scope: BillingRead, session: DbSession, settings: AppSettings
-) -> SpendingLimitsResponse:
-    limits = invoicing_service.limits(session, settings, scope.team_id)
-    return SpendingLimitsResponse(spending_limits=limits_out(limits))
-
-
-@billing_router.post(
-    "/v1/billing/teams/{team_id}/postpaid/spending-limits",
-    response_model=SetSoftLimitResponse,
-)
-def set_spending_limit(
-    body: SetSoftLimitRequest, scope: BillingWrite, session: DbSession, settings: AppSettings
-) -> SetSoftLimitResponse:
-    soft = invoicing_service.set_soft_limit(
-        session, settings, scope.team_id, body.desired_soft_spending_limit.val
-    )
-    return SetSoftLimitResponse(this_bp_soft_spending_limit=cent(soft))
 
 
 @billing_router.get(
@@ -322,70 +261,6 @@ def list_invoices(
 #   (the account lock) -- runs in the thread pool as usual.
 
 
-# Bound to no engine, so it can run no query: OperatorTokenService.check compares a configured
-# token in memory and never touches its session (were that to change, this would fail loudly).
-# Creating and closing a session per check cost ~20-40 us of CPU.
-_NO_DATABASE = Session()
-
-
-def require_operator(request: Request) -> None:
-    """teams.auth.operator without the request's transaction: a configured token is compared in
-    memory, without a session; a generated one is looked up in a short session of its own."""
-    token = bearer_token(request)
-    state = request.app.state
-    tokens = OperatorTokenService(state.settings.admin_token)
-    if tokens.configured:
-        ok = tokens.check(_NO_DATABASE, token)
-    else:
-        with state.sessionmaker() as session:
-            ok = tokens.check(session, token)
-    if not ok:
-        raise Unauthorized("unknown operator token", code="invalid_operator_token")
-
-
-def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:
-    require_operator(request)
-    team_id = parse_uuid(request.path_params["team_id"])
-    return team_id, spend_answer(request.app.state, team_id)
-
-
-# The team id is read from the matched path, not declared as a parameter: FastAPI's validation of
-# a declared one costs more than the rest of the route's plumbing (openapi_extra documents it).
-@gateway_router.get(
-    "/admin/v1/teams/{team_id}/spend-status",
-    response_model=SpendStatusOut,
-    tags=["operator"],
-    # The token is checked by checked_spend_answer, not by a dependency: declared here.
-    responses=error_responses(ResourceNotFound, ServiceUnavailable),
-    openapi_extra={
-        "security": [{"operatorToken": []}],
-        "parameters": [
-            {
-                "name": "team_id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "title": "Team Id"},
-            }
-        ],
-    },
-)
-async def spend_status(request: Request) -> Response:
-    state = request.app.state
-    if invoicing_service.reads_inline(state.engine):
-        team_id, body = checked_spend_answer(request)
-    else:
-        team_id, body = await run_in_threadpool(checked_spend_answer, request)
-    if body is None:
-        decision = await run_in_threadpool(
-            invoicing_service.spend_status_booking_expiry,
-            state.sessionmaker,
-            state.settings,
-            team_id,
-        )
-        body = spend_status_json(decision)
-    return Response(body, media_type="application/json")
-
-
 # --- operator ------------------------------------------------------------------------------------
 
 
@@ -414,18 +289,6 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
         spending_limits=limits_out(state.limits),
         spend_status=spend_status_out(state.decision),
     )
-
-
-@admin_router.put(
-    "/admin/v1/teams/{team_id}/hard-spending-limit",
-    response_model=SpendingLimitsResponse,
-    responses=error_responses(ResourceNotFound),
-)
-def set_hard_spending_limit(
-    team_id: str, body: SetHardLimitRequest, session: DbSession, settings: AppSettings
-) -> SpendingLimitsResponse:
-    limits = invoicing_service.set_hard_limit(session, settings, parse_uuid(team_id), body.amount)
-    return SpendingLimitsResponse(spending_limits=limits_out(limits))
 
 
 @admin_router.post(

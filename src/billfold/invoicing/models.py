@@ -26,30 +26,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from billfold.kit.db import Base
 
 
-class BillingCycle(Base):
-    __tablename__ = "billing_cycles"
-    # Cycle close walks one month's cycles of every team; the primary key leads with the team.
-    __table_args__ = (Index("ix_billing_cycles_month", "year", "month"),)
-
-    team_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("teams.id", ondelete="RESTRICT"), primary_key=True
-    )
-    year: Mapped[int] = mapped_column(primary_key=True)
-    month: Mapped[int] = mapped_column(primary_key=True)
-    spend_cents: Mapped[int]
-    closed_at: Mapped[datetime | None]
-    invoice_id: Mapped[str | None] = mapped_column(String(40))
-
-
-class ClosedPeriod(Base):
-    __tablename__ = "closed_periods"
-
-    year: Mapped[int] = mapped_column(primary_key=True)
-    month: Mapped[int] = mapped_column(primary_key=True)
-    closed_at: Mapped[datetime]
-    summary: Mapped[dict[str, Any]]
-
-
 class InvoiceCounter(Base):
     __tablename__ = "invoice_counters"
 

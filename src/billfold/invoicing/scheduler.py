@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
-from billfold.invoicing.models import BillingCycle, ClosedPeriod
-from billfold.invoicing.periods import month_of, previous_month
+from billfold.cycles.models import BillingCycle, ClosedPeriod
+from billfold.cycles.periods import month_of, previous_month
 from billfold.invoicing.service import CloseSummary, invoicing_service
 from billfold.kit.background import periodic
 from billfold.kit.clock import utc_now

@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 from pydantic import Field
 
 from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel
+from billfold.spend.schemas import SpendingLimitsOut, SpendStatusOut
 
 # --- spending limits (§9, §10, operator hard limit) -------------------------------------------
-
-
-class SpendingLimitsOut(WireModel):
-    hard_sl_override: Cent | None = None  # left out when the operator has not set one
-    hard_sl_auto: Cent
-    effective_hard_sl: Cent
-    soft_sl: Cent
-    effective_sl: Cent
-
-
-class SpendingLimitsResponse(WireModel):
-    spending_limits: SpendingLimitsOut
-
-
-class SetSoftLimitRequest(WireModel):
-    desired_soft_spending_limit: Cent
-
-
-class SetSoftLimitResponse(WireModel):
-    this_bp_soft_spending_limit: Cent
-
-
-class SetHardLimitRequest(WireModel):
-    # Required but nullable: ``{"amount": null}`` removes the override, ``{}`` is a 400.
-    keep_nulls: ClassVar[bool] = True
-    amount: Int64 | None
 
 
 # --- invoice lines, preview (§8) -------------------------------------------------------------
@@ -139,16 +113,6 @@ class InvoiceList(WireModel):
 
 
 # --- operator: spend check, team billing state, cycle close ----------------------------------
-
-
-class SpendStatusOut(WireModel):
-    allowed: bool
-    reason: str
-    prepaid_remaining: Cent
-    postpaid_remaining: Cent
-    cycle_spend: Cent
-    postpaid_spend: Cent
-    effective_spending_limit: Cent
 
 
 class TeamBillingOut(WireModel):

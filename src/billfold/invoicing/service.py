@@ -25,50 +25,28 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
-import time
 import uuid
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any
 
-import psycopg
-from psycopg import pq
-from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Engine,
-    Uuid,
     and_,
-    bindparam,
-    event,
     or_,
     select,
-    text,
 )
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
-from billfold.invoicing.limits import (
-    SpendDecision,
-    SpendingLimits,
-    limits_of,
-    spend_decision,
-    spending_limits,
-)
-from billfold.invoicing.models import BillingCycle, ClosedPeriod, Invoice, InvoiceLine
+from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
+from billfold.cycles.periods import lock_month_exclusive, month_end, month_of
+from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.numbers import next_invoice_number
-from billfold.invoicing.periods import lock_month_exclusive, month_end, month_of, month_start
 from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import (
-    LIBPQ_KEEPALIVES,
-    UTCDateTime,
     dialect_insert,
-    libpq_conninfo,
     transaction,
 )
 from billfold.kit.errors import (
@@ -81,11 +59,9 @@ from billfold.kit.errors import (
 from billfold.kit.money import Cents
 from billfold.ledger.position import (
     CreditPosition,
-    allocate_credit,
     credit_position,
 )
 from billfold.ledger.service import ledger_service
-from billfold.metering.models import CycleLine
 from billfold.payments.provider import (
     ChargeResult,
     PaymentProvider,
@@ -94,6 +70,12 @@ from billfold.payments.provider import (
 )
 from billfold.payments.service import payment_method_service
 from billfold.pricing.models import PriceVersion
+from billfold.spend.limits import (
+    SpendDecision,
+    SpendingLimits,
+    spend_decision,
+    spending_limits,
+)
 from billfold.teams.models import BillingInfo, Team
 from billfold.teams.service import team_service
 
@@ -341,245 +323,6 @@ class _ChargePlan:
     method_ref: str
 
 
-# The spend check in one statement: the team's limits, its posted credit (and whether a grant's
-# expiry is due), and its open cycles -- one row per open cycle, or one row of NULL cycle columns.
-# One statement is one snapshot, so no transaction is needed around it. The same text serves
-# SQLAlchemy on SQLite (_SPEND_CHECK) and libpq on PostgreSQL (_SpendReader). No ORDER BY:
-# allocate_credit orders the cycles itself, and a Sort node was a quarter of PostgreSQL's work
-# per check.
-_SPEND_CHECK_SQL = """
-    SELECT t.soft_limit_cents, t.hard_limit_override_cents, ca.balance_cents,
-           ca.next_expiry_at <= {now} AS expiry_due, {next_expiry} AS next_expiry_us,
-           bc.year, bc.month, bc.spend_cents
-    FROM teams t
-    LEFT JOIN credit_accounts ca ON ca.team_id = t.id
-    LEFT JOIN billing_cycles bc ON bc.team_id = t.id AND bc.closed_at IS NULL
-    WHERE t.id = {team_id}
-"""
-_SPEND_CHECK = (
-    text(_SPEND_CHECK_SQL.format(now=":now", team_id=":team_id", next_expiry="NULL"))
-    .bindparams(bindparam("team_id", type_=Uuid()), bindparam("now", type_=UTCDateTime()))
-    .columns(
-        soft_limit_cents=BigInteger(),
-        hard_limit_override_cents=BigInteger(),
-        balance_cents=BigInteger(),
-        expiry_due=Boolean(),
-        next_expiry_us=BigInteger(),
-        year=BigInteger(),
-        month=BigInteger(),
-        spend_cents=BigInteger(),
-    )
-)
-# On PostgreSQL the next expiry comes back too, as microseconds since the epoch (no timestamp to
-# parse): a cached answer (invoicing/gateway.py) is good until then.
-_SPEND_CHECK_LIBPQ = _SPEND_CHECK_SQL.format(
-    now="$2::timestamptz",
-    team_id="$1::uuid",
-    next_expiry="floor(extract(epoch FROM ca.next_expiry_at) * 1000000)::bigint",
-).encode()
-_SPEND_CHECK_NAME = b"billfold_spend_check"
-_UNDEFINED_STATEMENT = b"26000"  # SQLSTATE invalid_sql_statement_name: not prepared here
-_TIMED_OUT = (b"55P03", b"57014")  # lock_not_available, query_canceled (statement_timeout)
-_READER_LIMITS = {
-    **LIBPQ_KEEPALIVES,
-    "connect_timeout": "2",
-    "options": "-c lock_timeout=100 -c statement_timeout=1000",
-}
-_READER_BACKOFF = 1.0  # after a failed connection, checks answer 503 at once for this long
-
-# (soft limit, hard override, posted credit, expiry due, next expiry in us since the epoch (None
-# on SQLite), year, month, spend): one per open cycle
-SpendRow = tuple[
-    int | None,
-    int | None,
-    int | None,
-    bool | None,
-    int | None,
-    int | None,
-    int | None,
-    int | None,
-]
-
-
-class SpendSnapshot(NamedTuple):
-    """A spend check's answer and when it holds unless the team's rows change: from the start of
-    the month until the next (a new cycle) or the next grant expiry, whichever comes first (a
-    start too, because tests move clocks backwards). ``decision`` is None when
-    an expiry is due now (the ledger books it first, see ``spend_status_booking_expiry``)."""
-
-    decision: SpendDecision | None
-    valid_from: datetime
-    valid_until: datetime
-
-
-_READER_IDLE = 4  # connections a process keeps open for the spend check, at most
-
-
-class _ConnectionLost(Exception):
-    """A spend check's connection was dropped, or could not be made."""
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _int(value: bytes | None) -> int | None:
-    return None if value is None else int(value)
-
-
-class _SpendReader:
-    """The spend check's own connections to PostgreSQL, per process and per app engine.
-
-    The check is the platform's per-request call, so its read is kept to one round trip and as
-    little Python as it can be:
-
-    * no ping: the app's pool pings every connection it hands out (``pool_pre_ping``), a round
-      trip as long as the check's statement. Instead a read whose connection turns out dropped (a
-      PostgreSQL restart, an idle-connection timeout) is retried once on a fresh connection --
-      harmless, the read changes nothing; the other idle connections are closed with it (after a
-      restart they are as dead);
-    * libpq itself (``psycopg.pq``, psycopg's own libpq binding), not a psycopg cursor through
-      SQLAlchemy's pool: the statement is prepared once per connection and each check sends only
-      the team id and the time, in text, and reads a few integers back. That costs ~25 us of
-      CPU and ~65 us of wall time per read against ~80 us and ~155 us (measured in-process);
-    * no transaction: libpq runs a lone statement in autocommit, one statement is one snapshot.
-
-    It holds connections only, never an answer: every worker process reads the same committed
-    rows. The checks of a process run one at a time on its event loop, so one connection is
-    usually all it opens; more only when reads overlap (several threads or event loops). A
-    connection is opened on the event loop too (the first check of a process, or after a drop):
-    put ``connect_timeout`` in the database URL when the database is remote.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        # The read runs on the event loop, so nothing may make it wait long: a table lock (an
-        # ALTER TABLE queued behind a long transaction), a slow statement, a connection attempt
-        # or a peer gone silent would stall every request of the process. Hence the timeouts
-        # (a lock or statement timeout answers 503 like an unreachable database) and keepalives.
-        self.conninfo = libpq_conninfo(engine, _READER_LIMITS)
-        self._idle: list[PGconn] = []  # list.pop/append are atomic: safe across threads
-        self._down_until = 0.0
-
-    def read(self, team_id: uuid.UUID, now: datetime) -> list[SpendRow]:
-        if time.monotonic() < self._down_until:  # failed a moment ago: do not wait again now
-            raise ServiceUnavailable("the database is unreachable; retry", code="unavailable")
-        params = [str(team_id).encode(), now.isoformat().encode()]
-        try:
-            return self._read(params)
-        except _ConnectionLost:
-            self.dispose()
-        try:
-            return self._read(params)
-        except _ConnectionLost as lost:
-            log.warning("spend check: the database is unreachable: %s", lost)
-            self._down_until = time.monotonic() + _READER_BACKOFF
-            raise ServiceUnavailable(
-                "the database is unreachable; retry", code="unavailable"
-            ) from lost
-
-    def _read(self, params: list[bytes]) -> list[SpendRow]:
-        try:
-            connection = self._idle.pop()
-        except IndexError:
-            connection = self._connect()
-        result = self._execute(connection, params)
-        if result is not None and result.status == pq.ExecStatus.TUPLES_OK:
-            self._release(connection)
-            value = result.get_value
-            return [
-                (
-                    _int(value(row, 0)),
-                    _int(value(row, 1)),
-                    _int(value(row, 2)),
-                    None if (due := value(row, 3)) is None else due == b"t",
-                    _int(value(row, 4)),
-                    _int(value(row, 5)),
-                    _int(value(row, 6)),
-                    _int(value(row, 7)),
-                )
-                for row in range(result.ntuples)
-            ]
-        message = _libpq_error(connection if result is None else result)
-        if connection.status != pq.ConnStatus.OK:
-            connection.finish()
-            raise _ConnectionLost(message)
-        self._release(connection)  # the statement failed, the connection is fine: no retry
-        if result is not None and result.error_field(pq.DiagnosticField.SQLSTATE) in _TIMED_OUT:
-            log.warning("spend check: %s", message)
-            raise ServiceUnavailable("the database is busy; retry", code="unavailable")
-        raise psycopg.DatabaseError(message)
-
-    def _execute(self, connection: PGconn, params: list[bytes]) -> PGresult | None:
-        """The prepared statement's result; None when libpq could not even send it."""
-        try:
-            result = connection.exec_prepared(_SPEND_CHECK_NAME, params)
-            if result.error_field(pq.DiagnosticField.SQLSTATE) == _UNDEFINED_STATEMENT:
-                # The session lost it (DISCARD ALL, or a pooler such as PgBouncer handing over
-                # another server connection): prepare it again, once.
-                prepared = connection.prepare(_SPEND_CHECK_NAME, _SPEND_CHECK_LIBPQ)
-                if prepared.status == pq.ExecStatus.COMMAND_OK:
-                    result = connection.exec_prepared(_SPEND_CHECK_NAME, params)
-            return result
-        except psycopg.OperationalError:
-            return None
-
-    def _connect(self) -> PGconn:
-        connection = pq.PGconn.connect(self.conninfo)
-        if connection.status != pq.ConnStatus.OK:
-            message = _libpq_error(connection)
-            connection.finish()
-            raise _ConnectionLost(message)
-        prepared = connection.prepare(_SPEND_CHECK_NAME, _SPEND_CHECK_LIBPQ)
-        if prepared.status != pq.ExecStatus.COMMAND_OK:
-            message = _libpq_error(prepared)
-            lost = connection.status != pq.ConnStatus.OK
-            connection.finish()
-            raise _ConnectionLost(message) if lost else psycopg.DatabaseError(message)
-        return connection
-
-    def _release(self, connection: PGconn) -> None:
-        if len(self._idle) < _READER_IDLE:
-            self._idle.append(connection)
-        else:
-            connection.finish()
-
-    def dispose(self) -> None:
-        """Close the idle connections (those in use are closed or kept when they come back)."""
-        while True:
-            try:
-                self._idle.pop().finish()
-            except IndexError:
-                return
-
-
-def _libpq_error(source: PGconn | PGresult) -> str:
-    return source.error_message.decode(errors="replace").strip() or "libpq error"
-
-
-_spend_readers: weakref.WeakKeyDictionary[Engine, _SpendReader] = weakref.WeakKeyDictionary()
-_spend_readers_lock = threading.Lock()
-
-
-def _spend_reader(engine: Engine) -> _SpendReader:
-    """The reader of ``engine``'s database in this process, created at the first check (each
-    uvicorn worker builds its own app and engine, so each gets its own)."""
-    reader = _spend_readers.get(engine)
-    if reader is None:
-        with _spend_readers_lock:
-            reader = _spend_readers.get(engine)
-            if reader is None:
-                reader = _spend_readers[engine] = _SpendReader(engine)
-                # The app disposes its engine at shutdown: close these connections with it.
-                event.listen(engine, "engine_disposed", _dispose_reader(reader))
-    return reader
-
-
-def _dispose_reader(reader: _SpendReader) -> Callable[[Engine], None]:
-    def dispose(_engine: Engine) -> None:
-        reader.dispose()
-
-    return dispose
-
-
 def new_invoice_id() -> str:
     return "inv_" + secrets.token_urlsafe(18)
 
@@ -590,46 +333,6 @@ def _month_key(year: int, month: int) -> str:
 
 class InvoicingService:
     # --- spending limits ------------------------------------------------------------------------
-
-    def limits(self, session: Session, settings: Settings, team_id: uuid.UUID) -> SpendingLimits:
-        return spending_limits(team_service.get(session, team_id), settings)
-
-    def set_soft_limit(
-        self, session: Session, settings: Settings, team_id: uuid.UUID, desired: int
-    ) -> Cents:
-        """The team's own limit (§10). It may not exceed the effective hard limit.
-
-        The team row is locked so the check against the hard limit holds until commit (an
-        operator lowering the hard limit at the same moment waits, or is waited for).
-        """
-        field = "desiredSoftSpendingLimit.val"
-        if desired < 0:
-            raise InvalidField(field, "must not be negative")
-        team = team_service.get(session, team_id, for_update=True)
-        limits = spending_limits(team, settings)
-        if desired > limits.effective_hard:
-            raise InvalidField(
-                field,
-                f"must not exceed the hard spending limit (effectiveHardSl) of "
-                f"{limits.effective_hard} cents",
-                code="above_hard_limit",
-            )
-        team.soft_limit_cents = desired
-        return Cents(desired)
-
-    def set_hard_limit(
-        self, session: Session, settings: Settings, team_id: uuid.UUID, amount: int | None
-    ) -> SpendingLimits:
-        """The operator's per-team hard limit; ``None`` falls back to ``hardSlAuto``.
-
-        A soft limit above the new hard limit is kept as the team set it (see limits.py); the
-        effective limit is the lower of the two at once.
-        """
-        if amount is not None and amount < 0:
-            raise InvalidField("amount", "must not be negative (null removes the override)")
-        team = team_service.get(session, team_id, for_update=True)
-        team.hard_limit_override_cents = amount
-        return spending_limits(team, settings)
 
     # --- statements: preview and invoice share this -----------------------------------------
 
@@ -718,72 +421,6 @@ class InvoicingService:
         return Preview(statement=statement, limits=spending_limits(team, settings))
 
     # --- the spend check ------------------------------------------------------------------------
-
-    def spend_status(
-        self, session: Session, settings: Settings, team_id: uuid.UUID
-    ) -> SpendDecision:
-        """May the team spend now? Three indexed reads: the team, its credit account, and its
-        open cycles -- rows that ingestion updates in the batch's own transaction, so the answer
-        is exact as of the last committed batch, in every process, without a cache."""
-        team = team_service.get(session, team_id)
-        now = utc_now()
-        position = credit_position(session, team_id, now)
-        return spend_decision(spending_limits(team, settings), position, now.year, now.month)
-
-    def reads_inline(self, engine: Engine) -> bool:
-        """May the spend check's one-statement read run on the event loop instead of a worker
-        thread? On PostgreSQL: its reader never waits for a connection (it opens one when none is
-        idle), and the indexed read (~65 us) costs less than the hop to a thread and back. Not on
-        SQLite: a read there takes the database write lock and may wait for it.
-        """
-        return engine.dialect.name == "postgresql"
-
-    def spend_snapshot(
-        self, engine: Engine, settings: Settings, team_id: uuid.UUID
-    ) -> SpendSnapshot:
-        """:meth:`spend_status` in one round trip, for the gateway's per-request check.
-
-        The same answer from the same committed rows, read by one statement (one snapshot, more
-        consistent than three); on PostgreSQL through the check's own connections
-        (:class:`_SpendReader`). Its decision is None when a grant's expiry is due: the ledger
-        must book it before the credit is read, in a transaction
-        (:meth:`spend_status_booking_expiry`).
-        """
-        now = utc_now()
-        rows: Sequence[SpendRow]
-        if engine.dialect.name == "postgresql":
-            rows = _spend_reader(engine).read(team_id, now)
-        else:
-            with engine.connect() as connection:
-                result = connection.execute(_SPEND_CHECK, {"team_id": team_id, "now": now})
-                rows = [tuple(row) for row in result]
-        return self._spend_snapshot(rows, settings, team_id, now)
-
-    def spend_status_booking_expiry(
-        self, sessions: sessionmaker[Session], settings: Settings, team_id: uuid.UUID
-    ) -> SpendDecision:
-        """:meth:`spend_status` in a transaction of its own (the position books due expiries)."""
-        with transaction(sessions) as session:
-            return self.spend_status(session, settings, team_id)
-
-    def _spend_snapshot(
-        self, rows: Sequence[SpendRow], settings: Settings, team_id: uuid.UUID, now: datetime
-    ) -> SpendSnapshot:
-        if not rows:
-            raise ResourceNotFound(f"team {team_id} not found", code="team_not_found")
-        soft, hard, credit, expiry_due, next_expiry_us = rows[0][:5]
-        # Nothing but a new month or an expiry changes the answer without a write to these rows.
-        valid_from, valid_until = month_start(now.year, now.month), month_end(now.year, now.month)
-        if next_expiry_us is not None:
-            valid_until = min(valid_until, _EPOCH + timedelta(microseconds=next_expiry_us))
-        if expiry_due:
-            # credit expires now: the ledger books that before anyone reads it
-            return SpendSnapshot(None, valid_from, valid_until)
-        spends = {(r[5], r[6]): r[7] or 0 for r in rows if r[5] is not None and r[6] is not None}
-        position = allocate_credit(team_id, Cents(credit or 0), spends, now)
-        limits = limits_of(soft, hard, settings)
-        decision = spend_decision(limits, position, now.year, now.month)
-        return SpendSnapshot(decision, valid_from, valid_until)
 
     def team_billing(self, session: Session, settings: Settings, team_id: uuid.UUID) -> TeamBilling:
         team = team_service.get(session, team_id)

@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.invoicing.models import BillingCycle
+from billfold.cycles.models import BillingCycle
 from billfold.kit.money import Cents
 from billfold.ledger.models import CreditAccount
 

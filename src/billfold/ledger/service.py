@@ -25,9 +25,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
-from billfold.invoicing.models import BillingCycle, Invoice, InvoiceLine
+from billfold.cycles.models import BillingCycle
+from billfold.cycles.periods import month_end, month_start
+from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.numbers import next_invoice_number
-from billfold.invoicing.periods import month_end, month_start
 from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import dialect_insert, transaction
 from billfold.kit.errors import BadRequest, Conflict, InvalidField

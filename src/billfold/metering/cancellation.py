@@ -56,15 +56,14 @@ from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
-from billfold.invoicing.models import BillingCycle
-from billfold.invoicing.periods import closed_months, lock_month_exclusive
+from billfold.cycles.models import BillingCycle, CycleLine
+from billfold.cycles.periods import closed_months, lock_month_exclusive
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import BadRequest, Conflict
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering import rebuild
 from billfold.metering.models import (
     VERSION_ROLLUPS_BY_WIDTH,
-    CycleLine,
     UsageCancellation,
     UsageEvent,
     UsagePropertySet,

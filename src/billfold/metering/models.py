@@ -221,25 +221,3 @@ VERSION_ROLLUPS_BY_WIDTH: dict[int, type[RollupByVersion]] = {
     86_400: UsageRollupDailyByVersion,
 }
 ROLLUP_WIDTHS = tuple(ROLLUPS_BY_WIDTH)
-
-
-class CycleLine(Base):
-    """Usage of one team in one billing cycle at one price version in one cluster: a future
-    invoice line (upstream's lines carry ``clusterName``; migration 0013).
-
-    ``cluster_name`` is the events' ``clusterName`` property (:func:`metering.service.cluster_of`),
-    ``""`` for events without one -- whether or not the property is groupable.
-    ``amount_cents`` is ``round_to_cents(quantity * unit_price)``, kept current in the same
-    transaction as the events, so the preview and the spend check read it without summing events.
-    """
-
-    __tablename__ = "cycle_lines"
-
-    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    year: Mapped[int] = mapped_column(primary_key=True)
-    month: Mapped[int] = mapped_column(primary_key=True)
-    price_version_id: Mapped[int] = mapped_column(ForeignKey("price_versions.id"), primary_key=True)
-    cluster_name: Mapped[str] = mapped_column(String(200), primary_key=True, server_default="")
-    quantity: Mapped[int]
-    events: Mapped[int]
-    amount_cents: Mapped[int]

@@ -52,7 +52,7 @@ from sqlalchemy import delete, select, union
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
-from billfold.invoicing.periods import lock_month_exclusive
+from billfold.cycles.periods import lock_month_exclusive
 from billfold.kit.errors import BadRequest
 from billfold.metering import retention
 from billfold.metering.analytics import raw_event_sums

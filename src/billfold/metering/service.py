@@ -73,8 +73,8 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
-from billfold.invoicing.models import BillingCycle
-from billfold.invoicing.periods import closed_months, lock_months_shared
+from billfold.cycles.models import BillingCycle, CycleLine
+from billfold.cycles.periods import closed_months, lock_months_shared
 from billfold.kit.clock import utc_now
 from billfold.kit.db import dialect_insert, is_postgres
 from billfold.kit.errors import BadRequest
@@ -83,7 +83,6 @@ from billfold.metering.models import (
     ROLLUP_WIDTHS,
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
-    CycleLine,
     UsageEvent,
     UsagePropertySet,
 )

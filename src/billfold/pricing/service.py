@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from billfold.invoicing.periods import is_closed, month_of
+from billfold.cycles.periods import is_closed, month_of
 from billfold.kit.clock import rfc3339, to_utc, utc_now
 from billfold.kit.errors import Conflict, InvalidField
 from billfold.kit.money import Pico, parse_usd_price

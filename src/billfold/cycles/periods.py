@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from billfold.invoicing.models import ClosedPeriod
+from billfold.cycles.models import ClosedPeriod
 from billfold.kit.clock import to_utc
 
 # Namespace of the PostgreSQL advisory locks that order usage ingestion against cycle close.

@@ -75,11 +75,11 @@ from psycopg.pq.abc import PGconn
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billfold.invoicing.limits import SpendDecision
-from billfold.invoicing.service import invoicing_service
 from billfold.kit.clock import utc_now
 from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
 from billfold.kit.errors import ServiceUnavailable
+from billfold.spend.limits import SpendDecision
+from billfold.spend.service import spend_service
 
 log = logging.getLogger("billfold.spend_cache")
 
@@ -130,7 +130,7 @@ def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
         if body is not None:
             return body
         epoch = cache.epoch
-    snapshot = invoicing_service.spend_snapshot(state.engine, state.settings, team_id)
+    snapshot = spend_service.spend_snapshot(state.engine, state.settings, team_id)
     if snapshot.decision is None:
         return None
     body = spend_status_json(snapshot.decision)
@@ -565,7 +565,7 @@ class GatewayMiddleware:
         self.state = state
         token = state.settings.admin_token
         self._token = token.encode() if token else None
-        self._inline = invoicing_service.reads_inline(state.engine)
+        self._inline = spend_service.reads_inline(state.engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
