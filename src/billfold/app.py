@@ -35,6 +35,7 @@ from billfold.spend import endpoints as spend
 from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.teams import endpoints as teams
 from billfold.teams.auth import authenticated_key, billing_read, billing_write, operator
+from billfold.topups import endpoints as topups
 
 log = logging.getLogger("billfold")
 
@@ -160,7 +161,7 @@ def create_app(
 
     # The spend check first: FastAPI tries routes in order (see spend/endpoints.py).
     app.include_router(spend.gateway_router, tags=["operator"])
-    for module in (teams, payments, pricing, metering, ledger, spend, invoicing):
+    for module in (teams, payments, pricing, metering, ledger, spend, invoicing, topups):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     install_openapi(

@@ -42,6 +42,9 @@ from billfold.pricing.cli import price_app
 from billfold.spend.cli import limit_app, spend_status
 from billfold.teams.schemas import KNOWN_ACLS
 
+# registers ``credits balance`` and ``credits resolve-pending`` on credits_app
+from billfold.topups import cli as topups_cli  # noqa: F401
+
 app = typer.Typer(no_args_is_help=True, help="Billfold: usage billing for API platforms.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 team_app = typer.Typer(no_args_is_help=True, help="Teams.")

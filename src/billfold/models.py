@@ -2,11 +2,12 @@
 
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
-from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
+from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
 from billfold.payments.models import PaymentMethod
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
+from billfold.topups.models import Topup
 
 __all__ = [
     "BillingCycle",

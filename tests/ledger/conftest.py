@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.ledger.models import CreditAccount, LedgerEntry, Topup
+from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.ledger.service import ledger_service
 from billfold.payments.models import PaymentMethod
 from billfold.payments.sandbox import SandboxProvider, sandbox_charges
+from billfold.topups.models import Topup
 from tests.conftest import Api, at, frozen_at  # noqa: F401 (the tests import them from here)
 
 

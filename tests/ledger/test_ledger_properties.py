@@ -35,13 +35,15 @@ from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BadRequest
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.ledger.position import credit_position
-from billfold.ledger.service import ledger_service, topup_service
+from billfold.ledger.service import ledger_service
 from billfold.metering.service import metering_service
 from billfold.payments.provider import CardInput
 from billfold.payments.sandbox import CARD_ALWAYS_SUCCEEDS, SandboxProvider
 from billfold.payments.service import payment_method_service
 from billfold.pricing.service import pricing_service
 from billfold.teams.service import team_service
+from billfold.topups.balance import prepaid_balance_service
+from billfold.topups.service import topup_service
 
 START = datetime(2036, 1, 20, tzinfo=UTC)
 PRICE = "0.0000003"  # USD per unit: 300,000 pico-dollars
@@ -282,7 +284,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def read_balance(self) -> None:
         self.model.expire_due(self.now)
         with frozen(self.now), transaction(self.backend.sessions) as session:
-            listing = ledger_service.balance(session, self.team_id)
+            listing = prepaid_balance_service.balance(session, self.team_id)
             position = credit_position(session, self.team_id, self.now)
             spends = [e for e in ledger_service.entries(session, self.team_id) if e.kind == "spend"]
         total = int(listing.total.val)

@@ -11,14 +11,14 @@ from sqlalchemy import select
 
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.kit.clock import frozen, utc_now
-from billfold.ledger.models import Topup
-from billfold.ledger.service import PENDING_RETRY_AFTER, topup_service
 from billfold.payments.sandbox import (
     CARD_ALWAYS_SUCCEEDS,
     CARD_DECLINED,
     CARD_INSUFFICIENT_FUNDS,
     CARD_TIMEOUT,
 )
+from billfold.topups.models import Topup
+from billfold.topups.service import PENDING_RETRY_AFTER, topup_service
 from tests.conftest import Api, event, unique_sku
 from tests.ledger.conftest import (
     assert_consistent,

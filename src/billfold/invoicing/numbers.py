@@ -6,10 +6,12 @@ so does the counter, so no number is ever skipped or used twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billfold.invoicing.models import InvoiceCounter
+from billfold.invoicing.models import Invoice, InvoiceCounter
 from billfold.kit.db import dialect_insert
 
 COUNTER = "invoices"
@@ -33,3 +35,12 @@ def next_invoice_number(session: Session) -> str:
     counter.next_value = value + 1
     session.flush()
     return f"{PREFIX}{value:08d}"
+
+
+def invoice_numbers(session: Session, invoice_ids: Sequence[str]) -> dict[str, str]:
+    if not invoice_ids:
+        return {}
+    rows = session.execute(
+        select(Invoice.id, Invoice.number).where(Invoice.id.in_(list(invoice_ids)))
+    ).all()
+    return {invoice_id: number for invoice_id, number in rows}

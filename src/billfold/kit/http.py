@@ -16,7 +16,11 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit.db import transaction
-from billfold.kit.errors import BadRequest, InvalidField, Unauthorized
+from billfold.kit.errors import (
+    BadRequest,
+    InvalidField,
+    Unauthorized,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -209,3 +213,6 @@ async def _run_dependencies(request: Request, dependant: Dependant, overrides: A
         async_exit_stack=request.scope["fastapi_inner_astack"],
         embed_body_fields=False,
     )
+
+
+REPLAYED_HEADER = "Idempotent-Replayed"

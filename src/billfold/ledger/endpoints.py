@@ -2,86 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import Response
 
-from fastapi import Header, Response
-
-from billfold.kit.errors import Conflict, PaymentFailed, ResourceNotFound
-from billfold.kit.http import DbSession, Sessions, end_request_transaction, parse_uuid
+from billfold.kit.errors import Conflict, ResourceNotFound
+from billfold.kit.http import (
+    REPLAYED_HEADER,
+    DbSession,
+    parse_uuid,
+)
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.models import LedgerEntry
 from billfold.ledger.schemas import (
-    FAILED_TO_CHARGE,
-    TO_CHARGE,
     CreditEntryOut,
     GrantCreditsRequest,
-    PrepaidBalance,
-    TopUpRequest,
-    TopUpResponse,
 )
-from billfold.ledger.service import CREDIT_KEY_PREFIX, ledger_service, topup_service
-from billfold.payments.endpoints import Provider
-from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
+from billfold.ledger.service import CREDIT_KEY_PREFIX, ledger_service
+from billfold.teams.auth import Operator
 
 # Each route repeats ``response_model_exclude_none=True``: WireRouter's default does not reach
 # routes added through the decorators (they pass the flag explicitly as False).
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-
-REPLAYED_HEADER = "Idempotent-Replayed"
-
-
-@billing_router.get(
-    "/v1/billing/teams/{team_id}/prepaid/balance",
-    response_model=PrepaidBalance,
-)
-def get_prepaid_balance(
-    scope: BillingRead, session: DbSession, sessions: Sessions, provider: Provider
-) -> PrepaidBalance:
-    end_request_transaction(session)
-    return topup_service.balance(sessions, provider, scope.team_id)
-
-
-@billing_router.post(
-    "/v1/billing/teams/{team_id}/prepaid/top-up",
-    response_model=TopUpResponse,
-    responses={
-        202: {"model": TopUpResponse},
-        **error_responses(PaymentFailed, Conflict),
-    },
-)
-def top_up(
-    body: TopUpRequest,
-    scope: BillingWrite,
-    session: DbSession,
-    sessions: Sessions,
-    provider: Provider,
-    settings: AppSettings,
-    response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> TopUpResponse:
-    """200 charged; 402 declined (the body carries the FAILED_TO_CHARGE change); 202 the change is
-    still pending (TO_CHARGE): the provider did not answer, or -- without a key -- another purchase
-    of the team is pending and is returned instead of charging again."""
-    end_request_transaction(session)
-    outcome = topup_service.top_up(
-        sessions, provider, settings, scope.team_id, body.amount.val, idempotency_key
-    )
-    # The replay header answers a replayed Idempotency-Key; without a key, the pending purchase
-    # returned instead of a new charge (the upstream rule) is not a replay of this caller's request.
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed and idempotency_key else {}
-    if outcome.status == FAILED_TO_CHARGE:
-        error = PaymentFailed(
-            outcome.failure_message or "the card was declined",
-            code=outcome.failure_code or "card_declined",
-            change=outcome.change.wire(),
-        )
-        error.headers = headers or None
-        raise error
-    response.status_code = 202 if outcome.status == TO_CHARGE else 200
-    response.headers.update(headers)
-    return TopUpResponse(change=outcome.change)
 
 
 def entry_out(entry: LedgerEntry) -> CreditEntryOut:

@@ -66,28 +66,3 @@ class CreditAccount(Base):
     updated_at: Mapped[datetime]
     # Earliest ``expires_at`` of a grant that has no expiry entry yet; None when there is none.
     next_expiry_at: Mapped[datetime | None]
-
-
-class Topup(Base):
-    __tablename__ = "topups"
-    __table_args__ = (
-        UniqueConstraint("team_id", "idempotency_key"),
-        Index("ix_topups_team_status", "team_id", "status"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
-    amount_cents: Mapped[int]
-    # TO_CHARGE | SUCCEEDED | FAILED_TO_CHARGE (the spec's topupStatus names)
-    status: Mapped[str] = mapped_column(String(32))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    request_fingerprint: Mapped[str] = mapped_column(String(64))
-    payment_method_id: Mapped[str] = mapped_column(String(40))
-    provider: Mapped[str] = mapped_column(String(32))
-    provider_charge_id: Mapped[str] = mapped_column(String(200))
-    failure_code: Mapped[str] = mapped_column(String(64))
-    failure_message: Mapped[str] = mapped_column(String(500))
-    ledger_entry_id: Mapped[uuid.UUID | None]
-    invoice_id: Mapped[str | None] = mapped_column(String(40))
-    created_at: Mapped[datetime]
-    settled_at: Mapped[datetime | None]

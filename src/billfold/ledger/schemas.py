@@ -59,14 +59,6 @@ class PrepaidBalance(WireModel):
     total: Cent
 
 
-class TopUpRequest(WireModel):
-    amount: Cent
-
-
-class TopUpResponse(WireModel):
-    change: Change
-
-
 # --- operator API -----------------------------------------------------------------------------
 
 

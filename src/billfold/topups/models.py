@@ -1,0 +1,42 @@
+"""Top-ups: the state machine of a purchase that waits on the payment provider.
+
+Two-phase, as TigerBeetle's pending transfers: a top-up is committed as ``TO_CHARGE`` before
+the card is charged, with its id as the provider's idempotency key, then settled: ``SUCCEEDED``
+appends the PURCHASE ledger entry; ``FAILED_TO_CHARGE`` appends nothing. A crash or a provider
+timeout leaves ``TO_CHARGE``, which is resolved by asking the provider, never by charging again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billfold.kit.db import Base
+
+
+class Topup(Base):
+    __tablename__ = "topups"
+    __table_args__ = (
+        UniqueConstraint("team_id", "idempotency_key"),
+        Index("ix_topups_team_status", "team_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    amount_cents: Mapped[int]
+    # TO_CHARGE | SUCCEEDED | FAILED_TO_CHARGE (the spec's topupStatus names)
+    status: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    payment_method_id: Mapped[str] = mapped_column(String(40))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_charge_id: Mapped[str] = mapped_column(String(200))
+    failure_code: Mapped[str] = mapped_column(String(64))
+    failure_message: Mapped[str] = mapped_column(String(500))
+    ledger_entry_id: Mapped[uuid.UUID | None]
+    invoice_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]

@@ -1,0 +1,39 @@
+"""The wire of a top-up (spec section 12)."""
+
+from __future__ import annotations
+
+from billfold.kit.schemas import Cent, WireModel, cent
+from billfold.ledger.schemas import (
+    PURCHASE,
+    Change,
+    PaymentProcessor,
+)
+from billfold.topups.models import Topup
+
+
+class TopUpRequest(WireModel):
+    amount: Cent
+
+
+class TopUpResponse(WireModel):
+    change: Change
+
+
+def topup_change(topup: Topup, invoice_number: str | None) -> Change:
+    """A top-up on the wire, in whatever state it is; its time is when it was asked for."""
+    return Change(
+        team_id=str(topup.team_id),
+        change_origin=PURCHASE,
+        topup_status=topup.status,
+        amount=cent(-topup.amount_cents),
+        invoice_id=topup.invoice_id,
+        invoice_number=invoice_number if topup.invoice_id else None,
+        create_time=topup.created_at,
+        create_ts=topup.created_at,
+        payment_processor=PaymentProcessor(
+            # The sandbox (and any processor without its own kind) is EXTERNAL.
+            kind="STRIPE" if topup.provider == "stripe" else "EXTERNAL",
+            external_party=topup.provider,
+            external_invoice_id=topup.provider_charge_id,
+        ),
+    )
