@@ -56,7 +56,7 @@ import httpx
 import orjson
 import psycopg
 
-from billfold.metering.service import property_set_id
+from billfold.metering.events import property_set_id
 from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
 from served import start_server  # bench/served.py
 

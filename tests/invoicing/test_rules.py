@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billfold.config import Settings
-from billfold.invoicing.service import format_rate, vat_cents, vat_rate
+from billfold.invoicing.vat import format_rate, vat_cents, vat_rate
 from billfold.kit.errors import ServiceUnavailable
 from billfold.kit.money import Cents
 from billfold.ledger.position import CreditPosition, CyclePosition

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from billfold.kit.clock import frozen
-from billfold.metering import analytics
+from billfold.metering.analytics import reader as analytics
 from billfold.metering.schemas import UsageAnalyticsResponse
 from tests.conftest import Api, event, unique_sku
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billfold.kit.clock import frozen
-from billfold.metering import analytics
+from billfold.metering.analytics import reader as analytics
 from tests.conftest import Api, event, unique_sku
 from tests.metering.test_analytics import NOW, by_group, post_usage, request_body, usage
 

@@ -14,7 +14,8 @@ import pytest
 from billfold.config import Settings
 from billfold.kit.clock import frozen
 from billfold.kit.errors import InvalidField
-from billfold.metering.analytics import available_fields, parse_filter
+from billfold.metering.analytics.fields import available_fields
+from billfold.metering.analytics.filters import parse_filter
 from tests.conftest import Api, event, unique_sku
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from billfold.cli import app
 from billfold.config import get_settings
 from billfold.kit.clock import frozen
-from billfold.metering import cli as usage_cli
+from billfold.metering import importing as usage_cli
 from billfold.metering.models import UsageEvent
 from billfold.metering.service import IngestResult
 from tests.conftest import Api, event, unique_sku

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from billfold.kit.clock import frozen
 from billfold.kit.db import JSONType, UTCDateTime, make_engine
-from billfold.metering.service import property_set_id
+from billfold.metering.events import property_set_id
 from billfold.migrate import upgrade
 from tests.conftest import Api, _make_api, downgrade, event, unique_sku
 

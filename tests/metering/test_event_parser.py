@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billfold.metering.events import MAX_QUANTITY, EventParser, _Invalid
 from billfold.metering.schemas import WireEvent
-from billfold.metering.service import MAX_QUANTITY, EventParser, _Invalid
 
 GROUPABLE = ("apiKeyId", "model", "clusterName")
 TEAM = uuid.UUID("0b6f1b2e-58c4-4a39-9d3f-4c1e1d3c2a10")

@@ -30,6 +30,7 @@ from billfold.config import Settings
 from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.kit.clock import frozen
 from billfold.kit.money import Pico, parse_usd_price, round_to_cents
+from billfold.metering.events import MAX_QUANTITY, dims_key
 from billfold.metering.models import (
     ROLLUPS_BY_WIDTH,
     VERSION_ROLLUPS_BY_WIDTH,
@@ -38,16 +39,13 @@ from billfold.metering.models import (
     UsageRollup,
     UsageRollupByVersion,
 )
-from billfold.metering.service import (
-    MAX_QUANTITY,
+from billfold.metering.service import IngestResult, MeteringService
+from billfold.metering.writers import (
     CoreWriter,
-    IngestResult,
-    MeteringService,
     PostgresWriter,
     bucket_number,
     bucket_of,
     bucket_start,
-    dims_key,
 )
 from billfold.pricing.models import PriceVersion
 from tests.conftest import Api, unique_sku

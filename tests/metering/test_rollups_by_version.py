@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine
-from billfold.metering import analytics
-from billfold.metering.analytics import AnalyticsResult, UsageAnalytics, parse_query
+from billfold.metering.analytics import buckets as analytics
+from billfold.metering.analytics.query import AnalyticsResult, parse_query
+from billfold.metering.analytics.reader import UsageAnalytics
 from billfold.metering.models import (
     UsageRollup,
     UsageRollupByVersion,

@@ -33,7 +33,7 @@ def cycle_close(
 
     Idempotent: running it again finalizes and charges nothing twice.
     """
-    from billfold.invoicing.endpoints import close_summary_out
+    from billfold.invoicing.schemas import close_summary_out
     from billfold.invoicing.service import invoicing_service
     from billfold.kit.db import make_engine, make_sessionmaker
     from billfold.kit.errors import BillfoldError
@@ -99,7 +99,7 @@ def invoices_list(
 ) -> None:
     """A team's invoices, newest first, as ``GET /v1/billing/teams/{team_id}/invoices`` lists
     them (with ``--since``: as ``since.year``/``since.month`` filter them)."""
-    from billfold.invoicing.endpoints import invoice_out
+    from billfold.invoicing.schemas import invoice_out
     from billfold.invoicing.service import invoice_filter, invoicing_service
     from billfold.teams.service import team_service
 
@@ -115,7 +115,7 @@ def invoices_list(
 @invoices_app.command("show")
 def invoices_show(invoice_id: str, as_json: JsonOpt = False) -> None:
     """One invoice with its lines, in the Billing Management API's shape."""
-    from billfold.invoicing.endpoints import invoice_out
+    from billfold.invoicing.schemas import invoice_out
     from billfold.invoicing.service import invoicing_service
 
     with transaction() as session:

@@ -7,33 +7,26 @@ from typing import Annotated, TypeVar
 
 from fastapi import Query
 
-from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.schemas import (
     BillingCycleOut,
-    ChargerAttemptOut,
     CloseCycleRequest,
-    ClosedInvoiceOut,
     CloseSummaryOut,
-    CloseTotalsOut,
     CoreInvoice,
-    InvoiceLineOut,
     InvoiceList,
-    InvoiceOut,
     InvoicePreviewResponse,
-    MonthlyFlavour,
     OperatorChargerAttemptOut,
     OperatorInvoiceOut,
-    PrepaidFlavour,
     TeamBillingOut,
+    close_summary_out,
+    invoice_out,
+    line_out,
 )
 from billfold.invoicing.service import (
-    KIND_PREPAID,
-    CloseSummary,
     InvoiceWithLines,
-    StatementLine,
     invoice_filter,
     invoicing_service,
 )
+from billfold.invoicing.statement import statement_service
 from billfold.kit.errors import (
     Conflict,
     InvalidField,
@@ -45,7 +38,6 @@ from billfold.kit.http import (
     end_request_transaction,
     parse_uuid,
 )
-from billfold.kit.money import Pico, pico_to_price_units
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter, cent
 from billfold.payments.endpoints import Provider
@@ -61,56 +53,6 @@ billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
 
 # --- shaping -----------------------------------------------------------------------------------
-
-
-def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
-    """A running (preview) or a finalized invoice line, in the wire's one line shape."""
-    return InvoiceLineOut(
-        cluster_name=line.cluster_name,
-        description=line.description,
-        unit_type=line.unit_type,
-        unit_price=pico_to_price_units(Pico(line.unit_price_pico)),
-        num_units=line.num_units,
-        amount=line.amount_cents,
-    )
-
-
-def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
-    """An invoice as the Billing Management API lists it (upstream fields only)."""
-    invoice: Invoice = item.invoice
-    monthly = None
-    prepaid = None
-    if invoice.kind == KIND_PREPAID:
-        prepaid = PrepaidFlavour()
-    else:
-        monthly = MonthlyFlavour(
-            billing_cycle=BillingCycleOut(year=invoice.cycle_year, month=invoice.cycle_month),
-            default_credits_issued=cent(0),
-            auto_credits_issued=cent(0),
-            prepaid_tokens_to_spend=cent(invoice.credits_applied_cents),
-        )
-    return InvoiceOut(
-        team_id=str(invoice.team_id),
-        invoice_id=invoice.id,
-        invoice_number=invoice.number,
-        create_time=invoice.created_at,
-        invoice_status=invoice.status,
-        first_desired_next_cycle_ts=invoice.due_at,
-        charger_attempts=[
-            ChargerAttemptOut(
-                ticket=int(a.get("ticket", index)),
-                successful=bool(a.get("successful", False)),
-                payment_method_id=str(a.get("paymentMethodId", "")),
-            )
-            for index, a in enumerate(invoice.charge_attempts)
-        ],
-        lines=[line_out(line) for line in item.lines],
-        subtotal=invoice.subtotal_cents,
-        tax=invoice.tax_cents,
-        total=invoice.total_cents,
-        monthly=monthly,
-        prepaid=prepaid,
-    )
 
 
 def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
@@ -130,41 +72,6 @@ def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
     )
 
 
-def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
-    t = summary.totals
-    return CloseSummaryOut(
-        year=summary.year,
-        month=summary.month,
-        closed_at=summary.closed_at,
-        invoices=[
-            ClosedInvoiceOut(
-                team_id=str(i.team_id),
-                invoice_id=i.id,
-                invoice_number=i.number,
-                invoice_status=i.status,
-                usage=i.usage_cents,
-                credits_applied=i.credits_applied_cents,
-                subtotal=i.subtotal_cents,
-                tax=i.tax_cents,
-                total=i.total_cents,
-            )
-            for i in summary.invoices
-        ],
-        totals=CloseTotalsOut(
-            invoices=t.invoices,
-            usage=t.usage,
-            credits_applied=t.credits_applied,
-            subtotal=t.subtotal,
-            tax=t.tax,
-            total=t.total,
-            paid=t.paid,
-            failed=t.failed,
-            pending=t.pending,
-            by_status=t.by_status,
-        ),
-    )
-
-
 # --- the Billing Management API (customers) ----------------------------------------------------
 
 
@@ -175,7 +82,7 @@ def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
 def preview_invoice(
     scope: BillingRead, session: DbSession, settings: AppSettings
 ) -> InvoicePreviewResponse:
-    preview = invoicing_service.preview(session, settings, scope.team_id)
+    preview = statement_service.preview(session, settings, scope.team_id)
     st = preview.statement
     return InvoicePreviewResponse(
         core_invoice=CoreInvoice(

@@ -6,8 +6,19 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel
-from billfold.spend.schemas import SpendingLimitsOut, SpendStatusOut
+from billfold.invoicing.models import Invoice, InvoiceLine
+from billfold.invoicing.service import (
+    KIND_PREPAID,
+    CloseSummary,
+    InvoiceWithLines,
+)
+from billfold.invoicing.statement import StatementLine
+from billfold.kit.money import Pico, pico_to_price_units
+from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel, cent
+from billfold.spend.schemas import (
+    SpendingLimitsOut,
+    SpendStatusOut,
+)
 
 # --- spending limits (§9, §10, operator hard limit) -------------------------------------------
 
@@ -169,3 +180,88 @@ class CloseSummaryOut(WireModel):
     closed_at: UtcDateTime
     invoices: list[ClosedInvoiceOut]
     totals: CloseTotalsOut
+
+
+def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
+    """A running (preview) or a finalized invoice line, in the wire's one line shape."""
+    return InvoiceLineOut(
+        cluster_name=line.cluster_name,
+        description=line.description,
+        unit_type=line.unit_type,
+        unit_price=pico_to_price_units(Pico(line.unit_price_pico)),
+        num_units=line.num_units,
+        amount=line.amount_cents,
+    )
+
+
+def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
+    """An invoice as the Billing Management API lists it (upstream fields only)."""
+    invoice: Invoice = item.invoice
+    monthly = None
+    prepaid = None
+    if invoice.kind == KIND_PREPAID:
+        prepaid = PrepaidFlavour()
+    else:
+        monthly = MonthlyFlavour(
+            billing_cycle=BillingCycleOut(year=invoice.cycle_year, month=invoice.cycle_month),
+            default_credits_issued=cent(0),
+            auto_credits_issued=cent(0),
+            prepaid_tokens_to_spend=cent(invoice.credits_applied_cents),
+        )
+    return InvoiceOut(
+        team_id=str(invoice.team_id),
+        invoice_id=invoice.id,
+        invoice_number=invoice.number,
+        create_time=invoice.created_at,
+        invoice_status=invoice.status,
+        first_desired_next_cycle_ts=invoice.due_at,
+        charger_attempts=[
+            ChargerAttemptOut(
+                ticket=int(a.get("ticket", index)),
+                successful=bool(a.get("successful", False)),
+                payment_method_id=str(a.get("paymentMethodId", "")),
+            )
+            for index, a in enumerate(invoice.charge_attempts)
+        ],
+        lines=[line_out(line) for line in item.lines],
+        subtotal=invoice.subtotal_cents,
+        tax=invoice.tax_cents,
+        total=invoice.total_cents,
+        monthly=monthly,
+        prepaid=prepaid,
+    )
+
+
+def close_summary_out(summary: CloseSummary) -> CloseSummaryOut:
+    t = summary.totals
+    return CloseSummaryOut(
+        year=summary.year,
+        month=summary.month,
+        closed_at=summary.closed_at,
+        invoices=[
+            ClosedInvoiceOut(
+                team_id=str(i.team_id),
+                invoice_id=i.id,
+                invoice_number=i.number,
+                invoice_status=i.status,
+                usage=i.usage_cents,
+                credits_applied=i.credits_applied_cents,
+                subtotal=i.subtotal_cents,
+                tax=i.tax_cents,
+                total=i.total_cents,
+            )
+            for i in summary.invoices
+        ],
+        totals=CloseTotalsOut(
+            invoices=t.invoices,
+            usage=t.usage,
+            credits_applied=t.credits_applied,
+            subtotal=t.subtotal,
+            tax=t.tax,
+            total=t.total,
+            paid=t.paid,
+            failed=t.failed,
+            pending=t.pending,
+            by_status=t.by_status,
+        ),
+    )

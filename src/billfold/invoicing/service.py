@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import (
@@ -40,10 +39,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
-from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
-from billfold.cycles.periods import lock_month_exclusive, month_end, month_of
+from billfold.cycles.models import BillingCycle, ClosedPeriod
+from billfold.cycles.periods import lock_month_exclusive, month_end
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.numbers import next_invoice_number
+from billfold.invoicing.statement import statement_service
+from billfold.invoicing.vat import format_rate
 from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import (
     dialect_insert,
@@ -54,7 +55,6 @@ from billfold.kit.errors import (
     Conflict,
     InvalidField,
     ResourceNotFound,
-    ServiceUnavailable,
 )
 from billfold.kit.money import Cents
 from billfold.ledger.position import (
@@ -69,14 +69,13 @@ from billfold.payments.provider import (
     ProviderUnavailable,
 )
 from billfold.payments.service import payment_method_service
-from billfold.pricing.models import PriceVersion
 from billfold.spend.limits import (
     SpendDecision,
     SpendingLimits,
     spend_decision,
     spending_limits,
 )
-from billfold.teams.models import BillingInfo, Team
+from billfold.teams.models import Team
 from billfold.teams.service import team_service
 
 log = logging.getLogger("billfold.invoicing")
@@ -89,87 +88,11 @@ WILL_NEVER_BE_CHARGED = "WILL_NEVER_BE_CHARGED"
 KIND_MONTHLY = "monthly"
 KIND_PREPAID = "prepaid"
 
-# The statement reads the cycle's lines and its spend in two statements; under READ COMMITTED a
-# batch may commit between them. They are read again until they agree (a batch commits in
-# milliseconds, so a second read practically always does).
-_CONSISTENT_READ_ATTEMPTS = 5
-
 
 # --- VAT ----------------------------------------------------------------------------------------
 
 
-def vat_rate(settings: Settings, country: str) -> Decimal:
-    """The VAT percentage for a billing country (``BILLFOLD_VAT_RATES``); 0 when none is set."""
-    text = settings.vat_table().get(country.strip().upper()) if country else None
-    if not text:
-        return Decimal(0)
-    try:
-        rate = Decimal(text)
-    except InvalidOperation:
-        rate = Decimal(-1)
-    if not rate.is_finite() or not 0 <= rate <= 100:
-        raise ServiceUnavailable(
-            f"BILLFOLD_VAT_RATES: {country}={text!r} is not a percentage between 0 and 100",
-            code="misconfigured",
-        )
-    return rate
-
-
-def format_rate(rate: Decimal) -> str:
-    return format(rate.normalize(), "f")
-
-
-def vat_cents(amount: int, rate: Decimal) -> Cents:
-    """VAT on ``amount`` cents at ``rate`` percent, rounded once, half up, computed exactly.
-
-    Half up, like every rounding in Billfold (kit.money.round_to_cents): the exact product
-    ``amount * rate / 100`` is a fraction; a remainder of half a cent or more rounds up.
-    """
-    numerator, denominator = rate.as_integer_ratio()
-    quotient, remainder = divmod(int(amount) * numerator, denominator * 100)
-    if remainder * 2 >= denominator * 100:
-        quotient += 1
-    return Cents(quotient)
-
-
 # --- the statement of a cycle -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StatementLine:
-    sku: str
-    price_version_id: int
-    cluster_name: str
-    description: str
-    unit_type: str
-    unit_price_pico: int
-    num_units: int
-    amount_cents: int
-
-
-@dataclass(frozen=True)
-class CycleStatement:
-    team_id: uuid.UUID
-    year: int
-    month: int
-    lines: tuple[StatementLine, ...]
-    usage: Cents  # sum of the line amounts = the cycle's spend
-    credit_available: Cents  # credit there was for this cycle before its own spend
-    credit_used: Cents  # the part of usage paid by credit
-    postpaid: Cents  # usage - credit_used: the invoice's subtotal
-    credit_left: Cents  # credit left now, after every open cycle
-    vat_rate: Decimal
-    vat: Cents
-
-    @property
-    def total(self) -> Cents:
-        return Cents(self.postpaid + self.vat)
-
-
-@dataclass(frozen=True)
-class Preview:
-    statement: CycleStatement
-    limits: SpendingLimits
 
 
 @dataclass(frozen=True)
@@ -336,90 +259,6 @@ class InvoicingService:
 
     # --- statements: preview and invoice share this -----------------------------------------
 
-    def cycle_lines(
-        self, session: Session, team_id: uuid.UUID, year: int, month: int
-    ) -> list[StatementLine]:
-        """One line per SKU, price version and cluster used in the cycle, from ``cycle_lines``:
-        by SKU, then price version (in time order), then cluster name (``""``, no cluster,
-        first). The preview and the invoice at close are this one list, so they agree line by
-        line."""
-        rows = session.execute(
-            select(
-                CycleLine.price_version_id,
-                CycleLine.cluster_name,
-                CycleLine.quantity,
-                CycleLine.amount_cents,
-                PriceVersion.sku,
-                PriceVersion.description,
-                PriceVersion.unit_type,
-                PriceVersion.unit_price_pico,
-            )
-            .join(PriceVersion, PriceVersion.id == CycleLine.price_version_id)
-            .where(CycleLine.team_id == team_id, CycleLine.year == year, CycleLine.month == month)
-            .order_by(PriceVersion.sku, PriceVersion.effective_from, CycleLine.cluster_name)
-        ).all()
-        return [
-            StatementLine(
-                sku=r.sku,
-                price_version_id=r.price_version_id,
-                cluster_name=r.cluster_name,
-                description=r.description,
-                unit_type=r.unit_type,
-                unit_price_pico=r.unit_price_pico,
-                num_units=r.quantity,
-                amount_cents=r.amount_cents,
-            )
-            for r in rows
-        ]
-
-    def billing_country(self, session: Session, team_id: uuid.UUID) -> str:
-        country = session.scalar(select(BillingInfo.country).where(BillingInfo.team_id == team_id))
-        return country or ""
-
-    def statement(
-        self,
-        session: Session,
-        settings: Settings,
-        team_id: uuid.UUID,
-        year: int,
-        month: int,
-        now: datetime,
-    ) -> CycleStatement:
-        """The cycle as it stands: lines, the credit split and VAT. Only for open cycles."""
-        rate = vat_rate(settings, self.billing_country(session, team_id))
-        for _ in range(_CONSISTENT_READ_ATTEMPTS):
-            lines = self.cycle_lines(session, team_id, year, month)
-            position = credit_position(session, team_id, now)
-            cycle = position.cycle(year, month)
-            usage = Cents(sum(line.amount_cents for line in lines))
-            if usage == cycle.spend:
-                break
-        else:
-            raise ServiceUnavailable(
-                "this team's usage is being rated right now; retry", code="busy"
-            )
-        return CycleStatement(
-            team_id=team_id,
-            year=year,
-            month=month,
-            lines=tuple(lines),
-            usage=usage,
-            credit_available=Cents(max(cycle.credit_available, 0)),
-            credit_used=cycle.credit_used,
-            postpaid=cycle.postpaid,
-            credit_left=Cents(max(position.credit_left, 0)),
-            vat_rate=rate,
-            vat=vat_cents(cycle.postpaid, rate),
-        )
-
-    def preview(self, session: Session, settings: Settings, team_id: uuid.UUID) -> Preview:
-        """The running invoice of the current UTC month (§8), exact as of the last batch."""
-        team = team_service.get(session, team_id)
-        now = utc_now()
-        year, month = month_of(now)
-        statement = self.statement(session, settings, team_id, year, month, now)
-        return Preview(statement=statement, limits=spending_limits(team, settings))
-
     # --- the spend check ------------------------------------------------------------------------
 
     def team_billing(self, session: Session, settings: Settings, team_id: uuid.UUID) -> TeamBilling:
@@ -429,7 +268,7 @@ class InvoicingService:
         limits = spending_limits(team, settings)
         return TeamBilling(
             team=team,
-            country=self.billing_country(session, team_id),
+            country=statement_service.billing_country(session, team_id),
             year=now.year,
             month=now.month,
             limits=limits,
@@ -603,7 +442,7 @@ class InvoicingService:
             return None
         ledger_service.lock_account(session, team_id)
         now = utc_now()
-        statement = self.statement(session, settings, team_id, year, month, now)
+        statement = statement_service.statement(session, settings, team_id, year, month, now)
         key = _month_key(year, month)
         invoice = Invoice(
             id=new_invoice_id(),

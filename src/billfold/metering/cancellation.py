@@ -62,23 +62,15 @@ from billfold.kit.clock import utc_now
 from billfold.kit.errors import BadRequest, Conflict
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering import rebuild
+from billfold.metering.events import Properties, RatedEvent, cluster_of, echo_id, is_id, team_uuid
 from billfold.metering.models import (
     VERSION_ROLLUPS_BY_WIDTH,
     UsageCancellation,
     UsageEvent,
     UsagePropertySet,
 )
-from billfold.metering.service import (
-    Properties,
-    RatedEvent,
-    Rejection,
-    cluster_of,
-    echo_id,
-    is_id,
-    metering_service,
-    sum_accepted,
-    team_uuid,
-)
+from billfold.metering.service import Rejection, metering_service
+from billfold.metering.writers import sum_accepted
 from billfold.pricing.models import PriceVersion
 
 

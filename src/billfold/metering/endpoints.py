@@ -19,7 +19,8 @@ from billfold.kit.errors import BadRequest, Conflict
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.openapi import error_responses, request_body
 from billfold.kit.schemas import WireRouter
-from billfold.metering.analytics import AnalyticsResult, parse_query, usage_analytics
+from billfold.metering.analytics.query import AnalyticsResult, parse_query
+from billfold.metering.analytics.reader import usage_analytics
 from billfold.metering.cancellation import cancellation_service
 from billfold.metering.schemas import (
     CancelRequest,

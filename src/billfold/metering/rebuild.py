@@ -55,7 +55,8 @@ from billfold.config import Settings
 from billfold.cycles.periods import lock_month_exclusive
 from billfold.kit.errors import BadRequest
 from billfold.metering import retention
-from billfold.metering.analytics import raw_event_sums
+from billfold.metering.analytics.reader import raw_event_sums
+from billfold.metering.events import MAX_DIMS_KEY_BYTES, MAX_DIMS_KEY_LENGTH, dims_key, dims_of
 from billfold.metering.models import (
     ROLLUP_WIDTHS,
     ROLLUPS_BY_WIDTH,
@@ -63,18 +64,8 @@ from billfold.metering.models import (
     UsageRollupDaily,
     UsageRollupDailyByVersion,
 )
-from billfold.metering.service import (
-    MAX_DIMS_KEY_BYTES,
-    MAX_DIMS_KEY_LENGTH,
-    RollupKey,
-    Sums,
-    VersionRollupKey,
-    bucket_number,
-    dims_key,
-    dims_of,
-    metering_service,
-    rollup_sums,
-)
+from billfold.metering.service import metering_service
+from billfold.metering.writers import RollupKey, Sums, VersionRollupKey, bucket_number, rollup_sums
 from billfold.teams.service import team_service
 
 QUARTER = ROLLUP_WIDTHS[0]
