@@ -16,7 +16,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from billfold import __version__
+from billfold import (
+    __version__,
+    wiring,  # noqa: F401 (hands lower domains what they need)
+)
 from billfold.config import Settings, get_settings
 from billfold.invoicing import endpoints as invoicing
 from billfold.invoicing.scheduler import background_tasks

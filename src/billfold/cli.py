@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
+from billfold import wiring  # noqa: F401 (hands lower domains what they need)
 from billfold.config import Settings, get_settings
 from billfold.invoicing.cli import cycle_app, invoices_app
 from billfold.kit.cli import (

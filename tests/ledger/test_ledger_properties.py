@@ -34,7 +34,6 @@ from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BadRequest
 from billfold.ledger.models import CreditAccount, LedgerEntry
-from billfold.ledger.position import credit_position
 from billfold.ledger.service import ledger_service
 from billfold.metering.service import metering_service
 from billfold.payments.provider import CardInput
@@ -162,7 +161,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def credit_left(self) -> int:
         with frozen(self.now), transaction(self.backend.sessions) as session:
-            return int(credit_position(session, self.team_id, self.now).credit_left)
+            return int(ledger_service.credit_position(session, self.team_id, self.now).credit_left)
 
     # --- steps ------------------------------------------------------------------------------------
 
@@ -228,7 +227,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def adjust_too_much(self) -> None:
         with frozen(self.now), transaction(self.backend.sessions) as session:
-            left = int(credit_position(session, self.team_id, self.now).credit_left)
+            left = int(ledger_service.credit_position(session, self.team_id, self.now).credit_left)
             session.rollback()  # leave the state exactly as it was (the expiry too)
         with (
             pytest.raises(BadRequest),
@@ -285,7 +284,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model.expire_due(self.now)
         with frozen(self.now), transaction(self.backend.sessions) as session:
             listing = prepaid_balance_service.balance(session, self.team_id)
-            position = credit_position(session, self.team_id, self.now)
+            position = ledger_service.credit_position(session, self.team_id, self.now)
             spends = [e for e in ledger_service.entries(session, self.team_id) if e.kind == "spend"]
         total = int(listing.total.val)
         # The posted ledger (spec §11): open cycles' usage is not in it, no SPEND change for it;

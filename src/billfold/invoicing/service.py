@@ -59,7 +59,6 @@ from billfold.kit.errors import (
 from billfold.kit.money import Cents
 from billfold.ledger.position import (
     CreditPosition,
-    credit_position,
 )
 from billfold.ledger.service import ledger_service
 from billfold.payments.provider import (
@@ -264,7 +263,7 @@ class InvoicingService:
     def team_billing(self, session: Session, settings: Settings, team_id: uuid.UUID) -> TeamBilling:
         team = team_service.get(session, team_id)
         now = utc_now()
-        position = credit_position(session, team_id, now)
+        position = ledger_service.credit_position(session, team_id, now)
         limits = spending_limits(team, settings)
         return TeamBilling(
             team=team,

@@ -25,9 +25,7 @@ from billfold.kit.errors import (
     ServiceUnavailable,
 )
 from billfold.kit.money import Cents
-from billfold.ledger.position import (
-    credit_position,
-)
+from billfold.ledger.service import ledger_service
 from billfold.pricing.models import PriceVersion
 from billfold.spend.limits import (
     SpendingLimits,
@@ -133,7 +131,7 @@ class StatementService:
         rate = vat_rate(settings, self.billing_country(session, team_id))
         for _ in range(_CONSISTENT_READ_ATTEMPTS):
             lines = self.cycle_lines(session, team_id, year, month)
-            position = credit_position(session, team_id, now)
+            position = ledger_service.credit_position(session, team_id, now)
             cycle = position.cycle(year, month)
             usage = Cents(sum(line.amount_cents for line in lines))
             if usage == cycle.spend:

@@ -10,6 +10,9 @@ beyond the ledger's own balance row, so the position is exact as of the last com
 At cycle close the cycle's ``credit_used`` becomes an immutable SPEND ledger entry and its postpaid
 rest becomes the invoice, so closed cycles no longer appear here.
 
+The rows are read by :meth:`LedgerService.credit_position` (ledger/service.py); this module
+is the rule alone.
+
 Promotional credit can expire. Reading the position first books the expiry of any grant that fell
 due (in the caller's transaction; see LedgerService.expire_due), so no position -- the balance, the
 preview, the spend check, cycle close -- ever counts expired credit. When nothing is due that costs
@@ -22,12 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from billfold.cycles.models import BillingCycle
 from billfold.kit.money import Cents
-from billfold.ledger.models import CreditAccount
 
 
 @dataclass(frozen=True)
@@ -54,31 +52,6 @@ class CreditPosition:
         return CyclePosition(year, month, Cents(0), self.credit_left, Cents(0), Cents(0))
 
 
-def posted_credit(session: Session, team_id: uuid.UUID) -> Cents:
-    balance = session.scalar(
-        select(CreditAccount.balance_cents).where(CreditAccount.team_id == team_id)
-    )
-    return Cents(balance or 0)
-
-
-def _posted_credit_at(session: Session, team_id: uuid.UUID, now: datetime) -> Cents:
-    """The posted credit at ``now``, after booking the expiry of grants due by then."""
-    row = session.execute(
-        select(CreditAccount.balance_cents, CreditAccount.next_expiry_at).where(
-            CreditAccount.team_id == team_id
-        )
-    ).one_or_none()
-    if row is None:
-        return Cents(0)
-    if row.next_expiry_at is not None and row.next_expiry_at <= now:
-        # Imported here: the ledger service itself reads positions (this module is its base).
-        from billfold.ledger.service import ledger_service
-
-        ledger_service.expire_due(session, team_id, now)
-        return posted_credit(session, team_id)
-    return Cents(row.balance_cents)
-
-
 def allocate_credit(
     team_id: uuid.UUID, credit: Cents, spends: dict[tuple[int, int], int], now: datetime
 ) -> CreditPosition:
@@ -96,13 +69,3 @@ def allocate_credit(
         )
         available = Cents(available - used)
     return CreditPosition(team_id, credit, tuple(cycles), Cents(available))
-
-
-def credit_position(session: Session, team_id: uuid.UUID, now: datetime) -> CreditPosition:
-    credit = _posted_credit_at(session, team_id, now)
-    rows = session.execute(
-        select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
-        .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
-        .order_by(BillingCycle.year, BillingCycle.month)
-    ).all()
-    return allocate_credit(team_id, credit, {(r.year, r.month): r.spend_cents for r in rows}, now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -28,7 +29,7 @@ from billfold.kit.money import Cents, Pico, round_to_cents
 from billfold.kit.schemas import cent
 from billfold.ledger.lots import replay, unexpired_grants
 from billfold.ledger.models import CreditAccount, LedgerEntry
-from billfold.ledger.position import credit_position
+from billfold.ledger.position import CreditPosition, allocate_credit
 from billfold.ledger.schemas import (
     MANUAL,
     PURCHASE,
@@ -54,6 +55,43 @@ MAX_GRANT_CENTS = 10**12
 
 
 class LedgerService:
+    # --- the credit position ------------------------------------------------------------------
+
+    def posted_credit(self, session: Session, team_id: uuid.UUID) -> Cents:
+        balance = session.scalar(
+            select(CreditAccount.balance_cents).where(CreditAccount.team_id == team_id)
+        )
+        return Cents(balance or 0)
+
+    def _posted_credit_at(self, session: Session, team_id: uuid.UUID, now: datetime) -> Cents:
+        """The posted credit at ``now``, after booking the expiry of grants due by then."""
+        row = session.execute(
+            select(CreditAccount.balance_cents, CreditAccount.next_expiry_at).where(
+                CreditAccount.team_id == team_id
+            )
+        ).one_or_none()
+        if row is None:
+            return Cents(0)
+        if row.next_expiry_at is not None and row.next_expiry_at <= now:
+            self.expire_due(session, team_id, now)
+            return self.posted_credit(session, team_id)
+        return Cents(row.balance_cents)
+
+    def credit_position(
+        self, session: Session, team_id: uuid.UUID, now: datetime
+    ) -> CreditPosition:
+        """The team's credit position now (position.py states the rule), after booking the
+        expiry of grants due by ``now``: no position ever counts expired credit."""
+        credit = self._posted_credit_at(session, team_id, now)
+        rows = session.execute(
+            select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents)
+            .where(BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None))
+            .order_by(BillingCycle.year, BillingCycle.month)
+        ).all()
+        return allocate_credit(
+            team_id, credit, {(r.year, r.month): r.spend_cents for r in rows}, now
+        )
+
     def lock_account(self, session: Session, team_id: uuid.UUID) -> CreditAccount:
         """The team's credit account, created if needed, locked until the transaction ends.
 
@@ -333,6 +371,45 @@ class LedgerService:
 
     # --- operator grants ------------------------------------------------------------------------
 
+    # --- for usage cancellation (metering.cancellation.BookedExpiries) ------------------------
+
+    def booked_expiries(
+        self, session: Session, team_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[tuple[datetime, datetime]]]:
+        """Per team, the (expiry instant, booked at) of each grant whose expiry is booked, with the
+        team's credit account locked (teams in id order), so that none is booked meanwhile."""
+        expiries: dict[uuid.UUID, list[tuple[datetime, datetime]]] = {}
+        for team_id in sorted(team_ids):
+            account = session.scalar(
+                select(CreditAccount.team_id)
+                .where(CreditAccount.team_id == team_id)
+                .with_for_update()
+            )
+            if account is None:
+                continue  # no ledger: no grant
+            booked = dict(
+                session.execute(
+                    select(LedgerEntry.reference, LedgerEntry.created_at).where(
+                        LedgerEntry.team_id == team_id, LedgerEntry.kind == "expiry"
+                    )
+                ).all()
+            )
+            if not booked:
+                continue
+            grants = session.execute(
+                select(LedgerEntry.id, LedgerEntry.expires_at).where(
+                    LedgerEntry.team_id == team_id,
+                    LedgerEntry.kind == "grant",
+                    LedgerEntry.expires_at.is_not(None),
+                )
+            ).all()
+            expiries[team_id] = [
+                (expires_at, booked[str(grant_id)])
+                for grant_id, expires_at in grants
+                if expires_at is not None and str(grant_id) in booked
+            ]
+        return expiries
+
     def grant(
         self,
         session: Session,
@@ -379,7 +456,7 @@ class LedgerService:
         if amount < 0:
             # What may be taken back is what the team still has: posted credit less what open
             # cycles already used (taking that would turn paid usage into postpaid usage).
-            left = credit_position(session, team_id, now).credit_left
+            left = self.credit_position(session, team_id, now).credit_left
             if left + amount < 0:
                 raise BadRequest(
                     f"the adjustment exceeds the team's credit left ({left} cents)",

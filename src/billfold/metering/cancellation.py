@@ -50,7 +50,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -60,7 +60,6 @@ from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.cycles.periods import closed_months, lock_month_exclusive
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import BadRequest, Conflict
-from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering import rebuild
 from billfold.metering.events import Properties, RatedEvent, cluster_of, echo_id, is_id, team_uuid
 from billfold.metering.models import (
@@ -167,43 +166,32 @@ def _clusters(session: Session, set_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]
     return clusters
 
 
-def _booked_expiries(
-    session: Session, team_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[tuple[datetime, datetime]]]:
-    """Per team, the (expiry instant, booked at) of each grant whose expiry is booked, with the
-    team's credit account locked (teams in id order), so that none is booked meanwhile."""
-    expiries: dict[uuid.UUID, list[tuple[datetime, datetime]]] = {}
-    for team_id in sorted(team_ids):
-        account = session.scalar(
-            select(CreditAccount.team_id).where(CreditAccount.team_id == team_id).with_for_update()
-        )
-        if account is None:
-            continue  # no ledger: no grant
-        booked = dict(
-            session.execute(
-                select(LedgerEntry.reference, LedgerEntry.created_at).where(
-                    LedgerEntry.team_id == team_id, LedgerEntry.kind == "expiry"
-                )
-            ).all()
-        )
-        if not booked:
-            continue
-        grants = session.execute(
-            select(LedgerEntry.id, LedgerEntry.expires_at).where(
-                LedgerEntry.team_id == team_id,
-                LedgerEntry.kind == "grant",
-                LedgerEntry.expires_at.is_not(None),
-            )
-        ).all()
-        expiries[team_id] = [
-            (expires_at, booked[str(grant_id)])
-            for grant_id, expires_at in grants
-            if expires_at is not None and str(grant_id) in booked
-        ]
-    return expiries
+class BookedExpiries(Protocol):
+    """What the ledger knows of expired credit (implemented by ``ledger.service.LedgerService``;
+    metering sits below the ledger, so it is handed in: billfold/wiring.py)."""
+
+    def booked_expiries(
+        self, session: Session, team_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[tuple[datetime, datetime]]]:
+        """Per team, the (expiry instant, booked at) of each grant whose expiry is booked, with
+        the team's credit account locked so that none is booked meanwhile."""
+        ...
 
 
 class CancellationService:
+    def __init__(self) -> None:
+        self._expiries: BookedExpiries | None = None
+
+    def use(self, expiries: BookedExpiries) -> None:
+        """Wire in the ledger's booked expiries (billfold/wiring.py does it for app and CLI)."""
+        self._expiries = expiries
+
+    @property
+    def expiries(self) -> BookedExpiries:
+        if self._expiries is None:
+            raise RuntimeError("cancellation is not wired to the ledger: import billfold.wiring")
+        return self._expiries
+
     def cancel(
         self, session: Session, settings: Settings, items: Sequence[Any], reason: str
     ) -> CancelResult:
@@ -260,7 +248,7 @@ class CancellationService:
             lock_month_exclusive(session, year, month)
         closed = closed_months(session)
         stored = _stored(session, keys)
-        expiries = _booked_expiries(session, sorted({k[0] for k in stored}))
+        expiries = self.expiries.booked_expiries(session, sorted({k[0] for k in stored}))
 
         wanted: dict[EventKey, _Stored] = {}
         for key in keys:

@@ -6,15 +6,15 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billfold.cycles.periods import is_closed, month_of
 from billfold.kit.clock import rfc3339, to_utc, utc_now
 from billfold.kit.errors import Conflict, InvalidField
 from billfold.kit.money import Pico, parse_usd_price
-from billfold.metering.models import UsageRollupByVersion
 from billfold.pricing.models import PriceVersion
 
 
@@ -32,7 +32,32 @@ class PriceBook:
         return versions[index] if index >= 0 else None
 
 
+class RatedUsage(Protocol):
+    """Where a price version's rated usage lies (implemented by ``metering.rated.RolledUpUsage``;
+    pricing sits below metering, so it is handed in: billfold/wiring.py)."""
+
+    def rated_span(
+        self, session: Session, version_id: int, after: datetime
+    ) -> tuple[datetime, datetime] | None:
+        """The first and last 15-minute bucket start of the version's rated usage in buckets
+        starting after ``after``; None when there is none."""
+        ...
+
+
 class PricingService:
+    def __init__(self) -> None:
+        self._rated: RatedUsage | None = None
+
+    def use(self, rated: RatedUsage) -> None:
+        """Wire in where usage is rated (billfold/wiring.py does, for the app and the CLI)."""
+        self._rated = rated
+
+    @property
+    def rated(self) -> RatedUsage:
+        if self._rated is None:
+            raise RuntimeError("pricing is not wired to metering: import billfold.wiring")
+        return self._rated
+
     def set_price(
         self,
         session: Session,
@@ -103,9 +128,12 @@ class PricingService:
         session.flush()
         return version, True
 
-    @staticmethod
     def _refuse_rewriting_rated_usage(
-        session: Session, before: PriceVersion, effective_from: datetime, until: datetime | None
+        self,
+        session: Session,
+        before: PriceVersion,
+        effective_from: datetime,
+        until: datetime | None,
     ) -> None:
         """A new version may not change the price of usage that is already rated.
 
@@ -117,17 +145,10 @@ class PricingService:
         ``effective_from`` may hold an event at or after it.
         """
         horizon = effective_from - timedelta(minutes=15)
-        first, last = session.execute(
-            select(
-                func.min(UsageRollupByVersion.bucket_start),
-                func.max(UsageRollupByVersion.bucket_start),
-            ).where(
-                UsageRollupByVersion.price_version_id == before.id,
-                UsageRollupByVersion.bucket_start > horizon,
-            )
-        ).one()
-        if first is None:
+        rated = self.rated.rated_span(session, before.id, horizon)
+        if rated is None:
             return
+        first, last = rated
         start, end = max(to_utc(first), effective_from), to_utc(last) + timedelta(minutes=15)
         span = f"until {rfc3339(until)}" if until is not None else "from then on"
         raise Conflict(

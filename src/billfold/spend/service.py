@@ -25,8 +25,8 @@ from billfold.kit.errors import (
 from billfold.kit.money import Cents
 from billfold.ledger.position import (
     allocate_credit,
-    credit_position,
 )
+from billfold.ledger.service import ledger_service
 from billfold.spend.limits import (
     SpendDecision,
     SpendingLimits,
@@ -98,7 +98,7 @@ class SpendService:
         is exact as of the last committed batch, in every process, without a cache."""
         team = team_service.get(session, team_id)
         now = utc_now()
-        position = credit_position(session, team_id, now)
+        position = ledger_service.credit_position(session, team_id, now)
         return spend_decision(spending_limits(team, settings), position, now.year, now.month)
 
     def reads_inline(self, engine: Engine) -> bool:

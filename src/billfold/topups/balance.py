@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from billfold.invoicing.numbers import invoice_numbers
 from billfold.kit.schemas import cent
-from billfold.ledger.position import posted_credit
 from billfold.ledger.schemas import (
     SUCCEEDED,
     Change,
@@ -35,7 +34,7 @@ class PrepaidBalanceService:
         spend check's (ledger/position.py), never this one.
         """
         ledger_service.expire_due(session, team_id)  # so the posted credit holds no expired credit
-        posted = posted_credit(session, team_id)
+        posted = ledger_service.posted_credit(session, team_id)
         topups = {t.id: t for t in session.scalars(select(Topup).where(Topup.team_id == team_id))}
         numbers = invoice_numbers(
             session, [t.invoice_id for t in topups.values() if t.invoice_id is not None]

@@ -21,8 +21,8 @@ from billfold.kit.cli import (
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.ledger.cli import credits_app
-from billfold.ledger.position import credit_position
 from billfold.ledger.schemas import CreditSummary
+from billfold.ledger.service import ledger_service
 from billfold.topups.balance import prepaid_balance_service
 
 
@@ -38,7 +38,7 @@ def balance(team_id: str, as_json: JsonOpt = False) -> None:
     with transaction() as session:
         team_service.get(session, team)
         listing = prepaid_balance_service.balance(session, team)
-        position = credit_position(session, team, utc_now())
+        position = ledger_service.credit_position(session, team, utc_now())
         summary = CreditSummary(
             team_id=str(team),
             posted_credit=position.posted_credit,

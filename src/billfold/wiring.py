@@ -1,0 +1,19 @@
+"""The one place lower domains are handed what upper ones know.
+
+The domains form a one-way stack (docs/architecture.md): a domain never imports one above it. Two
+rules need a fact from above, and get it through a protocol of their own, implemented above and
+handed in here, once, when the app or the CLI is imported:
+
+* the price book refuses a version that would re-price rated usage: metering knows where usage
+  is rated (``pricing.service.RatedUsage``);
+* a usage cancellation refuses usage a booked credit expiry counted: the ledger knows the expiries
+  (``metering.cancellation.BookedExpiries``).
+"""
+
+from billfold.ledger.service import ledger_service
+from billfold.metering.cancellation import cancellation_service
+from billfold.metering.rated import rated_usage
+from billfold.pricing.service import pricing_service
+
+pricing_service.use(rated_usage)
+cancellation_service.use(ledger_service)
