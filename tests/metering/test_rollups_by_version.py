@@ -37,7 +37,8 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine
-from billfold.metering.analytics import buckets as analytics
+from billfold.metering.analytics import buckets
+from billfold.metering.analytics import reader as analytics_reader
 from billfold.metering.analytics.query import AnalyticsResult, parse_query
 from billfold.metering.analytics.reader import UsageAnalytics
 from billfold.metering.models import (
@@ -223,7 +224,7 @@ def run_all(
     if api.backend == "postgresql":
         with (
             statements_on(engine) as seen,
-            mock.patch.object(analytics, "_has_date_bin", lambda session: False),
+            mock.patch.object(analytics_reader, "_has_date_bin", lambda session: False),
         ):
             assert BY_VERSION.run(session, app_settings, query) == answers["by version"]
         assert not [s for s in seen if "date_bin" in s]
@@ -486,8 +487,8 @@ def test_whole_hours_and_days_come_from_coarser_tables(
             # by hand: the range widened to quarter hours, each event in the bucket that starts
             # last at or before it
             tz = ZoneInfo(zone)
-            low = analytics.floor_to(datetime.fromisoformat(start).replace(tzinfo=tz), 900)
-            high = analytics.ceil_to(datetime.fromisoformat(end).replace(tzinfo=tz), 900)
+            low = buckets.floor_to(datetime.fromisoformat(start).replace(tzinfo=tz), 900)
+            high = buckets.ceil_to(datetime.fromisoformat(end).replace(tzinfo=tz), 900)
             answer = response.json()
             stamps = [p["timestamp"] for p in answer["timeSeries"][0]["dataPoints"]]
             starts = [datetime.fromisoformat(stamp) for stamp in stamps]
