@@ -1,7 +1,7 @@
 """The ``billfold`` command: serve, migrate, and the operator's everyday tasks.
 
 Each domain contributes its own command group (``billfold price``, ``billfold usage``, ...) from
-its ``cli.py``; this module holds serving, the schema, the demo, teams and keys.
+its ``cli.py``; this module holds serving, the schema and the demo, and wires the groups.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from sqlalchemy.engine import make_url
@@ -22,16 +21,9 @@ from billfold.config import Settings, get_settings
 from billfold.invoicing.cli import cycle_app, invoices_app
 from billfold.kit.cli import (
     JsonOpt,
-    bad_input,
     console,
-    dump,
-    emit,
-    fail,
-    parse_team_id,
     print_json,
-    show,
     transaction,
-    validated,
 )
 from billfold.kit.clock import utc_now
 from billfold.kit.db import make_engine, normalize_database_url
@@ -41,6 +33,7 @@ from billfold.metering.cli import usage_app
 from billfold.payments.cli import card_app
 from billfold.pricing.cli import price_app
 from billfold.spend.cli import limit_app, spend_status
+from billfold.teams.cli import billing_info_app, key_app, team_app, token_app
 from billfold.teams.schemas import KNOWN_ACLS
 
 # registers ``credits balance`` and ``credits resolve-pending`` on credits_app
@@ -48,10 +41,6 @@ from billfold.topups import cli as topups_cli  # noqa: F401
 
 app = typer.Typer(no_args_is_help=True, help="Billfold: usage billing for API platforms.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
-team_app = typer.Typer(no_args_is_help=True, help="Teams.")
-key_app = typer.Typer(no_args_is_help=True, help="Management keys of teams.")
-token_app = typer.Typer(no_args_is_help=True, help="The operator token.")
-billing_info_app = typer.Typer(no_args_is_help=True, help="Billing info of teams.")
 app.add_typer(db_app, name="db")
 app.add_typer(team_app, name="team")
 app.add_typer(key_app, name="key")
@@ -140,22 +129,6 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
         print_json({"upToDate": True})
     else:
         console.print("schema is up to date")
-
-
-@token_app.command("rotate")
-def rotate_operator_token(as_json: JsonOpt = False) -> None:
-    """Replace the generated operator token (unused when BILLFOLD_ADMIN_TOKEN is set)."""
-    from billfold.teams.service import OperatorTokenService
-
-    settings = get_settings()
-    if settings.admin_token:
-        fail("admin_token_configured", "BILLFOLD_ADMIN_TOKEN is set; it is the operator token")
-    with transaction(settings) as session:
-        token = OperatorTokenService(None).generate(session)
-    if as_json:
-        print_json({"operatorToken": token})
-    else:
-        typer.echo(token)
 
 
 DEMO_TEAM_ID = uuid.UUID("00000000-0000-4000-8000-00000000d3a0")
@@ -407,116 +380,3 @@ def _seed_demo_usage(settings: Settings, team_id: uuid.UUID) -> None:
             )
     with transaction(settings) as session:
         metering_service.ingest(session, settings, events)
-
-
-# --- teams and keys ---------------------------------------------------------------------------
-
-
-@team_app.command("create")
-def team_create(
-    name: str,
-    team_id: Annotated[str | None, typer.Option("--team-id", help="Explicit UUID.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a team (the name is checked as the API checks it: 1 to 200 characters)."""
-    from billfold.teams.endpoints import team_out
-    from billfold.teams.schemas import CreateTeamRequest
-    from billfold.teams.service import team_service
-
-    if not name.strip():
-        bad_input("a team needs a name; an empty one is refused, as by the API", field="NAME")
-    explicit = parse_team_id(team_id, "--team-id") if team_id else None
-    body: CreateTeamRequest = validated(CreateTeamRequest, {"name": name}, {"name": "NAME"})
-    with transaction() as session:
-        team = team_service.create(session, body.name, explicit)
-        out = team_out(team)
-    emit(out, as_json, ["teamId", "name", "createTime"])
-
-
-@team_app.command("list")
-def team_list(as_json: JsonOpt = False) -> None:
-    """List teams."""
-    from billfold.teams.endpoints import team_out
-    from billfold.teams.service import team_service
-
-    with transaction() as session:
-        teams = [team_out(t) for t in team_service.list(session, limit=10_000, after=None)]
-    emit(teams, as_json, ["teamId", "name", "createTime"])
-
-
-@key_app.command("create")
-def key_create(
-    team_id: str,
-    name: Annotated[str, typer.Option("--name", help="A name for the key.")] = "key",
-    acl: Annotated[
-        list[str] | None, typer.Option("--acl", help="Repeatable; default: read and write.")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Issue a management key for a team (the key is shown once)."""
-    from billfold.teams.endpoints import key_out
-    from billfold.teams.schemas import CreatedKey
-    from billfold.teams.service import KeyService, team_service
-
-    settings = get_settings()
-    with transaction(settings) as session:
-        team = team_service.get(session, parse_team_id(team_id))
-        issued = KeyService(settings.key_prefix).issue(session, team, name, acl or list(KNOWN_ACLS))
-        out = CreatedKey(**key_out(issued.key).model_dump(), api_key=issued.plaintext)
-    emit(out, as_json, ["keyId", "name", "acls", "apiKey"])
-
-
-@key_app.command("list")
-def key_list(team_id: str, as_json: JsonOpt = False) -> None:
-    """List a team's management keys (redacted)."""
-    from billfold.teams.endpoints import key_out
-    from billfold.teams.service import KeyService
-
-    settings = get_settings()
-    with transaction(settings) as session:
-        keys = [
-            key_out(k)
-            for k in KeyService(settings.key_prefix).list(session, parse_team_id(team_id))
-        ]
-    emit(keys, as_json, ["keyId", "name", "acls", "redactedApiKey", "revoked"])
-
-
-@key_app.command("revoke")
-def key_revoke(key_id: str, as_json: JsonOpt = False) -> None:
-    """Revoke a management key; it stops working at once."""
-    from billfold.teams.endpoints import key_out
-    from billfold.teams.service import KeyService
-
-    settings = get_settings()
-    with transaction(settings) as session:
-        key = KeyService(settings.key_prefix).revoke(session, parse_team_id(key_id, "KEY_ID"))
-        out = key_out(key)
-    if as_json:
-        print_json(dump(out))
-    else:
-        console.print(f"revoked {key_id}")
-
-
-@team_app.command("show")
-def team_show(team_id: str, as_json: JsonOpt = False) -> None:
-    """A team with its billing state, as ``GET /admin/v1/teams/{team_id}`` shows it."""
-    from billfold.invoicing.endpoints import get_team
-
-    settings = get_settings()
-    team = str(parse_team_id(team_id))
-    with transaction(settings) as session:
-        out = get_team(team, session, settings)
-    show(out, as_json)
-
-
-@billing_info_app.command("show")
-def billing_info_show(team_id: str, as_json: JsonOpt = False) -> None:
-    """A team's billing info, as ``GET /v1/billing/teams/{team_id}/billing-info`` shows it."""
-    from billfold.teams.schemas import GetBillingInfoResponse
-    from billfold.teams.service import team_service
-
-    team = parse_team_id(team_id)
-    with transaction() as session:
-        team_service.get(session, team)
-        out = GetBillingInfoResponse(billing_info=team_service.get_billing_info(session, team))
-    show(out, as_json)

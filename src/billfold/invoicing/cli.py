@@ -19,6 +19,7 @@ from billfold.kit.cli import (
     show,
     transaction,
 )
+from billfold.teams.cli import team_app
 
 cycle_app = typer.Typer(no_args_is_help=True, help="Billing cycles.")
 
@@ -125,3 +126,15 @@ def invoices_show(invoice_id: str, as_json: JsonOpt = False) -> None:
         emit(out.lines, False, _LINE_COLUMNS)
         if out.charger_attempts:
             emit(out.charger_attempts, False, ["ticket", "successful", "paymentMethodId"])
+
+
+@team_app.command("show")
+def team_show(team_id: str, as_json: JsonOpt = False) -> None:
+    """A team with its billing state, as ``GET /admin/v1/teams/{team_id}`` shows it."""
+    from billfold.invoicing.endpoints import get_team
+
+    settings = get_settings()
+    team = str(parse_team_id(team_id))
+    with transaction(settings) as session:
+        out = get_team(team, session, settings)
+    show(out, as_json)
