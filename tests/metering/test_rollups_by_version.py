@@ -38,7 +38,7 @@ from billfold.config import Settings
 from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine
 from billfold.metering.analytics import buckets
-from billfold.metering.analytics import reader as analytics_reader
+from billfold.metering.analytics import raw as analytics_raw
 from billfold.metering.analytics.query import AnalyticsResult, parse_query
 from billfold.metering.analytics.reader import UsageAnalytics
 from billfold.metering.models import (
@@ -224,7 +224,7 @@ def run_all(
     if api.backend == "postgresql":
         with (
             statements_on(engine) as seen,
-            mock.patch.object(analytics_reader, "_has_date_bin", lambda session: False),
+            mock.patch.object(analytics_raw, "_has_date_bin", lambda session: False),
         ):
             assert BY_VERSION.run(session, app_settings, query) == answers["by version"]
         assert not [s for s in seen if "date_bin" in s]

@@ -55,7 +55,7 @@ from billfold.config import Settings
 from billfold.cycles.periods import lock_month_exclusive
 from billfold.kit.errors import BadRequest
 from billfold.metering import retention
-from billfold.metering.analytics.reader import raw_event_sums
+from billfold.metering.analytics.raw import raw_event_sums
 from billfold.metering.events import MAX_DIMS_KEY_BYTES, MAX_DIMS_KEY_LENGTH, dims_key, dims_of
 from billfold.metering.models import (
     ROLLUP_WIDTHS,
