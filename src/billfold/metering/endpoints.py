@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics.query import AnalyticsResult, parse_query
 from billfold.metering.analytics.reader import usage_analytics
 from billfold.metering.cancellation import cancellation_service
+from billfold.metering.events import json_keeping_lone_surrogates
 from billfold.metering.schemas import (
     CancelRequest,
     CancelResponse,
@@ -119,20 +119,13 @@ _SURROGATE_ERRORS = ("unexpected end of hex escape", "lone leading surrogate")
 _MAX_DEPTH = 201  # the deepest nesting pydantic-core reads
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _lenient_json(body: bytes) -> Any:
-    """The body as the standard library reads JSON, which -- unlike msgspec and pydantic-core --
-    accepts an escaped lone surrogate (``"bad\\ud800id"``): JSON can carry one, UTF-8 and the
-    databases cannot. Such a string then fails the full check of its event (``storable``), so
-    that event is rejected alone instead of the whole batch. Only for a body both fast parsers
-    refused for such an escape: the usual batch never comes here. Otherwise it refuses what
-    pydantic-core refuses: ``NaN`` and ``Infinity`` (not JSON), invalid UTF-8, nesting deeper
+    """The body read by :func:`json_keeping_lone_surrogates`, only for a body both fast parsers
+    refused for an escaped lone surrogate: the usual batch never comes here. Otherwise it
+    refuses what pydantic-core refuses: ``NaN`` and ``Infinity``, invalid UTF-8, nesting deeper
     than 201 levels."""
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
+        payload = json_keeping_lone_surrogates(body)
     except RecursionError:  # nesting deeper than the interpreter recurses
         raise ValueError("the JSON nests too deep") from None
     if _too_deep(payload, _MAX_DEPTH):

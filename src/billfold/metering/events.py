@@ -403,3 +403,16 @@ class EventParser:
         if all_strings:
             self._checked[items] = result
         return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_keeping_lone_surrogates(text: bytes | str) -> Any:
+    """JSON as the standard library reads it, which -- unlike msgspec and pydantic-core -- takes
+    an escaped lone surrogate (``"bad\\ud800id"``): JSON can carry one, UTF-8 and the databases
+    cannot. Such a string then fails the full check of its event (:func:`storable`), so that event
+    is rejected alone instead of its whole batch or line. ``NaN`` and ``Infinity`` are refused
+    (not JSON), as the fast parsers refuse them. Raises ValueError (or RecursionError)."""
+    return json.loads(text, parse_constant=_refuse_constant)

@@ -23,6 +23,7 @@ from billfold.config import Settings
 from billfold.kit.cli import bad_input
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
+from billfold.metering.events import json_keeping_lone_surrogates
 from billfold.metering.service import IngestResult, Rejection, metering_service
 
 Format = Literal["jsonl", "csv"]
@@ -107,14 +108,10 @@ def _parse_json(text: bytes | str) -> Any:
         # lone surrogate, which the service then rejects with its event's code (an eventId's is
         # invalid_event_id), instead of the line being invalid_json.
         try:
-            value = json.loads(text, parse_constant=_refuse_constant)
+            value = json_keeping_lone_surrogates(text)
         except (ValueError, RecursionError):
             raise exc from None
     return _unsendable(value, MAX_LINE_DEPTH) or value
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _unsendable(value: Any, levels: int) -> Unreadable | None:
