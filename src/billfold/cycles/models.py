@@ -16,6 +16,7 @@ from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
+from billfold.kit.money import Cents
 
 
 class BillingCycle(Base):
@@ -28,7 +29,7 @@ class BillingCycle(Base):
     )
     year: Mapped[int] = mapped_column(primary_key=True)
     month: Mapped[int] = mapped_column(primary_key=True)
-    spend_cents: Mapped[int]
+    spend_cents: Mapped[Cents]
     closed_at: Mapped[datetime | None]
     invoice_id: Mapped[str | None] = mapped_column(String(40))
 
@@ -61,4 +62,4 @@ class CycleLine(Base):
     cluster_name: Mapped[str] = mapped_column(String(200), primary_key=True, server_default="")
     quantity: Mapped[int]
     events: Mapped[int]
-    amount_cents: Mapped[int]
+    amount_cents: Mapped[Cents]

@@ -24,6 +24,7 @@ from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
+from billfold.kit.money import Cents, Pico
 
 
 class InvoiceCounter(Base):
@@ -48,11 +49,11 @@ class Invoice(Base):
     cycle_year: Mapped[int]
     cycle_month: Mapped[int]
     topup_id: Mapped[uuid.UUID | None]
-    subtotal_cents: Mapped[int]
-    tax_cents: Mapped[int]
-    total_cents: Mapped[int]
-    usage_cents: Mapped[int]  # the cycle's whole spend, credits included
-    credits_applied_cents: Mapped[int]
+    subtotal_cents: Mapped[Cents]
+    tax_cents: Mapped[Cents]
+    total_cents: Mapped[Cents]
+    usage_cents: Mapped[Cents]  # the cycle's whole spend, credits included
+    credits_applied_cents: Mapped[Cents]
     vat_rate: Mapped[str] = mapped_column(String(16))
     charge_attempts: Mapped[list[dict[str, Any]]]
     due_at: Mapped[datetime]
@@ -71,6 +72,6 @@ class InvoiceLine(Base):
     cluster_name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(String(500))
     unit_type: Mapped[str] = mapped_column(String(200))
-    unit_price_pico: Mapped[int]
+    unit_price_pico: Mapped[Pico]
     num_units: Mapped[int]
-    amount_cents: Mapped[int]
+    amount_cents: Mapped[Cents]

@@ -24,7 +24,7 @@ from billfold.kit.clock import utc_now
 from billfold.kit.errors import (
     ServiceUnavailable,
 )
-from billfold.kit.money import Cents
+from billfold.kit.money import Cents, Pico
 from billfold.ledger.service import ledger_service
 from billfold.pricing.models import PriceVersion
 from billfold.spend.limits import (
@@ -47,9 +47,9 @@ class StatementLine:
     cluster_name: str
     description: str
     unit_type: str
-    unit_price_pico: int
+    unit_price_pico: Pico
     num_units: int
-    amount_cents: int
+    amount_cents: Cents
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class CycleStatement:
 
     @property
     def total(self) -> Cents:
-        return Cents(self.postpaid + self.vat)
+        return self.postpaid + self.vat
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class StatementService:
             lines = self.cycle_lines(session, team_id, year, month)
             position = ledger_service.credit_position(session, team_id, now)
             cycle = position.cycle(year, month)
-            usage = Cents(sum(line.amount_cents for line in lines))
+            usage = sum((line.amount_cents for line in lines), Cents(0))
             if usage == cycle.spend:
                 break
         else:

@@ -26,6 +26,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from billfold.kit.units import Cents, Pico
+
 DEFAULT_DATABASE_URL = "sqlite:///./billfold.db"
 READ_ONLY_OPTION = "billfold_read_only"
 
@@ -100,6 +102,9 @@ class Base(DeclarativeBase):
         list[str]: JSONType,
         list[dict[str, Any]]: JSONType,
         int: BigInteger(),
+        # NewTypes at run time (kit.units); SQLAlchemy maps a NewType only when listed here.
+        Cents: BigInteger(),
+        Pico: BigInteger(),
     }
 
 

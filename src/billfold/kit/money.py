@@ -9,21 +9,28 @@ Units
   Rated usage is carried in pico-dollars until it becomes an invoice line.
 * Wire "price units" (``unitPrice`` of invoice lines) are 10^-10 USD (1/100,000,000 of a cent).
 
+The type checker keeps the units apart (``kit/units.pyi``): ``Cents + Pico``, ``Cents < Pico``,
+``Pico * Pico``, an amount times a float, or a ``Pico`` passed for ``Cents`` are mypy errors;
+``Pico * quantity`` stays ``Pico``, ``Cents + Cents`` stays ``Cents``. At run time both are
+``NewType`` over int (``kit/units.py``): ``Cents(x)`` returns ``x`` itself, so the hot paths pay
+nothing. Units change only here (:func:`round_to_cents`, :func:`cents_to_pico`) or where a bare
+int gets its unit, at the database or wire boundary (``Cents(body.amount)``).
+
 Rounding happens in exactly one place: :func:`round_to_cents`, applied once per invoice line (the
-exact pico total of one SKU at one price version in one cluster in one cycle). Totals are sums of
-rounded lines, so lines always add up to totals. No float ever carries an amount that is stored or
-billed; the only floats are the dollar values of usage analytics, which the wire format defines as
-JSON numbers.
+exact pico total of one SKU at one price version in one cluster in one cycle) and once for a
+cycle's VAT (invoicing/vat.py computes the exact VAT in pico-dollars and rounds it here). Totals
+are sums of rounded lines, so lines always add up to totals. No float ever carries an amount that
+is stored or billed; the only floats are the dollar values of usage analytics, which the wire
+format defines as JSON numbers.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import NewType
 
-Cents = NewType("Cents", int)
-Pico = NewType("Pico", int)
+from billfold.kit.units import Cents as Cents
+from billfold.kit.units import Pico as Pico
 
 PICO_PER_CENT = 10**10
 PICO_PER_USD = 10**12
@@ -84,7 +91,12 @@ def format_usd_price(amount: Pico) -> str:
 
 
 def pico_to_price_units(amount: Pico) -> int:
-    """Pico-dollars to the wire's price unit (10^-10 USD), rounded half up for display only."""
+    """A unit price in the wire's price unit (10^-10 USD, an invoice line's ``unitPrice``).
+
+    Not a second money rounding: it shows a *unit price* (12 decimals of USD) in a unit with 10,
+    half up, and nothing is ever computed, summed or billed from the result -- the line's amount
+    is ``round_to_cents`` of the exact pico total.
+    """
     quotient, remainder = divmod(int(amount), PICO_PER_PRICE_UNIT)
     return quotient + (1 if remainder * 2 >= PICO_PER_PRICE_UNIT else 0)
 

@@ -17,6 +17,7 @@ from billfold.kit.cli import (
     transaction,
 )
 from billfold.kit.clock import utc_now
+from billfold.kit.money import Cents
 
 credits_app = typer.Typer(no_args_is_help=True, help="Prepaid credits.")
 
@@ -60,7 +61,7 @@ def grant(
         entry, _ = ledger_service.grant(
             session,
             team,
-            amount=amount,
+            amount=Cents(amount),
             reason=reason,
             idempotency_key=idempotency_key,
             expires_at=expiry,

@@ -10,6 +10,7 @@ from billfold.kit.http import (
     DbSession,
     parse_uuid,
 )
+from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.models import LedgerEntry
@@ -53,7 +54,7 @@ def grant_credits(
     entry, created = ledger_service.grant(
         session,
         parse_uuid(team_id),
-        amount=body.amount,
+        amount=Cents(body.amount),
         reason=body.reason,
         idempotency_key=body.idempotency_key,
         expires_at=body.expires_at,

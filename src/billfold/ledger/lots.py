@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from billfold.kit.money import Cents
+
 
 class EntryLike(Protocol):
     """What the replay reads of a ledger entry (LedgerEntry satisfies it)."""
@@ -35,7 +37,7 @@ class EntryLike(Protocol):
     def kind(self) -> str: ...
 
     @property
-    def credit_cents(self) -> int: ...
+    def credit_cents(self) -> Cents: ...
 
     @property
     def expires_at(self) -> datetime | None: ...
@@ -55,9 +57,9 @@ class Lot:
     entry_id: uuid.UUID
     kind: str
     seq: int
-    amount: int
+    amount: Cents
     expires_at: datetime | None
-    remaining: int
+    remaining: Cents
     expired: bool = False  # an expiry entry for it has been booked
 
     def order(self) -> tuple[datetime, int]:
@@ -68,12 +70,12 @@ class Lot:
 @dataclass
 class Lots:
     lots: dict[uuid.UUID, Lot]
-    deficit: int  # debit not covered by any lot (never positive in a healthy ledger)
+    deficit: Cents  # debit not covered by any lot (never positive in a healthy ledger)
 
-    def total(self) -> int:
-        return sum(lot.remaining for lot in self.lots.values()) - self.deficit
+    def total(self) -> Cents:
+        return sum((lot.remaining for lot in self.lots.values()), Cents(0)) - self.deficit
 
-    def unused_at_expiry(self, grant_id: uuid.UUID, live_used: int) -> int:
+    def unused_at_expiry(self, grant_id: uuid.UUID, live_used: Cents) -> Cents:
         """The rest of ``grant_id`` that expires, given the credit open cycles drew before it.
 
         ``live_used`` (credit used by open cycles' usage up to the expiry) is not booked yet: it is
@@ -82,18 +84,21 @@ class Lots:
         """
         grant = self.lots[grant_id]
         ahead = sum(
-            lot.remaining
-            for lot in self.lots.values()
-            if lot.remaining > 0 and lot.order() < grant.order()
+            (
+                lot.remaining
+                for lot in self.lots.values()
+                if lot.remaining > 0 and lot.order() < grant.order()
+            ),
+            Cents(0),
         )
-        drawn = min(grant.remaining, max(live_used - ahead, 0))
+        drawn = min(grant.remaining, max(live_used - ahead, Cents(0)))
         return grant.remaining - drawn
 
 
 def replay(entries: Iterable[EntryLike]) -> Lots:
     """The lots after every entry, in booking order."""
     lots: dict[uuid.UUID, Lot] = {}
-    deficit = 0
+    deficit = Cents(0)
     for entry in sorted(entries, key=lambda e: e.seq):
         amount = entry.credit_cents
         if entry.kind == "expiry":

@@ -27,6 +27,7 @@ from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
+from billfold.kit.money import Cents
 
 
 class LedgerEntry(Base):
@@ -41,7 +42,7 @@ class LedgerEntry(Base):
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
     # purchase | grant | spend | refund | expiry | adjustment
     kind: Mapped[str] = mapped_column(String(16))
-    credit_cents: Mapped[int]  # signed: + adds credit, - consumes it
+    credit_cents: Mapped[Cents]  # signed: + adds credit, - consumes it
     idempotency_key: Mapped[str] = mapped_column(String(255))
     reference: Mapped[str] = mapped_column(String(255))
     description: Mapped[str] = mapped_column(String(500))
@@ -61,7 +62,7 @@ class CreditAccount(Base):
     team_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("teams.id", ondelete="RESTRICT"), primary_key=True
     )
-    balance_cents: Mapped[int]  # sum of credit_cents of the team's ledger entries
+    balance_cents: Mapped[Cents]  # sum of credit_cents of the team's ledger entries
     entries: Mapped[int]
     updated_at: Mapped[datetime]
     # Earliest ``expires_at`` of a grant that has no expiry entry yet; None when there is none.

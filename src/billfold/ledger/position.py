@@ -53,19 +53,17 @@ class CreditPosition:
 
 
 def allocate_credit(
-    team_id: uuid.UUID, credit: Cents, spends: dict[tuple[int, int], int], now: datetime
+    team_id: uuid.UUID, credit: Cents, spends: dict[tuple[int, int], Cents], now: datetime
 ) -> CreditPosition:
     """The rule itself, on rows already read: credit pays open cycles oldest first; the current
     cycle is always present. (The spend check reads the same rows in one statement and calls this.)
     """
     spends = dict(spends)
-    spends.setdefault((now.year, now.month), 0)
+    spends.setdefault((now.year, now.month), Cents(0))
     available = credit
     cycles = []
     for (year, month), spend in sorted(spends.items()):
-        used = Cents(min(max(available, 0), spend))
-        cycles.append(
-            CyclePosition(year, month, Cents(spend), Cents(available), used, Cents(spend - used))
-        )
-        available = Cents(available - used)
-    return CreditPosition(team_id, credit, tuple(cycles), Cents(available))
+        used = min(max(available, Cents(0)), spend)
+        cycles.append(CyclePosition(year, month, spend, available, used, spend - used))
+        available = available - used
+    return CreditPosition(team_id, credit, tuple(cycles), available)

@@ -144,7 +144,7 @@ class LedgerService:
         team_id: uuid.UUID,
         *,
         kind: str,
-        credit_cents: int,
+        credit_cents: Cents,
         idempotency_key: str,
         reference: str = "",
         description: str = "",
@@ -196,7 +196,7 @@ class LedgerService:
         now: datetime,
         *,
         kind: str,
-        credit_cents: int,
+        credit_cents: Cents,
         idempotency_key: str,
         reference: str = "",
         description: str = "",
@@ -315,7 +315,7 @@ class LedgerService:
         its events before ``at``, rated as its lines are (one rounding per price version, half up);
         later cycles count nothing.
         """
-        spend = 0
+        spend = Cents(0)
         cycles = session.execute(
             select(BillingCycle.year, BillingCycle.month, BillingCycle.spend_cents).where(
                 BillingCycle.team_id == team_id, BillingCycle.closed_at.is_(None)
@@ -326,11 +326,11 @@ class LedgerService:
                 spend += spend_cents
             elif month_start(year, month) < at:
                 spend += self._spend_before(session, team_id, month_start(year, month), at)
-        return Cents(min(max(posted, 0), spend))
+        return min(max(posted, Cents(0)), spend)
 
     def _spend_before(
         self, session: Session, team_id: uuid.UUID, start: datetime, at: datetime
-    ) -> int:
+    ) -> Cents:
         # Whole 15-minute rollup buckets (by version) before the one holding ``at``, then the raw
         # events of that last partial bucket (still within retention: the cycle is open).
         bucket = at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
@@ -357,16 +357,19 @@ class LedgerService:
         for version_id, quantity in (*rollups, *events):
             quantities[int(version_id)] += int(quantity or 0)
         if not quantities:
-            return 0
+            return Cents(0)
         rows = session.execute(
             select(PriceVersion.id, PriceVersion.unit_price_pico).where(
                 PriceVersion.id.in_(list(quantities))
             )
         ).all()
-        prices = {int(version_id): int(price) for version_id, price in rows}
+        prices = {int(version_id): Pico(int(price)) for version_id, price in rows}
         return sum(
-            round_to_cents(Pico(quantity * prices[version_id]))
-            for version_id, quantity in quantities.items()
+            (
+                round_to_cents(quantity * prices[version_id])
+                for version_id, quantity in quantities.items()
+            ),
+            Cents(0),
         )
 
     # --- operator grants ------------------------------------------------------------------------
@@ -415,7 +418,7 @@ class LedgerService:
         session: Session,
         team_id: uuid.UUID,
         *,
-        amount: int,
+        amount: Cents,
         reason: str,
         idempotency_key: str | None,
         expires_at: datetime | None,

@@ -60,6 +60,7 @@ from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.cycles.periods import closed_months, lock_month_exclusive
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import BadRequest, Conflict
+from billfold.kit.money import Pico
 from billfold.metering import rebuild
 from billfold.metering.events import Properties, RatedEvent, cluster_of, echo_id, is_id, team_uuid
 from billfold.metering.models import (
@@ -327,7 +328,7 @@ class CancellationService:
         ]
         versions = {e.price_version_id for e in wanted.values()}
         prices = {
-            int(version_id): int(price)
+            int(version_id): Pico(int(price))
             for version_id, price in session.execute(
                 select(PriceVersion.id, PriceVersion.unit_price_pico).where(
                     PriceVersion.id.in_(versions)

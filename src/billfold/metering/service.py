@@ -318,7 +318,7 @@ class MeteringService:
         session: Session,
         writer: Writer,
         events: list[RatedEvent],
-        prices: dict[int, int],
+        prices: dict[int, Pico],
     ) -> None:
         MeteringService.add_sums(session, writer, sum_accepted(events), prices)
 
@@ -327,7 +327,7 @@ class MeteringService:
         session: Session,
         writer: Writer,
         sums: BatchSums,
-        prices: dict[int, int],
+        prices: dict[int, Pico],
         *,
         with_dims: bool = True,
     ) -> None:
@@ -356,8 +356,8 @@ class MeteringService:
             team, year, month, version_id, _ = key
             price = prices[version_id]
             new_quantity = new_quantities[key]
-            old_amount = round_to_cents(Pico((new_quantity - quantity) * price))
-            new_amount = round_to_cents(Pico(new_quantity * price))
+            old_amount = round_to_cents((new_quantity - quantity) * price)
+            new_amount = round_to_cents(new_quantity * price)
             if new_amount != old_amount:
                 amounts.append((key, new_amount))
             cycle = (team, year, month)

@@ -6,6 +6,7 @@ from sqlalchemy import Identity, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base, BigInt
+from billfold.kit.money import Pico
 
 
 class PriceVersion(Base):
@@ -21,6 +22,6 @@ class PriceVersion(Base):
     sku: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(String(500))
     unit_type: Mapped[str] = mapped_column(String(200))
-    unit_price_pico: Mapped[int]  # 10^-12 USD per unit, exact
+    unit_price_pico: Mapped[Pico]  # 10^-12 USD per unit, exact
     effective_from: Mapped[datetime]
     created_at: Mapped[datetime]

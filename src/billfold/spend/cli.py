@@ -15,6 +15,7 @@ from billfold.kit.cli import (
     show,
     transaction,
 )
+from billfold.kit.money import Cents
 from billfold.spend.service import spend_service
 
 limit_app = typer.Typer(no_args_is_help=True, help="Spending limits.")
@@ -53,7 +54,10 @@ def limit_hard(
     settings = get_settings()
     with transaction(settings) as session:
         limits = spend_service.set_hard_limit(
-            session, settings, parse_team_id(team_id), None if clear else amount
+            session,
+            settings,
+            parse_team_id(team_id),
+            None if clear or amount is None else Cents(amount),
         )
     emit(limits_out(limits), as_json, _LIMIT_COLUMNS)
 

@@ -18,6 +18,7 @@ from billfold.kit.http import (
     bearer_token,
     parse_uuid,
 )
+from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter, cent
 from billfold.spend.gateway import spend_answer, spend_status_json
@@ -59,7 +60,7 @@ def set_spending_limit(
     body: SetSoftLimitRequest, scope: BillingWrite, session: DbSession, settings: AppSettings
 ) -> SetSoftLimitResponse:
     soft = spend_service.set_soft_limit(
-        session, settings, scope.team_id, body.desired_soft_spending_limit.val
+        session, settings, scope.team_id, Cents(body.desired_soft_spending_limit.val)
     )
     return SetSoftLimitResponse(this_bp_soft_spending_limit=cent(soft))
 
@@ -136,5 +137,6 @@ async def spend_status(request: Request) -> Response:
 def set_hard_spending_limit(
     team_id: str, body: SetHardLimitRequest, session: DbSession, settings: AppSettings
 ) -> SpendingLimitsResponse:
-    limits = spend_service.set_hard_limit(session, settings, parse_uuid(team_id), body.amount)
+    amount = None if body.amount is None else Cents(body.amount)
+    limits = spend_service.set_hard_limit(session, settings, parse_uuid(team_id), amount)
     return SpendingLimitsResponse(spending_limits=limits_out(limits))

@@ -37,14 +37,16 @@ def spending_limits(team: Team, settings: Settings) -> SpendingLimits:
     return limits_of(team.soft_limit_cents, team.hard_limit_override_cents, settings)
 
 
-def limits_of(soft_cents: int | None, hard_cents: int | None, settings: Settings) -> SpendingLimits:
+def limits_of(
+    soft_cents: Cents | None, hard_cents: Cents | None, settings: Settings
+) -> SpendingLimits:
     """The limits from a team's two columns (``None``: not set)."""
     auto = Cents(settings.default_hard_limit_cents)
-    override = None if hard_cents is None else Cents(hard_cents)
+    override = hard_cents
     effective_hard = override if override is not None else auto
     soft_set = soft_cents is not None
-    soft = Cents(soft_cents or 0)
-    effective = Cents(min(soft, effective_hard)) if soft_set else effective_hard
+    soft = soft_cents or Cents(0)
+    effective = min(soft, effective_hard) if soft_set else effective_hard
     return SpendingLimits(override, auto, effective_hard, soft, soft_set, effective)
 
 

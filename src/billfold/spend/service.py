@@ -54,7 +54,7 @@ class SpendService:
         return spending_limits(team_service.get(session, team_id), settings)
 
     def set_soft_limit(
-        self, session: Session, settings: Settings, team_id: uuid.UUID, desired: int
+        self, session: Session, settings: Settings, team_id: uuid.UUID, desired: Cents
     ) -> Cents:
         """The team's own limit (§10). It may not exceed the effective hard limit.
 
@@ -74,10 +74,10 @@ class SpendService:
                 code="above_hard_limit",
             )
         team.soft_limit_cents = desired
-        return Cents(desired)
+        return desired
 
     def set_hard_limit(
-        self, session: Session, settings: Settings, team_id: uuid.UUID, amount: int | None
+        self, session: Session, settings: Settings, team_id: uuid.UUID, amount: Cents | None
     ) -> SpendingLimits:
         """The operator's per-team hard limit; ``None`` falls back to ``hardSlAuto``.
 
@@ -150,8 +150,10 @@ class SpendService:
         if expiry_due:
             # credit expires now: the ledger books that before anyone reads it
             return SpendSnapshot(None, valid_from, valid_until)
-        spends = {(r[5], r[6]): r[7] or 0 for r in rows if r[5] is not None and r[6] is not None}
-        position = allocate_credit(team_id, Cents(credit or 0), spends, now)
+        spends = {
+            (r[5], r[6]): r[7] or Cents(0) for r in rows if r[5] is not None and r[6] is not None
+        }
+        position = allocate_credit(team_id, credit or Cents(0), spends, now)
         limits = limits_of(soft, hard, settings)
         decision = spend_decision(limits, position, now.year, now.month)
         return SpendSnapshot(decision, valid_from, valid_until)

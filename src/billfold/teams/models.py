@@ -7,6 +7,7 @@ from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
+from billfold.kit.money import Cents
 
 
 class Team(Base):
@@ -17,8 +18,8 @@ class Team(Base):
     created_at: Mapped[datetime]
     # Spending limits (cents). None: not set (the team falls back to the operator default /
     # has not chosen a soft limit).
-    hard_limit_override_cents: Mapped[int | None]
-    soft_limit_cents: Mapped[int | None]
+    hard_limit_override_cents: Mapped[Cents | None]
+    soft_limit_cents: Mapped[Cents | None]
     default_payment_method_id: Mapped[str | None] = mapped_column(String(40))
     # The team's customer at the payment provider, created with its first card and reused after.
     payment_customer_ref: Mapped[str | None] = mapped_column(String(200))

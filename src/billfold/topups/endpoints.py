@@ -13,6 +13,7 @@ from billfold.kit.http import (
     Sessions,
     end_request_transaction,
 )
+from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.schemas import (
@@ -65,7 +66,7 @@ def top_up(
     of the team is pending and is returned instead of charging again."""
     end_request_transaction(session)
     outcome = topup_service.top_up(
-        sessions, provider, settings, scope.team_id, body.amount.val, idempotency_key
+        sessions, provider, settings, scope.team_id, Cents(body.amount.val), idempotency_key
     )
     # The replay header answers a replayed Idempotency-Key; without a key, the pending purchase
     # returned instead of a new charge (the upstream rule) is not a replay of this caller's request.

@@ -15,6 +15,7 @@ from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
+from billfold.kit.money import Cents
 
 
 class Topup(Base):
@@ -26,7 +27,7 @@ class Topup(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
-    amount_cents: Mapped[int]
+    amount_cents: Mapped[Cents]
     # TO_CHARGE | SUCCEEDED | FAILED_TO_CHARGE (the spec's topupStatus names)
     status: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -88,7 +88,7 @@ class TopupService:
         provider: PaymentProvider,
         settings: Settings,
         team_id: uuid.UUID,
-        amount: int,
+        amount: Cents,
         idempotency_key: str | None,
     ) -> TopupOutcome:
         cents = abs(amount)  # the sign is ignored (spec §12)
@@ -161,7 +161,7 @@ class TopupService:
         sessions: sessionmaker[Session],
         settings: Settings,
         team_id: uuid.UUID,
-        cents: int,
+        cents: Cents,
         idempotency_key: str | None,
         fingerprint: str,
     ) -> tuple[Topup, bool]:
@@ -188,7 +188,7 @@ class TopupService:
         session: Session,
         settings: Settings,
         team_id: uuid.UUID,
-        cents: int,
+        cents: Cents,
         idempotency_key: str | None,
         fingerprint: str,
     ) -> tuple[Topup, bool]:
