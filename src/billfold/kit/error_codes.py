@@ -97,7 +97,7 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("unknown_timezone", "Analytics: `timeRange.timezone` is not an IANA time zone.", 400),
     _E("invalid_time", "Analytics: a time is not `YYYY-MM-DD HH:MM:SS`.", 400),
     _E("invalid_time_range", "Analytics: the range ends at or before its start.", 400),
-    _E("invalid_time_unit", "Analytics: `timeUnit` is not one of the `TIME_UNIT_...` values.", 400),
+    _E("invalid_time_unit", "Analytics: `timeUnit` is not a `TIME_UNIT_...` name or number.", 400),
     _E("invalid_aggregation", "Analytics: an aggregation is unknown or missing.", 400),
     _E("unsupported_value", "Analytics: the value cannot be aggregated that way.", 400),
     _E("unknown_field", "Analytics: a filter or group names an unknown field.", 400),
