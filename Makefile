@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint format bench clean
+.PHONY: install demo serve test lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+
+## docs/errors.md from the catalogue of error codes (src/billfold/kit/error_codes.py).
+docs: $(STAMP)
+	$(BIN)/python -m billfold.kit.error_codes > docs/errors.md
 
 clean:
 	rm -rf $(VENV) billfold.db billfold.db-* billfold-demo.json .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ from billfold.kit.errors import (
     Conflict,
     InvalidField,
     ResourceNotFound,
+    ServiceUnavailable,
 )
 from billfold.kit.http import (
     DbSession,
@@ -78,6 +79,7 @@ def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
 @billing_router.get(
     "/v1/billing/teams/{team_id}/postpaid/invoice/preview",
     response_model=InvoicePreviewResponse,
+    responses=error_responses(ServiceUnavailable),
 )
 def preview_invoice(
     scope: BillingRead, session: DbSession, settings: AppSettings
@@ -201,6 +203,7 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
 @admin_router.post(
     "/admin/v1/billing-cycles/close",
     response_model=CloseSummaryOut,
+    responses=error_responses(ServiceUnavailable),
 )
 def close_billing_cycle(
     body: CloseCycleRequest,

@@ -1,5 +1,8 @@
 """Errors that carry their HTTP status and a stable machine code.
 
+Every code is catalogued, with its status and meaning, in kit/error_codes.py (the documented list
+docs/errors.md and the OpenAPI error responses are generated from it).
+
 Services raise these; one set of handlers (:func:`install_error_handlers`) turns every error,
 expected or not, into the body both APIs share: ``{"code": "...", "error": "..."}`` plus optional
 fields such as ``field`` for validation errors.
@@ -23,7 +26,7 @@ log = logging.getLogger("billfold")
 
 class BillfoldError(Exception):
     """Base of every error answered with the house body. A subclass per HTTP status: its
-    docstring's first line describes that status in the OpenAPI document (kit/openapi.py)."""
+    docstring's first paragraph describes that status in the OpenAPI document (kit/openapi.py)."""
 
     status_code = 400
     code = "bad_request"
@@ -64,7 +67,7 @@ class Unauthorized(BillfoldError):
 
 
 class PaymentFailed(BillfoldError):
-    """The payment provider declined the charge."""
+    """The payment provider declined the charge; the code is the provider's own."""
 
     status_code = 402
     code = "payment_failed"
@@ -108,24 +111,31 @@ class RateLimited(BillfoldError):
 
 
 class ServiceUnavailable(BillfoldError):
-    """The database is unreachable or busy: retry."""
+    """The service cannot answer now (the database is unreachable or busy, or a setting is
+    invalid): retry."""
 
     status_code = 503
     code = "unavailable"
 
 
+# The code of an HTTP error Starlette raises itself (an unknown route, a wrong method); every code
+# is catalogued in kit/error_codes.py. No other status is raised by Starlette or FastAPI here; one
+# would be answered with its class's generic code.
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthenticated",
     403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
-    406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
-    415: "unsupported_media_type",
     429: "rate_limited",
 }
+
+
+def http_code(status: int) -> str:
+    """The code of an HTTP error of ``status`` raised outside Billfold's own errors."""
+    return _HTTP_CODES.get(status) or ("bad_request" if status < 500 else "internal")
 
 
 def _loc_to_field(loc: tuple[int | str, ...]) -> str:
@@ -205,7 +215,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> ErrorResponse:
-        code = _HTTP_CODES.get(exc.status_code, "error")
+        code = http_code(exc.status_code)
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:

@@ -3,7 +3,9 @@
 FastAPI's generated document is corrected here, once per process, to say what the app does:
 
 * **Errors** are the house body (``ErrorBody``: ``{"code", "error", "field"?, "details"?}``),
-  described per status by the error classes of kit/errors.py: every operation with input may
+  described per status by the error classes of kit/errors.py, each followed by the codes the
+  catalogue (kit/error_codes.py) lists for that status; ``ErrorBody.code`` names what any request
+  may be answered (405, 500): every operation with input may
   answer 400; a body may be 413; an operation guarded by a bearer scheme lists that scheme's
   errors (401, 429) and a guard's own (403 for a key of another team or without the ACL). What only
   some routes answer (404, 409) they declare with ``responses=error_responses(...)``. FastAPI's
@@ -39,6 +41,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from billfold.kit.error_codes import codes_of_status
 from billfold.kit.errors import (
     BadRequest,
     BillfoldError,
@@ -50,13 +53,28 @@ from billfold.kit.schemas import WireModel
 
 ERROR_BODY = "ErrorBody"
 _ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_BODY}"}
+
+
+def _code_list(status: int) -> str:
+    return ", ".join(f"`{code}`" for code in codes_of_status(status))
+
+
 _ERROR_SCHEMA: dict[str, Any] = {
     "title": ERROR_BODY,
     "type": "object",
     "description": "The body of every 4xx and 5xx answer.",
     "required": ["code", "error"],
     "properties": {
-        "code": {"type": "string", "description": "A stable machine code, e.g. invalid_argument."},
+        "code": {
+            "type": "string",
+            "description": (
+                "A stable machine code, e.g. invalid_argument: each response lists those of its "
+                "status (every code, its status and meaning: docs/errors.md). Any request may "
+                "also be answered 404 `not_found` (no such route), "
+                + " or ".join(f"{status} {_code_list(status)}" for status in (405, 500))
+                + "."
+            ),
+        },
         "error": {"type": "string", "description": "What went wrong, in a sentence."},
         "field": {
             "type": "string",
@@ -89,17 +107,20 @@ class Bearer:
 
 
 def error_responses(*errors: type[BillfoldError]) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of the given error classes: one per status, with the error body."""
-    responses: dict[int | str, dict[str, Any]] = {}
+    """The ``responses`` of the given error classes: one per status, with the error body, described
+    by the classes' docstrings and the codes of that status (kit/error_codes.py)."""
+    lines: dict[int, list[str]] = {}
     for error in errors:
-        line = (error.__doc__ or error.code).strip().splitlines()[0].strip()
-        entry = responses.setdefault(
-            error.status_code,
-            {"description": "", "content": {"application/json": {"schema": _ERROR_REF}}},
-        )
-        if line not in entry["description"]:
-            entry["description"] = " ".join(filter(None, (entry["description"], line)))
-    return responses
+        line = " ".join((error.__doc__ or error.code).strip().split("\n\n")[0].split())
+        if line not in lines.setdefault(error.status_code, []):
+            lines[error.status_code].append(line)
+    return {
+        status: {
+            "description": " ".join([*described, f"Codes: {_code_list(status)}."]),
+            "content": {"application/json": {"schema": _ERROR_REF}},
+        }
+        for status, described in lines.items()
+    }
 
 
 _DOCUMENTED_BODIES: dict[str, type[BaseModel]] = {}
