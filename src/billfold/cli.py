@@ -419,8 +419,7 @@ def team_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a team (the name is checked as the API checks it: 1 to 200 characters)."""
-    from billfold.teams.endpoints import team_out
-    from billfold.teams.schemas import CreateTeamRequest
+    from billfold.teams.schemas import CreateTeamRequest, team_out
     from billfold.teams.service import team_service
 
     if not name.strip():
@@ -436,7 +435,7 @@ def team_create(
 @team_app.command("list")
 def team_list(as_json: JsonOpt = False) -> None:
     """List teams."""
-    from billfold.teams.endpoints import team_out
+    from billfold.teams.schemas import team_out
     from billfold.teams.service import team_service
 
     with transaction() as session:
@@ -454,8 +453,7 @@ def key_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Issue a management key for a team (the key is shown once)."""
-    from billfold.teams.endpoints import key_out
-    from billfold.teams.schemas import CreatedKey
+    from billfold.teams.schemas import CreatedKey, key_out
     from billfold.teams.service import KeyService, team_service
 
     settings = get_settings()
@@ -469,7 +467,7 @@ def key_create(
 @key_app.command("list")
 def key_list(team_id: str, as_json: JsonOpt = False) -> None:
     """List a team's management keys (redacted)."""
-    from billfold.teams.endpoints import key_out
+    from billfold.teams.schemas import key_out
     from billfold.teams.service import KeyService
 
     settings = get_settings()
@@ -484,7 +482,7 @@ def key_list(team_id: str, as_json: JsonOpt = False) -> None:
 @key_app.command("revoke")
 def key_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a management key; it stops working at once."""
-    from billfold.teams.endpoints import key_out
+    from billfold.teams.schemas import key_out
     from billfold.teams.service import KeyService
 
     settings = get_settings()
@@ -500,12 +498,13 @@ def key_revoke(key_id: str, as_json: JsonOpt = False) -> None:
 @team_app.command("show")
 def team_show(team_id: str, as_json: JsonOpt = False) -> None:
     """A team with its billing state, as ``GET /admin/v1/teams/{team_id}`` shows it."""
-    from billfold.invoicing.endpoints import get_team
+    from billfold.invoicing.schemas import team_billing_out
+    from billfold.invoicing.service import invoicing_service
 
     settings = get_settings()
-    team = str(parse_team_id(team_id))
+    team = parse_team_id(team_id)
     with transaction(settings) as session:
-        out = get_team(team, session, settings)
+        out = team_billing_out(invoicing_service.team_billing(session, settings, team))
     show(out, as_json)
 
 

@@ -8,21 +8,19 @@ from typing import Annotated, TypeVar
 from fastapi import Query
 
 from billfold.invoicing.schemas import (
-    BillingCycleOut,
     CloseCycleRequest,
     CloseSummaryOut,
-    CoreInvoice,
     InvoiceList,
     InvoicePreviewResponse,
-    OperatorChargerAttemptOut,
     OperatorInvoiceOut,
     TeamBillingOut,
     close_summary_out,
     invoice_out,
-    line_out,
+    invoice_preview_out,
+    operator_invoice_out,
+    team_billing_out,
 )
 from billfold.invoicing.service import (
-    InvoiceWithLines,
     invoice_filter,
     invoicing_service,
 )
@@ -32,45 +30,16 @@ from billfold.kit.errors import (
     InvalidField,
     ResourceNotFound,
 )
-from billfold.kit.http import (
-    DbSession,
-    Sessions,
-    end_request_transaction,
-    parse_uuid,
-)
+from billfold.kit.http import DbSession, Sessions, end_request_transaction, parse_uuid
 from billfold.kit.openapi import error_responses
-from billfold.kit.schemas import WireRouter, cent
+from billfold.kit.schemas import WireRouter
 from billfold.payments.endpoints import Provider
-from billfold.spend.schemas import (
-    limits_out,
-    spend_status_out,
-)
 from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 _T = TypeVar("_T")
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-
-# --- shaping -----------------------------------------------------------------------------------
-
-
-def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
-    """An invoice as the operator API shows it: a failed attempt also says why it failed."""
-    fields = dict(invoice_out(item))
-    attempts = fields.pop("charger_attempts")
-    return OperatorInvoiceOut(
-        **fields,
-        charger_attempts=[
-            OperatorChargerAttemptOut(
-                **dict(attempt),
-                failure_code=None if attempt.successful else str(a.get("failureCode", "")),
-                failure_message=None if attempt.successful else str(a.get("failureMessage", "")),
-            )
-            for attempt, a in zip(attempts, item.invoice.charge_attempts, strict=True)
-        ],
-    )
-
 
 # --- the Billing Management API (customers) ----------------------------------------------------
 
@@ -82,29 +51,7 @@ def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
 def preview_invoice(
     scope: BillingRead, session: DbSession, settings: AppSettings
 ) -> InvoicePreviewResponse:
-    preview = statement_service.preview(session, settings, scope.team_id)
-    st = preview.statement
-    return InvoicePreviewResponse(
-        core_invoice=CoreInvoice(
-            lines=[line_out(line) for line in st.lines],
-            amount_before_vat=st.usage,
-            vat_cost=st.vat,
-            amount_after_vat=st.usage + st.vat,
-            auto_credits_issued=0,
-            default_credits_issued=0,
-            total_with_corr=cent(st.usage),
-            prepaid_credits=cent(-st.credit_available),
-            prepaid_credits_used=cent(-st.credit_used),
-            # Every SKU counts against the spending limit: the limited part is the postpaid
-            # spend, nothing is unlimited (credit-paid usage is in prepaidCreditsUsed instead).
-            amount_before_vat_limited=cent(st.postpaid),
-            amount_before_vat_unlimited=cent(0),
-            amount_before_vat_limited_and_unlimited=cent(st.postpaid),
-        ),
-        effective_spending_limit=preview.limits.effective,
-        default_credits=0,
-        billing_cycle=BillingCycleOut(year=st.year, month=st.month),
-    )
+    return invoice_preview_out(statement_service.preview(session, settings, scope.team_id))
 
 
 def either(json_name: _T | None, proto_name: _T | None, json: str, proto: str) -> _T | None:
@@ -178,24 +125,7 @@ def list_invoices(
     responses=error_responses(ResourceNotFound),
 )
 def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBillingOut:
-    state = invoicing_service.team_billing(session, settings, parse_uuid(team_id))
-    cycle = state.position.cycle(state.year, state.month)
-    credit_left = max(state.position.credit_left, 0)
-    return TeamBillingOut(
-        team_id=str(state.team.id),
-        name=state.team.name,
-        create_time=state.team.created_at,
-        default_payment_method_id=state.team.default_payment_method_id,
-        billing_country=state.country,
-        billing_cycle=BillingCycleOut(year=state.year, month=state.month),
-        balance=cent(-credit_left),
-        credit_left=cent(credit_left),
-        cycle_spend=cent(cycle.spend),
-        cycle_credit_used=cent(cycle.credit_used),
-        cycle_postpaid=cent(cycle.postpaid),
-        spending_limits=limits_out(state.limits),
-        spend_status=spend_status_out(state.decision),
-    )
+    return team_billing_out(invoicing_service.team_billing(session, settings, parse_uuid(team_id)))
 
 
 @admin_router.post(
