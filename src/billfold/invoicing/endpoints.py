@@ -30,7 +30,7 @@ from billfold.kit.errors import (
     InvalidField,
     ResourceNotFound,
 )
-from billfold.kit.http import DbSession, Sessions, end_request_transaction, parse_uuid
+from billfold.kit.http import DbSession, Steps, parse_uuid
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.payments.endpoints import Provider
@@ -133,14 +133,10 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
     response_model=CloseSummaryOut,
 )
 def close_billing_cycle(
-    body: CloseCycleRequest,
-    session: DbSession,
-    sessions: Sessions,
-    settings: AppSettings,
-    provider: Provider,
+    body: CloseCycleRequest, steps: Steps, settings: AppSettings, provider: Provider
 ) -> CloseSummaryOut:
-    end_request_transaction(session)  # close commits step by step in its own transactions
-    summary = invoicing_service.close_cycle(sessions, settings, provider, body.year, body.month)
+    # Each invoice and each charge commits in a step of its own (InvoicingService.close_cycle).
+    summary = invoicing_service.close_cycle(steps, settings, provider, body.year, body.month)
     return close_summary_out(summary)
 
 
@@ -149,10 +145,6 @@ def close_billing_cycle(
     response_model=OperatorInvoiceOut,
     responses=error_responses(ResourceNotFound, Conflict),
 )
-def charge_invoice(
-    invoice_id: str, session: DbSession, sessions: Sessions, provider: Provider
-) -> OperatorInvoiceOut:
+def charge_invoice(invoice_id: str, steps: Steps, provider: Provider) -> OperatorInvoiceOut:
     """Charge a PENDING invoice or retry a FAILED one on the team's current default method."""
-    end_request_transaction(session)
-    invoicing_service.charge_invoice(sessions, provider, invoice_id)
-    return operator_invoice_out(invoicing_service.get_invoice(session, invoice_id))
+    return operator_invoice_out(invoicing_service.charge_invoice(steps, provider, invoice_id))

@@ -501,8 +501,9 @@ class InvoicingService:
 
     def charge_invoice(
         self, sessions: sessionmaker[Session], provider: PaymentProvider, invoice_id: str
-    ) -> None:
-        """Charge a ``PENDING`` invoice, or retry a ``FAILED`` one (operator action)."""
+    ) -> InvoiceWithLines:
+        """Charge a ``PENDING`` invoice, or retry a ``FAILED`` one (operator action); the invoice
+        as it is afterwards."""
         with transaction(sessions) as session:
             invoice = session.get(Invoice, invoice_id)
             if invoice is None:
@@ -516,6 +517,8 @@ class InvoicingService:
                     code="invoice_not_chargeable",
                 )
         self._charge(sessions, provider, invoice_id, allowed=(PENDING, FAILED))
+        with transaction(sessions) as session:
+            return self.get_invoice(session, invoice_id)
 
     def _charge(
         self,
