@@ -1,5 +1,5 @@
-"""HTTP surface of the postpaid domain: limits, preview and invoices (customers); the spend check,
-team billing state, hard limits, cycle close and invoice charges (operator)."""
+"""HTTP surface of invoicing: the preview and invoices (customers); team billing state, cycle close
+and invoice charges (operator)."""
 
 from __future__ import annotations
 
@@ -94,25 +94,6 @@ def list_invoices(
     )
     items = invoicing_service.list_invoices(session, scope.team_id, wanted)
     return InvoiceList(invoices=[invoice_out(item) for item in items])
-
-
-# --- the spend check (operator; called by the gateway on every request) ---------------------
-
-# The spend check is the one route on the platform's hot path, and it is built for that
-# (invoicing/gateway.py has the whole story):
-# * most checks never reach this route: GatewayMiddleware answers them before FastAPI's routing,
-#   from the process's cache of answers or with one read. This route answers the rest -- a
-#   generated operator token, SQLite, errors, a grant expiry to book -- the same way;
-# * it does not go through admin_router, whose dependency chain (the request session, the settings,
-#   the operator check) costs five hops to worker threads and a transaction per call. This router
-#   has no dependency; the route checks the operator token itself. It is registered through
-#   billing_router (app.py includes each domain's two routers) but is an operator route: the
-#   operator token only, never a management key;
-# * the read is one prepared statement, one round trip, on connections of its own that are never
-#   pinged (InvoicingService.spend_snapshot, service._SpendReader); on PostgreSQL it runs on the
-#   event loop: the indexed statement (~65 us) costs less than the hop to a worker thread and
-#   back. Anything that can wait -- a SQLite read (the write lock), booking a due credit expiry
-#   (the account lock) -- runs in the thread pool as usual.
 
 
 # --- operator ------------------------------------------------------------------------------------
