@@ -89,19 +89,23 @@ class _ProbingProvider:
         return "free" if held == 0 else f"{held} authentication transaction(s) open"
 
 
-def test_a_top_up_holds_no_request_transaction_while_the_card_is_charged(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_top_up_holds_no_request_transaction_while_the_card_is_charged(api: Api) -> None:
     team_id, headers = api.team_with_key()
     api.add_card(team_id)
     app = api.client.app  # type: ignore[attr-defined]
-    probing = _ProbingProvider(app.state.payment_provider, app.state.engine)
-    monkeypatch.setattr(app.state, "payment_provider", probing)
-    response = api.client.post(
-        f"/v1/billing/teams/{team_id}/prepaid/top-up",
-        headers=headers,
-        json={"amount": {"val": "2500"}},
-    )
+    sandbox = app.state.payment_provider
+    probing = _ProbingProvider(sandbox, app.state.engine)
+    # Not monkeypatch: it cannot restore an attribute of Starlette's State (it reads the instance
+    # __dict__, finds nothing and deletes the attribute on undo).
+    app.state.payment_provider = probing
+    try:
+        response = api.client.post(
+            f"/v1/billing/teams/{team_id}/prepaid/top-up",
+            headers=headers,
+            json={"amount": {"val": "2500"}},
+        )
+    finally:
+        app.state.payment_provider = sandbox
     assert response.status_code == 200, response.text
     assert probing.probes == ["free"]
 
