@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import pytest
 
+from billfold.invoicing import service as invoicing
 from tests.conftest import Api, event, unique_sku
 from tests.invoicing.conftest import close, frozen_at, invoices
 
@@ -164,3 +166,39 @@ def test_bad_filters_are_400(api: Api, params: dict[str, Any], field: str) -> No
 def test_no_invoices(api: Api) -> None:
     team_id, headers = api.team_with_key(["team-token:endpoint:BillingRead"])
     assert invoices(api, headers, team_id) == []
+
+
+def test_a_receipt_id_has_the_format_of_a_monthly_invoice_id(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invoicing issues every invoice: a month's and a top-up's receipt take their ids from the
+    one new_invoice_id (a receipt's used to be 24 hex digits of a builder of its own)."""
+    issued: list[str] = []
+    real = invoicing.new_invoice_id
+
+    def spy() -> str:
+        issued.append(real())
+        return issued[-1]
+
+    monkeypatch.setattr(invoicing, "new_invoice_id", spy)
+    year = 2057  # no other test closes a month of 2057
+    sku = unique_sku()
+    api.set_price(sku, "0.01", "2030-01-01T00:00:00Z", unit_type="Requests")
+    team_id, headers = api.team_with_key()
+    api.add_card(team_id)
+    with frozen_at(f"{year}-06-20T12:00:00"):
+        api.ingest([event(team_id, sku, 120, f"{year}-06-03T00:00:00Z")])
+    with frozen_at(f"{year}-07-02T00:00:00"):
+        close(api, year, 6)
+        response = api.client.post(
+            f"/v1/billing/teams/{team_id}/prepaid/top-up",
+            headers=headers,
+            json={"amount": {"val": "2500"}},
+        )
+        assert response.status_code == 200, response.text
+    listed = invoices(api, headers, team_id)
+    [receipt] = [i for i in listed if "prepaid" in i]
+    [monthly] = [i for i in listed if "monthly" in i]
+    for invoice in (monthly, receipt):
+        assert re.fullmatch(r"inv_[A-Za-z0-9_-]{24}", invoice["invoiceId"]), invoice["invoiceId"]
+    assert sorted(issued) == sorted([monthly["invoiceId"], receipt["invoiceId"]])

@@ -131,10 +131,11 @@ def invoices_show(invoice_id: str, as_json: JsonOpt = False) -> None:
 @team_app.command("show")
 def team_show(team_id: str, as_json: JsonOpt = False) -> None:
     """A team with its billing state, as ``GET /admin/v1/teams/{team_id}`` shows it."""
-    from billfold.invoicing.endpoints import get_team
+    from billfold.invoicing.schemas import team_billing_out
+    from billfold.invoicing.service import invoicing_service
 
     settings = get_settings()
-    team = str(parse_team_id(team_id))
+    team = parse_team_id(team_id)
     with transaction(settings) as session:
-        out = get_team(team, session, settings)
+        out = team_billing_out(invoicing_service.team_billing(session, settings, team))
     show(out, as_json)

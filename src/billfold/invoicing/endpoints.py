@@ -1,5 +1,5 @@
-"""HTTP surface of the postpaid domain: limits, preview and invoices (customers); the spend check,
-team billing state, hard limits, cycle close and invoice charges (operator)."""
+"""HTTP surface of invoicing: the preview and invoices (customers); team billing state, cycle close
+and invoice charges (operator)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,19 @@ from typing import Annotated, TypeVar
 from fastapi import Query
 
 from billfold.invoicing.schemas import (
-    BillingCycleOut,
     CloseCycleRequest,
     CloseSummaryOut,
-    CoreInvoice,
     InvoiceList,
     InvoicePreviewResponse,
-    OperatorChargerAttemptOut,
     OperatorInvoiceOut,
     TeamBillingOut,
     close_summary_out,
     invoice_out,
-    line_out,
+    invoice_preview_out,
+    operator_invoice_out,
+    team_billing_out,
 )
 from billfold.invoicing.service import (
-    InvoiceWithLines,
     invoice_filter,
     invoicing_service,
 )
@@ -33,45 +31,16 @@ from billfold.kit.errors import (
     ResourceNotFound,
     ServiceUnavailable,
 )
-from billfold.kit.http import (
-    DbSession,
-    Sessions,
-    end_request_transaction,
-    parse_uuid,
-)
+from billfold.kit.http import DbSession, Steps, parse_uuid
 from billfold.kit.openapi import error_responses
-from billfold.kit.schemas import WireRouter, cent
+from billfold.kit.schemas import WireRouter
 from billfold.payments.endpoints import Provider
-from billfold.spend.schemas import (
-    limits_out,
-    spend_status_out,
-)
 from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 _T = TypeVar("_T")
 
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-
-# --- shaping -----------------------------------------------------------------------------------
-
-
-def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
-    """An invoice as the operator API shows it: a failed attempt also says why it failed."""
-    fields = dict(invoice_out(item))
-    attempts = fields.pop("charger_attempts")
-    return OperatorInvoiceOut(
-        **fields,
-        charger_attempts=[
-            OperatorChargerAttemptOut(
-                **dict(attempt),
-                failure_code=None if attempt.successful else str(a.get("failureCode", "")),
-                failure_message=None if attempt.successful else str(a.get("failureMessage", "")),
-            )
-            for attempt, a in zip(attempts, item.invoice.charge_attempts, strict=True)
-        ],
-    )
-
 
 # --- the Billing Management API (customers) ----------------------------------------------------
 
@@ -84,29 +53,7 @@ def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
 def preview_invoice(
     scope: BillingRead, session: DbSession, settings: AppSettings
 ) -> InvoicePreviewResponse:
-    preview = statement_service.preview(session, settings, scope.team_id)
-    st = preview.statement
-    return InvoicePreviewResponse(
-        core_invoice=CoreInvoice(
-            lines=[line_out(line) for line in st.lines],
-            amount_before_vat=st.usage,
-            vat_cost=st.vat,
-            amount_after_vat=st.usage + st.vat,
-            auto_credits_issued=0,
-            default_credits_issued=0,
-            total_with_corr=cent(st.usage),
-            prepaid_credits=cent(-st.credit_available),
-            prepaid_credits_used=cent(-st.credit_used),
-            # Every SKU counts against the spending limit: the limited part is the postpaid
-            # spend, nothing is unlimited (credit-paid usage is in prepaidCreditsUsed instead).
-            amount_before_vat_limited=cent(st.postpaid),
-            amount_before_vat_unlimited=cent(0),
-            amount_before_vat_limited_and_unlimited=cent(st.postpaid),
-        ),
-        effective_spending_limit=preview.limits.effective,
-        default_credits=0,
-        billing_cycle=BillingCycleOut(year=st.year, month=st.month),
-    )
+    return invoice_preview_out(statement_service.preview(session, settings, scope.team_id))
 
 
 def either(json_name: _T | None, proto_name: _T | None, json: str, proto: str) -> _T | None:
@@ -151,25 +98,6 @@ def list_invoices(
     return InvoiceList(invoices=[invoice_out(item) for item in items])
 
 
-# --- the spend check (operator; called by the gateway on every request) ---------------------
-
-# The spend check is the one route on the platform's hot path, and it is built for that
-# (invoicing/gateway.py has the whole story):
-# * most checks never reach this route: GatewayMiddleware answers them before FastAPI's routing,
-#   from the process's cache of answers or with one read. This route answers the rest -- a
-#   generated operator token, SQLite, errors, a grant expiry to book -- the same way;
-# * it does not go through admin_router, whose dependency chain (the request session, the settings,
-#   the operator check) costs five hops to worker threads and a transaction per call. This router
-#   has no dependency; the route checks the operator token itself. It is registered through
-#   billing_router (app.py includes each domain's two routers) but is an operator route: the
-#   operator token only, never a management key;
-# * the read is one prepared statement, one round trip, on connections of its own that are never
-#   pinged (InvoicingService.spend_snapshot, service._SpendReader); on PostgreSQL it runs on the
-#   event loop: the indexed statement (~65 us) costs less than the hop to a worker thread and
-#   back. Anything that can wait -- a SQLite read (the write lock), booking a due credit expiry
-#   (the account lock) -- runs in the thread pool as usual.
-
-
 # --- operator ------------------------------------------------------------------------------------
 
 
@@ -180,24 +108,7 @@ def list_invoices(
     responses=error_responses(ResourceNotFound),
 )
 def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBillingOut:
-    state = invoicing_service.team_billing(session, settings, parse_uuid(team_id))
-    cycle = state.position.cycle(state.year, state.month)
-    credit_left = max(state.position.credit_left, 0)
-    return TeamBillingOut(
-        team_id=str(state.team.id),
-        name=state.team.name,
-        create_time=state.team.created_at,
-        default_payment_method_id=state.team.default_payment_method_id,
-        billing_country=state.country,
-        billing_cycle=BillingCycleOut(year=state.year, month=state.month),
-        balance=cent(-credit_left),
-        credit_left=cent(credit_left),
-        cycle_spend=cent(cycle.spend),
-        cycle_credit_used=cent(cycle.credit_used),
-        cycle_postpaid=cent(cycle.postpaid),
-        spending_limits=limits_out(state.limits),
-        spend_status=spend_status_out(state.decision),
-    )
+    return team_billing_out(invoicing_service.team_billing(session, settings, parse_uuid(team_id)))
 
 
 @admin_router.post(
@@ -206,14 +117,10 @@ def get_team(team_id: str, session: DbSession, settings: AppSettings) -> TeamBil
     responses=error_responses(ServiceUnavailable),
 )
 def close_billing_cycle(
-    body: CloseCycleRequest,
-    session: DbSession,
-    sessions: Sessions,
-    settings: AppSettings,
-    provider: Provider,
+    body: CloseCycleRequest, steps: Steps, settings: AppSettings, provider: Provider
 ) -> CloseSummaryOut:
-    end_request_transaction(session)  # close commits step by step in its own transactions
-    summary = invoicing_service.close_cycle(sessions, settings, provider, body.year, body.month)
+    # Each invoice and each charge commits in a step of its own (InvoicingService.close_cycle).
+    summary = invoicing_service.close_cycle(steps, settings, provider, body.year, body.month)
     return close_summary_out(summary)
 
 
@@ -222,10 +129,6 @@ def close_billing_cycle(
     response_model=OperatorInvoiceOut,
     responses=error_responses(ResourceNotFound, Conflict),
 )
-def charge_invoice(
-    invoice_id: str, session: DbSession, sessions: Sessions, provider: Provider
-) -> OperatorInvoiceOut:
+def charge_invoice(invoice_id: str, steps: Steps, provider: Provider) -> OperatorInvoiceOut:
     """Charge a PENDING invoice or retry a FAILED one on the team's current default method."""
-    end_request_transaction(session)
-    invoicing_service.charge_invoice(sessions, provider, invoice_id)
-    return operator_invoice_out(invoicing_service.get_invoice(session, invoice_id))
+    return operator_invoice_out(invoicing_service.charge_invoice(steps, provider, invoice_id))

@@ -11,17 +11,17 @@ from billfold.invoicing.service import (
     KIND_PREPAID,
     CloseSummary,
     InvoiceWithLines,
+    TeamBilling,
 )
-from billfold.invoicing.statement import StatementLine
+from billfold.invoicing.statement import Preview, StatementLine
 from billfold.kit.money import Pico, pico_to_price_units
 from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel, cent
 from billfold.spend.schemas import (
     SpendingLimitsOut,
     SpendStatusOut,
+    limits_out,
+    spend_status_out,
 )
-
-# --- spending limits (§9, §10, operator hard limit) -------------------------------------------
-
 
 # --- invoice lines, preview (§8) -------------------------------------------------------------
 
@@ -194,6 +194,32 @@ def line_out(line: StatementLine | InvoiceLine) -> InvoiceLineOut:
     )
 
 
+def invoice_preview_out(preview: Preview) -> InvoicePreviewResponse:
+    """The running invoice of the current cycle (spec §8), from its statement."""
+    st = preview.statement
+    return InvoicePreviewResponse(
+        core_invoice=CoreInvoice(
+            lines=[line_out(line) for line in st.lines],
+            amount_before_vat=st.usage,
+            vat_cost=st.vat,
+            amount_after_vat=st.usage + st.vat,
+            auto_credits_issued=0,
+            default_credits_issued=0,
+            total_with_corr=cent(st.usage),
+            prepaid_credits=cent(-st.credit_available),
+            prepaid_credits_used=cent(-st.credit_used),
+            # Every SKU counts against the spending limit: the limited part is the postpaid
+            # spend, nothing is unlimited (credit-paid usage is in prepaidCreditsUsed instead).
+            amount_before_vat_limited=cent(st.postpaid),
+            amount_before_vat_unlimited=cent(0),
+            amount_before_vat_limited_and_unlimited=cent(st.postpaid),
+        ),
+        effective_spending_limit=preview.limits.effective,
+        default_credits=0,
+        billing_cycle=BillingCycleOut(year=st.year, month=st.month),
+    )
+
+
 def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
     """An invoice as the Billing Management API lists it (upstream fields only)."""
     invoice: Invoice = item.invoice
@@ -229,6 +255,44 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
         total=invoice.total_cents,
         monthly=monthly,
         prepaid=prepaid,
+    )
+
+
+def operator_invoice_out(item: InvoiceWithLines) -> OperatorInvoiceOut:
+    """An invoice as the operator API shows it: a failed attempt also says why it failed."""
+    fields = dict(invoice_out(item))
+    attempts = fields.pop("charger_attempts")
+    return OperatorInvoiceOut(
+        **fields,
+        charger_attempts=[
+            OperatorChargerAttemptOut(
+                **dict(attempt),
+                failure_code=None if attempt.successful else str(a.get("failureCode", "")),
+                failure_message=None if attempt.successful else str(a.get("failureMessage", "")),
+            )
+            for attempt, a in zip(attempts, item.invoice.charge_attempts, strict=True)
+        ],
+    )
+
+
+def team_billing_out(state: TeamBilling) -> TeamBillingOut:
+    """A team's billing state as the operator API shows it (live credit, this cycle, limits)."""
+    cycle = state.position.cycle(state.year, state.month)
+    credit_left = max(state.position.credit_left, 0)
+    return TeamBillingOut(
+        team_id=str(state.team.id),
+        name=state.team.name,
+        create_time=state.team.created_at,
+        default_payment_method_id=state.team.default_payment_method_id,
+        billing_country=state.country,
+        billing_cycle=BillingCycleOut(year=state.year, month=state.month),
+        balance=cent(-credit_left),
+        credit_left=cent(credit_left),
+        cycle_spend=cent(cycle.spend),
+        cycle_credit_used=cent(cycle.credit_used),
+        cycle_postpaid=cent(cycle.postpaid),
+        spending_limits=limits_out(state.limits),
+        spend_status=spend_status_out(state.decision),
     )
 
 

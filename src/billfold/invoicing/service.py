@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     and_,
@@ -56,7 +56,7 @@ from billfold.kit.errors import (
     InvalidField,
     ResourceNotFound,
 )
-from billfold.kit.money import Cents
+from billfold.kit.money import Cents, cents_to_pico
 from billfold.ledger.position import (
     CreditPosition,
 )
@@ -246,7 +246,75 @@ class _ChargePlan:
 
 
 def new_invoice_id() -> str:
+    """The id of every invoice, monthly or receipt: ``inv_`` and 24 URL-safe characters.
+
+    (Receipts issued before receipts were made here carry ``inv_`` and 24 hex digits; an id is
+    opaque, so both stay valid.)
+    """
     return "inv_" + secrets.token_urlsafe(18)
+
+
+class LineSource(Protocol):
+    """What an invoice line is made from: a statement line, or a receipt's :class:`LineDraft`."""
+
+    @property
+    def sku(self) -> str: ...
+    @property
+    def price_version_id(self) -> int | None: ...
+    @property
+    def cluster_name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def unit_type(self) -> str: ...
+    @property
+    def unit_price_pico(self) -> int: ...
+    @property
+    def num_units(self) -> int: ...
+    @property
+    def amount_cents(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class LineDraft:
+    sku: str
+    price_version_id: int | None
+    cluster_name: str
+    description: str
+    unit_type: str
+    unit_price_pico: int
+    num_units: int
+    amount_cents: int
+
+
+def _issue(session: Session, invoice: Invoice, lines: Iterable[LineSource]) -> Invoice:
+    """The one way an invoice is created: its id (:func:`new_invoice_id`), its gapless number
+    (drawn in this transaction, so a rollback gives it back) and its lines, in their order.
+
+    The caller locks the team's credit account first when it also posts to the ledger (the lock
+    order: account, then invoice counter).
+    """
+    invoice.id = new_invoice_id()
+    invoice.number = next_invoice_number(session)
+    session.add(invoice)
+    session.flush()
+    session.add_all(
+        InvoiceLine(
+            invoice_id=invoice.id,
+            position=position,
+            sku=line.sku,
+            price_version_id=line.price_version_id,
+            cluster_name=line.cluster_name,
+            description=line.description,
+            unit_type=line.unit_type,
+            unit_price_pico=line.unit_price_pico,
+            num_units=line.num_units,
+            amount_cents=line.amount_cents,
+        )
+        for position, line in enumerate(lines)
+    )
+    session.flush()
+    return invoice
 
 
 def _month_key(year: int, month: int) -> str:
@@ -443,42 +511,27 @@ class InvoicingService:
         now = utc_now()
         statement = statement_service.statement(session, settings, team_id, year, month, now)
         key = _month_key(year, month)
-        invoice = Invoice(
-            id=new_invoice_id(),
-            team_id=team_id,
-            number=next_invoice_number(session),
-            kind=KIND_MONTHLY,
-            dedupe_key=f"monthly:{team_id}:{key}",
-            status=PENDING if statement.total > 0 else WILL_NEVER_BE_CHARGED,
-            cycle_year=year,
-            cycle_month=month,
-            topup_id=None,
-            subtotal_cents=statement.postpaid,
-            tax_cents=statement.vat,
-            total_cents=statement.total,
-            usage_cents=statement.usage,
-            credits_applied_cents=statement.credit_used,
-            vat_rate=format_rate(statement.vat_rate),
-            charge_attempts=[],
-            due_at=now,  # charged right after close
-            created_at=now,
-        )
-        session.add(invoice)
-        session.flush()
-        session.add_all(
-            InvoiceLine(
-                invoice_id=invoice.id,
-                position=position,
-                sku=line.sku,
-                price_version_id=line.price_version_id,
-                cluster_name=line.cluster_name,
-                description=line.description,
-                unit_type=line.unit_type,
-                unit_price_pico=line.unit_price_pico,
-                num_units=line.num_units,
-                amount_cents=line.amount_cents,
-            )
-            for position, line in enumerate(statement.lines)
+        invoice = _issue(
+            session,
+            Invoice(
+                team_id=team_id,
+                kind=KIND_MONTHLY,
+                dedupe_key=f"monthly:{team_id}:{key}",
+                status=PENDING if statement.total > 0 else WILL_NEVER_BE_CHARGED,
+                cycle_year=year,
+                cycle_month=month,
+                topup_id=None,
+                subtotal_cents=statement.postpaid,
+                tax_cents=statement.vat,
+                total_cents=statement.total,
+                usage_cents=statement.usage,
+                credits_applied_cents=statement.credit_used,
+                vat_rate=format_rate(statement.vat_rate),
+                charge_attempts=[],
+                due_at=now,  # charged right after close
+                created_at=now,
+            ),
+            statement.lines,
         )
         if statement.credit_used > 0:
             ledger_service.append(
@@ -497,12 +550,73 @@ class InvoicingService:
         session.flush()
         return invoice
 
+    # --- receipts -------------------------------------------------------------------------------
+
+    def issue_receipt(
+        self,
+        session: Session,
+        *,
+        team_id: uuid.UUID,
+        topup_id: uuid.UUID,
+        amount: Cents,
+        payment_method_id: str,
+        at: datetime,
+    ) -> Invoice:
+        """The receipt of a paid top-up: a PAID invoice of kind "prepaid" with one line, issued
+        once per top-up (a second call returns the first receipt).
+
+        Prepaid credit carries no VAT here (VAT applies to postpaid usage, spec §8). The caller
+        holds the team's account lock (it posts the purchase to the ledger in this transaction).
+        """
+        dedupe_key = f"prepaid:{topup_id}"
+        existing = session.scalars(
+            select(Invoice).where(Invoice.dedupe_key == dedupe_key)
+        ).one_or_none()
+        if existing is not None:
+            return existing
+        return _issue(
+            session,
+            Invoice(
+                team_id=team_id,
+                kind=KIND_PREPAID,
+                dedupe_key=dedupe_key,
+                status=PAID,
+                cycle_year=at.year,
+                cycle_month=at.month,
+                topup_id=topup_id,
+                subtotal_cents=amount,
+                tax_cents=0,
+                total_cents=amount,
+                usage_cents=0,
+                credits_applied_cents=0,
+                vat_rate="0",
+                charge_attempts=[
+                    {"ticket": 0, "successful": True, "paymentMethodId": payment_method_id}
+                ],
+                due_at=at,
+                created_at=at,
+            ),
+            [
+                LineDraft(
+                    sku="prepaid-credits",
+                    price_version_id=None,
+                    cluster_name="",
+                    description="Prepaid credits",
+                    unit_type="",
+                    unit_price_pico=cents_to_pico(amount),
+                    num_units=1,
+                    amount_cents=amount,
+                )
+            ],
+        )
+
     # --- charging -------------------------------------------------------------------------------
 
     def charge_invoice(
         self, sessions: sessionmaker[Session], provider: PaymentProvider, invoice_id: str
-    ) -> None:
-        """Charge a ``PENDING`` invoice, or retry a ``FAILED`` one (operator action)."""
+    ) -> InvoiceWithLines:
+        """Charge a ``PENDING`` invoice, or retry a ``FAILED`` one (operator action); the invoice
+        as it is afterwards."""
         with transaction(sessions) as session:
             invoice = session.get(Invoice, invoice_id)
             if invoice is None:
@@ -516,6 +630,8 @@ class InvoicingService:
                     code="invoice_not_chargeable",
                 )
         self._charge(sessions, provider, invoice_id, allowed=(PENDING, FAILED))
+        with transaction(sessions) as session:
+            return self.get_invoice(session, invoice_id)
 
     def _charge(
         self,

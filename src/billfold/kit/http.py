@@ -13,6 +13,7 @@ from fastapi import Depends, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.routing import APIRoute
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit.db import transaction
@@ -53,24 +54,42 @@ def get_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_sessionmaker(request: Request) -> sessionmaker[Session]:
-    """For the few flows that must commit in steps around a call to the outside world (a top-up
-    commits its pending state, charges the card, then settles in a second transaction)."""
+class RequestTransactionEnded(RuntimeError):
+    """The request's session was used after :data:`Steps` ended its transaction (a bug)."""
+
+
+def _ended(session: Session, transaction: Any, connection: Any) -> None:
+    raise RequestTransactionEnded(
+        "the request's transaction was ended by Steps: a flow that commits in steps runs every "
+        "step in a transaction of its own (kit.db.transaction(steps)); declare Steps after the "
+        "authentication dependency, and use no DbSession after it"
+    )
+
+
+def end_request_transaction(request: Request, session: DbSession) -> sessionmaker[Session]:
+    """The dependency behind :data:`Steps`: commit the request's transaction, seal its session,
+    and give the sessionmaker of the flow's step transactions."""
+    session.commit()
+    event.listen(session, "after_begin", _ended)  # any later use of the session raises
     sessions: sessionmaker[Session] = request.app.state.sessionmaker
     return sessions
 
 
-Sessions = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
+Steps = Annotated[sessionmaker[Session], Depends(end_request_transaction, scope="function")]
+"""The one documented second way to run a request: for money that waits on the outside world.
 
-
-def end_request_transaction(session: Session) -> None:
-    """End the request's transaction before a flow that runs its own step transactions.
-
-    Authentication read through the request's session; commit it so that it holds neither a pooled
-    connection nor, on SQLite, the database's single write lock (every write-capable transaction
-    there is BEGIN IMMEDIATE) while the steps and the provider call run.
-    """
-    session.commit()
+A request runs in ONE transaction (:data:`DbSession`), except a flow that must commit in steps
+around a call to the payment provider (a top-up commits its pending state, charges the card, then
+settles in a second transaction; the balance settles pending top-ups; cycle close and an invoice
+charge commit each invoice and each charge). Such an endpoint declares ``steps: Steps`` after its
+authentication dependency and nothing else of the database: authentication reads through the
+request's session, then ``Steps`` commits that transaction -- so it holds neither a pooled
+connection nor, on SQLite, the database's single write lock (every write-capable transaction there
+is BEGIN IMMEDIATE) while the provider is called -- and hands the flow a sessionmaker for its own
+step transactions (:func:`billfold.kit.db.transaction`). Misuse is loud: a later use of the
+request's session (a dependency declared after ``Steps`` that reads through it, an endpoint that
+also takes ``DbSession`` and uses it) raises :class:`RequestTransactionEnded`, a 500.
+"""
 
 
 def bearer_token(request: Request) -> str:

@@ -52,7 +52,7 @@ def grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Grant prepaid credit to a team (or take some back with a negative amount)."""
-    from billfold.ledger.endpoints import entry_out
+    from billfold.ledger.schemas import entry_out
     from billfold.ledger.service import ledger_service
 
     team = parse_team_id(team_id)

@@ -13,31 +13,18 @@ from billfold.kit.http import (
 from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
-from billfold.ledger.models import LedgerEntry
 from billfold.ledger.schemas import (
     CreditEntryOut,
     GrantCreditsRequest,
+    entry_out,
 )
-from billfold.ledger.service import CREDIT_KEY_PREFIX, ledger_service
+from billfold.ledger.service import ledger_service
 from billfold.teams.auth import Operator
 
 # Each route repeats ``response_model_exclude_none=True``: WireRouter's default does not reach
 # routes added through the decorators (they pass the flag explicitly as False).
 billing_router = WireRouter()
 admin_router = WireRouter(dependencies=[Operator])
-
-
-def entry_out(entry: LedgerEntry) -> CreditEntryOut:
-    return CreditEntryOut(
-        entry_id=str(entry.id),
-        team_id=str(entry.team_id),
-        kind=entry.kind,
-        amount=entry.credit_cents,
-        reason=entry.description,
-        idempotency_key=entry.idempotency_key.removeprefix(CREDIT_KEY_PREFIX),
-        expires_at=entry.expires_at,
-        create_time=entry.created_at,
-    )
 
 
 @admin_router.post(

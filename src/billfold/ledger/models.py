@@ -29,6 +29,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from billfold.kit.db import Base
 from billfold.kit.money import Cents
 
+# Idempotency-key namespaces inside a team's ledger, so that an operator's key can never collide
+# with a key Billfold derives itself ("topup:<id>", "spend:YYYY-MM", "expiry:<grant id>").
+CREDIT_KEY_PREFIX = "credit:"
+
 
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import StringConstraints
 
 from billfold.kit.schemas import AwareUtc, Cent, Int64, UtcDateTime, WireModel
+from billfold.ledger.models import CREDIT_KEY_PREFIX, LedgerEntry
 
 # changeOrigin
 PURCHASE = "PURCHASE"
@@ -83,6 +84,19 @@ class CreditEntryOut(WireModel):
     idempotency_key: str
     expires_at: UtcDateTime | None = None
     create_time: UtcDateTime
+
+
+def entry_out(entry: LedgerEntry) -> CreditEntryOut:
+    return CreditEntryOut(
+        entry_id=str(entry.id),
+        team_id=str(entry.team_id),
+        kind=entry.kind,
+        amount=entry.credit_cents,
+        reason=entry.description,
+        idempotency_key=entry.idempotency_key.removeprefix(CREDIT_KEY_PREFIX),
+        expires_at=entry.expires_at,
+        create_time=entry.created_at,
+    )
 
 
 class CreditSummary(WireModel):

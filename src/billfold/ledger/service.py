@@ -28,7 +28,7 @@ from billfold.kit.errors import BadRequest, Conflict, InvalidField
 from billfold.kit.money import Cents, Pico, round_to_cents
 from billfold.kit.schemas import cent
 from billfold.ledger.lots import replay, unexpired_grants
-from billfold.ledger.models import CreditAccount, LedgerEntry
+from billfold.ledger.models import CREDIT_KEY_PREFIX, CreditAccount, LedgerEntry
 from billfold.ledger.position import CreditPosition, allocate_credit
 from billfold.ledger.schemas import (
     MANUAL,
@@ -47,9 +47,6 @@ log = logging.getLogger("billfold.ledger")
 
 ENTRY_KINDS = ("purchase", "grant", "spend", "refund", "expiry", "adjustment")
 
-# Idempotency-key namespaces inside a team's ledger, so that an operator's key can never collide
-# with a key Billfold derives itself ("topup:<id>", "spend:YYYY-MM", "expiry:<grant id>").
-CREDIT_KEY_PREFIX = "credit:"
 # Largest single grant or adjustment: $10 billion. Keeps sums far inside int64.
 MAX_GRANT_CENTS = 10**12
 

@@ -7,18 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 
-from billfold.kit.clock import rfc3339
 from billfold.kit.errors import BadRequest, Conflict
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.openapi import error_responses, request_body
 from billfold.kit.schemas import WireRouter
-from billfold.metering.analytics.query import AnalyticsResult, parse_query
+from billfold.metering.analytics.query import parse_query
 from billfold.metering.analytics.reader import usage_analytics
 from billfold.metering.cancellation import cancellation_service
 from billfold.metering.events import json_keeping_lone_surrogates
@@ -26,13 +24,15 @@ from billfold.metering.schemas import (
     CancelRequest,
     CancelResponse,
     IngestResponse,
-    RejectedEvent,
     UsageAnalyticsRequest,
     UsageAnalyticsResponse,
     UsageEventBatch,
     WireBatch,
+    analytics_json,
+    cancel_out,
+    ingest_out,
 )
-from billfold.metering.service import Rejection, cyclic_gc_paused, metering_service
+from billfold.metering.service import cyclic_gc_paused, metering_service
 from billfold.teams.auth import AppSettings, BillingRead, Operator
 
 billing_router = WireRouter()
@@ -156,19 +156,7 @@ def ingest_usage(
     session: DbSession,
     settings: AppSettings,
 ) -> IngestResponse:
-    result = metering_service.ingest(session, settings, events)
-    return IngestResponse(
-        accepted=result.accepted,
-        duplicates=result.duplicates,
-        rejected=_rejected(result.rejected),
-    )
-
-
-def _rejected(rejections: list[Rejection]) -> list[RejectedEvent]:
-    return [
-        RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
-        for r in rejections
-    ]
+    return ingest_out(metering_service.ingest(session, settings, events))
 
 
 @admin_router.post(
@@ -178,12 +166,7 @@ def _rejected(rejections: list[Rejection]) -> list[RejectedEvent]:
 )
 def cancel_usage(body: CancelRequest, session: DbSession, settings: AppSettings) -> CancelResponse:
     """Cancel usage events of open billing cycles (metering/cancellation.py)."""
-    result = cancellation_service.cancel(session, settings, body.events, body.reason)
-    return CancelResponse(
-        canceled=result.canceled,
-        already_canceled=result.already_canceled,
-        rejected=_rejected(result.rejected),
-    )
+    return cancel_out(cancellation_service.cancel(session, settings, body.events, body.reason))
 
 
 @billing_router.post(
@@ -200,33 +183,5 @@ def usage_analytics_endpoint(
 ) -> Response:
     """Analytics over the team's rated usage (billing-api §13)."""
     query = parse_query(body.analytics_request, settings, scope.team_id)
-    return analytics_response(usage_analytics.run(session, settings, query))
-
-
-def analytics_response(result: AnalyticsResult) -> Response:
-    """The wire answer, serialized with orjson straight from the result.
-
-    An answer may hold up to MAX_DATA_POINTS points; building and re-validating a pydantic model
-    per point would cost more than the query. The shape is UsageAnalyticsResponse's (declared
-    above for the OpenAPI document, and checked against it in the tests).
-    """
-    # every series has the same buckets: format their timestamps once
-    stamps = {at: rfc3339(at) for series in result.series[:1] for at, _ in series.points}
-    payload = {
-        "timeSeries": [
-            {
-                "group": series.group,
-                "groupLabels": series.labels,
-                "dataPoints": [
-                    {
-                        "timestamp": stamps[at],
-                        "values": values,
-                    }
-                    for at, values in series.points
-                ],
-            }
-            for series in result.series
-        ],
-        "limitReached": result.limit_reached,
-    }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    result = usage_analytics.run(session, settings, query)
+    return Response(analytics_json(result), media_type="application/json")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import orjson
 from pydantic import Field
 from pydantic.config import JsonDict
 
+from billfold.kit.clock import rfc3339
 from billfold.kit.schemas import UtcDateTime, WireModel
+
+if TYPE_CHECKING:  # the service modules import these wire models
+    from billfold.metering.analytics.query import AnalyticsResult
+    from billfold.metering.cancellation import CancelResult
+    from billfold.metering.service import IngestResult, Rejection
 
 # --- usage ingestion (POST /admin/v1/usage-events) ---------------------------------------------
 
@@ -158,3 +165,58 @@ class AnalyticsTimeSeries(WireModel):
 class UsageAnalyticsResponse(WireModel):
     time_series: list[AnalyticsTimeSeries]
     limit_reached: bool
+
+
+# --- shaping ----------------------------------------------------------------------------------
+
+
+def rejected_out(rejections: list[Rejection]) -> list[RejectedEvent]:
+    return [
+        RejectedEvent(index=r.index, event_id=r.event_id, code=r.code, error=r.error)
+        for r in rejections
+    ]
+
+
+def ingest_out(result: IngestResult) -> IngestResponse:
+    return IngestResponse(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=rejected_out(result.rejected),
+    )
+
+
+def cancel_out(result: CancelResult) -> CancelResponse:
+    return CancelResponse(
+        canceled=result.canceled,
+        already_canceled=result.already_canceled,
+        rejected=rejected_out(result.rejected),
+    )
+
+
+def analytics_json(result: AnalyticsResult) -> bytes:
+    """The wire answer, serialized with orjson straight from the result.
+
+    An answer may hold up to MAX_DATA_POINTS points; building and re-validating a pydantic model
+    per point would cost more than the query. The shape is UsageAnalyticsResponse's (declared
+    above for the OpenAPI document, and checked against it in the tests).
+    """
+    # every series has the same buckets: format their timestamps once
+    stamps = {at: rfc3339(at) for series in result.series[:1] for at, _ in series.points}
+    payload = {
+        "timeSeries": [
+            {
+                "group": series.group,
+                "groupLabels": series.labels,
+                "dataPoints": [
+                    {
+                        "timestamp": stamps[at],
+                        "values": values,
+                    }
+                    for at, values in series.points
+                ],
+            }
+            for series in result.series
+        ],
+        "limitReached": result.limit_reached,
+    }
+    return orjson.dumps(payload)

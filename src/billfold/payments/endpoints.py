@@ -10,19 +10,18 @@ from billfold.kit.errors import ResourceNotFound
 from billfold.kit.http import DbSession, parse_uuid, read_only
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
-from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import CardInput, PaymentProvider
 from billfold.payments.schemas import (
     AddCardRequest,
-    CardDetails,
     OperatorPaymentMethodOut,
     PaymentMethodList,
-    PaymentMethodOut,
     SetDefaultRequest,
+    method_out,
+    operator_method_out,
 )
 from billfold.payments.service import payment_method_service
 from billfold.teams.auth import BillingRead, BillingWrite, Operator
-from billfold.teams.schemas import BillingInfoBody, Empty
+from billfold.teams.schemas import Empty
 from billfold.teams.service import team_service
 
 billing_router = WireRouter()
@@ -35,27 +34,6 @@ def get_provider(request: Request) -> PaymentProvider:
 
 
 Provider = Annotated[PaymentProvider, Depends(get_provider)]
-
-
-def method_out(method: PaymentMethod) -> PaymentMethodOut:
-    """A method as the customer API lists it (spec §6: no default marker; the default is first)."""
-    return PaymentMethodOut(
-        payment_method_id=method.id,
-        billing_info=BillingInfoBody.model_validate(method.billing_info),
-        card_details=CardDetails(
-            brand=method.brand,
-            exp_month=str(method.exp_month),
-            exp_year=str(method.exp_year),
-            last4=method.last4,
-        ),
-        payment_type=method.payment_type,
-        added_ts=method.created_at,
-    )
-
-
-def operator_method_out(method: PaymentMethod, default_id: str | None) -> OperatorPaymentMethodOut:
-    """A method as the operator API shows it: the customer's fields and ``isDefault``."""
-    return OperatorPaymentMethodOut(**dict(method_out(method)), is_default=method.id == default_id)
 
 
 @billing_router.get("/v1/billing/teams/{team_id}/payment-method", response_model=PaymentMethodList)

@@ -5,6 +5,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from billfold.kit.schemas import UtcDateTime, WireModel
+from billfold.payments.models import PaymentMethod
 from billfold.teams.schemas import BillingInfoBody
 
 
@@ -46,3 +47,24 @@ class AddCardRequest(WireModel):
     exp_year: int = Field(ge=2000, le=2200)
     cvc: Annotated[str, StringConstraints(max_length=4)] = ""
     make_default: bool = True
+
+
+def method_out(method: PaymentMethod) -> PaymentMethodOut:
+    """A method as the customer API lists it (spec §6: no default marker; the default is first)."""
+    return PaymentMethodOut(
+        payment_method_id=method.id,
+        billing_info=BillingInfoBody.model_validate(method.billing_info),
+        card_details=CardDetails(
+            brand=method.brand,
+            exp_month=str(method.exp_month),
+            exp_year=str(method.exp_year),
+            last4=method.last4,
+        ),
+        payment_type=method.payment_type,
+        added_ts=method.created_at,
+    )
+
+
+def operator_method_out(method: PaymentMethod, default_id: str | None) -> OperatorPaymentMethodOut:
+    """A method as the operator API shows it: the customer's fields and ``isDefault``."""
+    return OperatorPaymentMethodOut(**dict(method_out(method)), is_default=method.id == default_id)

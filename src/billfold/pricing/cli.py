@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from billfold.kit.cli import JsonOpt, emit, transaction
-from billfold.pricing.endpoints import version_out
+from billfold.pricing.schemas import version_out
 from billfold.pricing.service import pricing_service
 
 price_app = typer.Typer(no_args_is_help=True, help="The price book.")

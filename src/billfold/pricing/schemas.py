@@ -4,7 +4,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, StringConstraints
 
+from billfold.kit.money import Pico, format_usd_price
 from billfold.kit.schemas import AwareUtc, UtcDateTime, WireModel
+from billfold.pricing.models import PriceVersion
 
 
 def _price_text(value: Any) -> str:
@@ -46,3 +48,22 @@ class SkuOut(WireModel):
 
 class PriceList(WireModel):
     skus: list[SkuOut]
+
+
+def version_out(version: PriceVersion) -> PriceVersionOut:
+    return PriceVersionOut(
+        version_id=str(version.id),
+        sku=version.sku,
+        description=version.description,
+        unit_type=version.unit_type,
+        unit_price=format_usd_price(Pico(version.unit_price_pico)),
+        effective_from=version.effective_from,
+        create_time=version.created_at,
+    )
+
+
+def price_list_out(book: dict[str, list[PriceVersion]]) -> PriceList:
+    """The price book: each SKU with its versions."""
+    return PriceList(
+        skus=[SkuOut(sku=sku, versions=[version_out(v) for v in vs]) for sku, vs in book.items()]
+    )

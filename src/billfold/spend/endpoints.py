@@ -40,6 +40,21 @@ admin_router = WireRouter(dependencies=[Operator])
 # routes in order, and each one tried first costs every check a few us.
 gateway_router = WireRouter()
 
+# The spend check is the one route on the platform's hot path, and it is built for that
+# (spend/gateway.py has the whole story):
+# * most checks never reach this route: GatewayMiddleware answers them before FastAPI's routing,
+#   from the process's cache of answers or with one read. This route answers the rest -- a
+#   generated operator token, SQLite, errors, a grant expiry to book -- the same way;
+# * it does not go through admin_router, whose dependency chain (the request session, the settings,
+#   the operator check) costs five hops to worker threads and a transaction per call. This router
+#   has no dependency; the route checks the operator token itself (require_operator): the
+#   operator token only, never a management key;
+# * the read is one prepared statement, one round trip, on connections of its own that are never
+#   pinged (spend/reader.py); on PostgreSQL it runs on the event loop: the indexed statement
+#   (~65 us) costs less than the hop to a worker thread and back. Anything that can wait -- a
+#   SQLite read (the write lock), booking a due credit expiry (the account lock) -- runs in the
+#   thread pool as usual.
+
 
 @billing_router.get(
     "/v1/billing/teams/{team_id}/postpaid/spending-limits",

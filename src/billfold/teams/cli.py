@@ -59,8 +59,7 @@ def team_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a team (the name is checked as the API checks it: 1 to 200 characters)."""
-    from billfold.teams.endpoints import team_out
-    from billfold.teams.schemas import CreateTeamRequest
+    from billfold.teams.schemas import CreateTeamRequest, team_out
     from billfold.teams.service import team_service
 
     if not name.strip():
@@ -76,7 +75,7 @@ def team_create(
 @team_app.command("list")
 def team_list(as_json: JsonOpt = False) -> None:
     """List teams."""
-    from billfold.teams.endpoints import team_out
+    from billfold.teams.schemas import team_out
     from billfold.teams.service import team_service
 
     with transaction() as session:
@@ -94,8 +93,7 @@ def key_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Issue a management key for a team (the key is shown once)."""
-    from billfold.teams.endpoints import key_out
-    from billfold.teams.schemas import CreatedKey
+    from billfold.teams.schemas import CreatedKey, key_out
     from billfold.teams.service import KeyService, team_service
 
     settings = get_settings()
@@ -109,7 +107,7 @@ def key_create(
 @key_app.command("list")
 def key_list(team_id: str, as_json: JsonOpt = False) -> None:
     """List a team's management keys (redacted)."""
-    from billfold.teams.endpoints import key_out
+    from billfold.teams.schemas import key_out
     from billfold.teams.service import KeyService
 
     settings = get_settings()
@@ -124,7 +122,7 @@ def key_list(team_id: str, as_json: JsonOpt = False) -> None:
 @key_app.command("revoke")
 def key_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a management key; it stops working at once."""
-    from billfold.teams.endpoints import key_out
+    from billfold.teams.schemas import key_out
     from billfold.teams.service import KeyService
 
     settings = get_settings()

@@ -12,7 +12,6 @@ from billfold.kit.http import DbSession, parse_uuid, read_only
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
-from billfold.teams.models import ManagementKey, Team
 from billfold.teams.schemas import (
     CreatedKey,
     CreateKeyRequest,
@@ -20,11 +19,14 @@ from billfold.teams.schemas import (
     Empty,
     GetBillingInfoResponse,
     KeyList,
-    KeyOut,
     SetBillingInfoRequest,
     TeamList,
     TeamOut,
     ValidateKeyResponse,
+    key_out,
+    key_validation_out,
+    team_out,
+    team_page_out,
 )
 from billfold.teams.service import team_service
 
@@ -35,17 +37,7 @@ admin_router = WireRouter(dependencies=[Operator])
 @billing_router.get("/auth/management-keys/validation", response_model=ValidateKeyResponse)
 @read_only
 def validate_management_key(key: AuthenticatedKey) -> ValidateKeyResponse:
-    return ValidateKeyResponse(
-        api_key_id=str(key.id),
-        team_id=str(key.team_id),
-        scope_id=str(key.team_id),
-        owner_user_id=key.owner_user_id,
-        create_time=key.created_at,
-        modify_time=key.modified_at,
-        name=key.name,
-        acls=list(key.acls),
-        redacted_api_key=key.redacted,
-    )
+    return key_validation_out(key)
 
 
 @billing_router.get(
@@ -65,22 +57,6 @@ def set_billing_info(body: SetBillingInfoRequest, scope: BillingWrite, session: 
 
 
 # --- operator ------------------------------------------------------------------------------
-
-
-def team_out(team: Team) -> TeamOut:
-    return TeamOut(team_id=str(team.id), name=team.name, create_time=team.created_at)
-
-
-def key_out(key: ManagementKey) -> KeyOut:
-    return KeyOut(
-        key_id=str(key.id),
-        team_id=str(key.team_id),
-        name=key.name,
-        acls=list(key.acls),
-        redacted_api_key=key.redacted,
-        create_time=key.created_at,
-        revoked=key.revoked_at is not None,
-    )
 
 
 @admin_router.post(
@@ -106,13 +82,7 @@ def list_teams(
             after = uuid.UUID(page_token)
         except ValueError:
             raise InvalidField("pageToken", "is not a token this API issued") from None
-    teams = team_service.list(session, limit=page_size + 1, after=after)
-    more = len(teams) > page_size
-    teams = teams[:page_size]
-    return TeamList(
-        teams=[team_out(t) for t in teams],
-        next_page_token=str(teams[-1].id) if more else "",
-    )
+    return team_page_out(team_service.list(session, limit=page_size + 1, after=after), page_size)
 
 
 @admin_router.post(

@@ -8,6 +8,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 from billfold.kit.schemas import UtcDateTime, WireModel
+from billfold.teams.models import ManagementKey, Team
 
 # Stripe's tax ID types (https://docs.stripe.com/api/tax_ids/object#tax_id_object-type).
 TAX_ID_TYPES = frozenset(
@@ -263,3 +264,46 @@ class CreatedKey(KeyOut):
 
 class KeyList(WireModel):
     keys: list[KeyOut]
+
+
+# --- shaping ----------------------------------------------------------------------------------
+
+
+def key_validation_out(key: ManagementKey) -> ValidateKeyResponse:
+    """What the gateway learns of a valid management key (its team is its scope)."""
+    return ValidateKeyResponse(
+        api_key_id=str(key.id),
+        team_id=str(key.team_id),
+        scope_id=str(key.team_id),
+        owner_user_id=key.owner_user_id,
+        create_time=key.created_at,
+        modify_time=key.modified_at,
+        name=key.name,
+        acls=list(key.acls),
+        redacted_api_key=key.redacted,
+    )
+
+
+def team_out(team: Team) -> TeamOut:
+    return TeamOut(team_id=str(team.id), name=team.name, create_time=team.created_at)
+
+
+def team_page_out(teams: list[Team], page_size: int) -> TeamList:
+    """One page of teams, read one past ``page_size``: that extra team says another page follows."""
+    page = teams[:page_size]
+    return TeamList(
+        teams=[team_out(t) for t in page],
+        next_page_token=str(page[-1].id) if len(teams) > page_size else "",
+    )
+
+
+def key_out(key: ManagementKey) -> KeyOut:
+    return KeyOut(
+        key_id=str(key.id),
+        team_id=str(key.team_id),
+        name=key.name,
+        acls=list(key.acls),
+        redacted_api_key=key.redacted,
+        create_time=key.created_at,
+        revoked=key.revoked_at is not None,
+    )

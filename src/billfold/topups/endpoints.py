@@ -7,12 +7,7 @@ from typing import Annotated
 from fastapi import Header, Response
 
 from billfold.kit.errors import Conflict, PaymentFailed
-from billfold.kit.http import (
-    REPLAYED_HEADER,
-    DbSession,
-    Sessions,
-    end_request_transaction,
-)
+from billfold.kit.http import REPLAYED_HEADER, Steps
 from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
@@ -36,11 +31,9 @@ admin_router = WireRouter(dependencies=[Operator])
     "/v1/billing/teams/{team_id}/prepaid/balance",
     response_model=PrepaidBalance,
 )
-def get_prepaid_balance(
-    scope: BillingRead, session: DbSession, sessions: Sessions, provider: Provider
-) -> PrepaidBalance:
-    end_request_transaction(session)
-    return topup_service.balance(sessions, provider, scope.team_id)
+def get_prepaid_balance(scope: BillingRead, steps: Steps, provider: Provider) -> PrepaidBalance:
+    # Settles the team's pending top-ups first, asking the provider: in steps (kit.http.Steps).
+    return topup_service.balance(steps, provider, scope.team_id)
 
 
 @billing_router.post(
@@ -54,8 +47,7 @@ def get_prepaid_balance(
 def top_up(
     body: TopUpRequest,
     scope: BillingWrite,
-    session: DbSession,
-    sessions: Sessions,
+    steps: Steps,
     provider: Provider,
     settings: AppSettings,
     response: Response,
@@ -64,9 +56,8 @@ def top_up(
     """200 charged; 402 declined (the body carries the FAILED_TO_CHARGE change); 202 the change is
     still pending (TO_CHARGE): the provider did not answer, or -- without a key -- another purchase
     of the team is pending and is returned instead of charging again."""
-    end_request_transaction(session)
     outcome = topup_service.top_up(
-        sessions, provider, settings, scope.team_id, Cents(body.amount.val), idempotency_key
+        steps, provider, settings, scope.team_id, Cents(body.amount.val), idempotency_key
     )
     # The replay header answers a replayed Idempotency-Key; without a key, the pending purchase
     # returned instead of a new charge (the upstream rule) is not a replay of this caller's request.

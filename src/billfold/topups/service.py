@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
-from billfold.invoicing.models import Invoice, InvoiceLine
-from billfold.invoicing.numbers import invoice_numbers, next_invoice_number
+from billfold.invoicing.numbers import invoice_numbers
+from billfold.invoicing.service import invoicing_service
 from billfold.kit.clock import utc_now
 from billfold.kit.db import transaction
 from billfold.kit.errors import BadRequest, Conflict, InvalidField
-from billfold.kit.money import Cents, cents_to_pico
+from billfold.kit.money import Cents
 from billfold.ledger.schemas import (
     FAILED_TO_CHARGE,
     SUCCEEDED,
@@ -337,7 +336,14 @@ class TopupService:
                     topup.amount_cents,
                 )
             ledger_service.lock_account(session, topup.team_id)  # before the invoice counter
-            invoice = self._receipt_invoice(session, topup, result, now)
+            invoice = invoicing_service.issue_receipt(
+                session,
+                team_id=topup.team_id,
+                topup_id=topup.id,
+                amount=result.amount,
+                payment_method_id=topup.payment_method_id,
+                at=now,
+            )
             entry, _ = ledger_service.append(
                 session,
                 topup.team_id,
@@ -354,63 +360,6 @@ class TopupService:
             topup.invoice_id = invoice.id
             session.flush()
             return topup
-
-    @staticmethod
-    def _receipt_invoice(
-        session: Session, topup: Topup, result: ChargeResult, now: datetime
-    ) -> Invoice:
-        """The receipt of a paid top-up: a PAID invoice of kind "prepaid" with one line.
-
-        Prepaid credit carries no VAT here (VAT applies to postpaid usage, spec §8). The number is
-        drawn in this transaction, so a rollback gives it back (numbers stay gapless).
-        """
-        dedupe_key = f"prepaid:{topup.id}"
-        existing = session.scalars(
-            select(Invoice).where(Invoice.dedupe_key == dedupe_key)
-        ).one_or_none()
-        if existing is not None:
-            return existing
-        amount = int(result.amount)
-        invoice = Invoice(
-            id="inv_" + secrets.token_hex(12),
-            team_id=topup.team_id,
-            number=next_invoice_number(session),
-            kind="prepaid",
-            dedupe_key=dedupe_key,
-            status="PAID",
-            cycle_year=now.year,
-            cycle_month=now.month,
-            topup_id=topup.id,
-            subtotal_cents=amount,
-            tax_cents=0,
-            total_cents=amount,
-            usage_cents=0,
-            credits_applied_cents=0,
-            vat_rate="0",
-            charge_attempts=[
-                {"ticket": 0, "successful": True, "paymentMethodId": topup.payment_method_id}
-            ],
-            due_at=now,
-            created_at=now,
-        )
-        session.add(invoice)
-        session.flush()
-        session.add(
-            InvoiceLine(
-                invoice_id=invoice.id,
-                position=0,
-                sku="prepaid-credits",
-                price_version_id=None,
-                cluster_name="",
-                description="Prepaid credits",
-                unit_type="",
-                unit_price_pico=cents_to_pico(Cents(amount)),
-                num_units=1,
-                amount_cents=amount,
-            )
-        )
-        session.flush()
-        return invoice
 
 
 topup_service = TopupService()
