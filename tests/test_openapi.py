@@ -241,6 +241,16 @@ def test_docs_pages_work_offline(api: Api, page: str) -> None:
         assert asset.content, url
 
 
+def test_swagger_ui_oauth2_redirect_page_is_served_offline(api: Api) -> None:
+    """Swagger UI's OAuth2 flow returns to it (as with FastAPI's own docs)."""
+    html = api.client.get("/docs").text
+    assert "/docs/oauth2-redirect" in html
+    response = api.client.get("/docs/oauth2-redirect")
+    assert response.status_code == 200
+    assert "oauth2" in response.text
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", response.text, re.IGNORECASE)
+
+
 def test_405_on_a_docs_asset_lists_its_methods(api: Api) -> None:
     response = api.client.post("/docs/assets/swagger-ui.css")
     assert response.status_code == 405
