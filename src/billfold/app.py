@@ -32,7 +32,7 @@ from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
-from billfold.payments.sandbox import SandboxProvider
+from billfold.payments.providers import make_provider
 from billfold.pricing import endpoints as pricing
 from billfold.spend import endpoints as spend
 from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
@@ -109,9 +109,7 @@ def create_app(
         else None
     )
     if provider is None:
-        sandbox = SandboxProvider.for_database(settings.database_url)
-        sandbox.install()
-        provider = sandbox
+        provider = make_provider(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

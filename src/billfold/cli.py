@@ -99,6 +99,9 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    problem = settings.provider_problem()
+    if problem is not None:
+        fail("provider_misconfigured", problem, exit_code=2)
     if migrate_first:
         migrate(settings)
     _ensure_operator_token(settings, as_json)

@@ -55,6 +55,8 @@ class Invoice(Base):
     credits_applied_cents: Mapped[int]
     vat_rate: Mapped[str] = mapped_column(String(16))
     charge_attempts: Mapped[list[dict[str, Any]]]
+    # A two-step provider's charge (Stripe's PaymentIntent), committed before it is confirmed.
+    provider_charge_id: Mapped[str | None] = mapped_column(String(200))
     due_at: Mapped[datetime]
     created_at: Mapped[datetime]
 

@@ -41,8 +41,14 @@ class SetDefaultRequest(WireModel):
 
 
 class AddCardRequest(WireModel):
-    card_number: Annotated[str, StringConstraints(min_length=12, max_length=23)]
-    exp_month: int = Field(ge=1, le=12)
-    exp_year: int = Field(ge=2000, le=2200)
+    """Either a card number (the sandbox) or a PaymentMethod the provider holds (Stripe)."""
+
+    card_number: Annotated[str, StringConstraints(min_length=12, max_length=23)] | None = None
+    provider_payment_method_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_]+$")]
+        | None
+    ) = None
+    exp_month: int | None = Field(default=None, ge=1, le=12)
+    exp_year: int | None = Field(default=None, ge=2000, le=2200)
     cvc: Annotated[str, StringConstraints(max_length=4)] = ""
     make_default: bool = True
