@@ -103,9 +103,9 @@ class StripeApi(Api):
         return dict(response.json())
 
     def intents(self, customer: str) -> list[Any]:
-        return list(
-            self.stripe.v1.payment_intents.list(params={"customer": customer, "limit": 100}).data
-        )
+        """The customer's PaymentIntents (localstripe lists them all: filtered here)."""
+        every = self.stripe.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()
+        return [intent for intent in every if intent.customer == customer]
 
 
 def stripe_settings(url: str, stripe_base: str, **extra: Any) -> Settings:

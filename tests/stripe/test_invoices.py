@@ -1,0 +1,66 @@
+"""Cycle-close charges through Stripe: one PaymentIntent per attempt, found again on reruns."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from billfold.invoicing.models import Invoice
+from tests.conftest import event, frozen_at, unique_sku
+from tests.invoicing.conftest import close
+from tests.ledger.conftest import session_of
+from tests.stripe.conftest import CHARGE_DECLINED, NEEDS_AUTHENTICATION, SUCCEEDS, StripeApi
+from tests.stripe.test_topups import customer_of
+
+
+def _invoice(api: StripeApi, team_id: str) -> Invoice:
+    with session_of(api) as session:
+        (invoice,) = session.scalars(
+            select(Invoice).where(Invoice.team_id == uuid.UUID(team_id), Invoice.kind == "monthly")
+        ).all()
+        return invoice
+
+
+def test_close_charges_each_invoice_once_through_stripe(stripe_api: StripeApi) -> None:
+    sku = unique_sku()
+    stripe_api.set_price(sku, "0.01", "2069-01-01T00:00:00Z")
+    teams = {}
+    with frozen_at("2070-01-20T12:00:00"):
+        for number, cents in (
+            (SUCCEEDS, 1500),
+            (CHARGE_DECLINED, 700),
+            (NEEDS_AUTHENTICATION, 300),
+        ):
+            team_id, _ = stripe_api.team_with_key()
+            stripe_api.add_card(team_id, number)
+            assert (
+                stripe_api.ingest([event(team_id, sku, cents, "2070-01-05T10:00:00Z")])["accepted"]
+                == 1
+            )
+            teams[number] = team_id
+    with frozen_at("2070-02-03T00:00:00"):
+        first = close(stripe_api, 2070, 1)
+        second = close(stripe_api, 2070, 1)
+    assert first == second
+
+    paid = _invoice(stripe_api, teams[SUCCEEDS])
+    (intent,) = stripe_api.intents(customer_of(stripe_api, teams[SUCCEEDS]))
+    assert paid.status == "PAID" and intent.status == "succeeded" and intent.amount == 1500
+    assert paid.provider_charge_id == intent.id
+    assert paid.charge_attempts[0]["chargeId"] == intent.id
+    assert intent.metadata.to_dict() == {
+        "billfold_team": teams[SUCCEEDS],
+        "billfold_invoice": paid.id,
+    }
+
+    failed = _invoice(stripe_api, teams[CHARGE_DECLINED])
+    (declined,) = stripe_api.intents(customer_of(stripe_api, teams[CHARGE_DECLINED]))
+    assert failed.status == "FAILED" and declined.status == "requires_payment_method"
+    assert [a["failureCode"] for a in failed.charge_attempts] == ["card_declined"]
+    assert failed.provider_charge_id is None  # a retry is a new attempt
+
+    pending = _invoice(stripe_api, teams[NEEDS_AUTHENTICATION])
+    (waiting,) = stripe_api.intents(customer_of(stripe_api, teams[NEEDS_AUTHENTICATION]))
+    assert pending.status == "PENDING" and waiting.status == "requires_action"
+    assert pending.provider_charge_id == waiting.id and pending.charge_attempts == []

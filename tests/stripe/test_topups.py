@@ -1,0 +1,87 @@
+"""Top-ups through Stripe: a PaymentIntent created, its id committed, then confirmed; once only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from billfold.ledger.models import LedgerEntry
+from billfold.teams.models import Team
+from tests.ledger.conftest import balance, entries, session_of, top_up, topups
+from tests.stripe.conftest import CHARGE_DECLINED, NEEDS_AUTHENTICATION, SUCCEEDS, StripeApi
+
+
+def customer_of(api: StripeApi, team_id: str) -> str:
+    with session_of(api) as session:
+        customer = session.scalars(
+            select(Team.stripe_customer_id).where(Team.id == uuid.UUID(team_id))
+        ).one()
+    assert customer is not None
+    return customer
+
+
+def purchases(api: StripeApi, team_id: str) -> list[LedgerEntry]:
+    return [e for e in entries(api, team_id) if e.kind == "purchase"]
+
+
+def setup(api: StripeApi, number: str = SUCCEEDS) -> tuple[str, dict[str, str], str]:
+    team_id, headers = api.team_with_key()
+    api.add_card(team_id, number)
+    return team_id, headers, customer_of(api, team_id)
+
+
+def test_a_top_up_is_one_succeeded_payment_intent_and_one_purchase(stripe_api: StripeApi) -> None:
+    team_id, headers, customer = setup(stripe_api)
+    response = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert response.status_code == 200, response.text
+    change = response.json()["change"]
+    assert change["topupStatus"] == "SUCCEEDED"
+    (intent,) = stripe_api.intents(customer)
+    assert intent.status == "succeeded" and intent.amount == 2500
+    assert change["paymentProcessor"]["kind"] == "STRIPE"
+    assert change["paymentProcessor"]["externalInvoiceId"] == intent.id
+    (topup,) = topups(stripe_api, team_id)
+    assert intent.metadata.to_dict() == {"billfold_team": team_id, "billfold_topup": str(topup.id)}
+    assert [e.credit_cents for e in purchases(stripe_api, team_id)] == [2500]
+    # The balance's changes say STRIPE too.
+    body = balance(stripe_api, team_id, headers)
+    kinds = [c["paymentProcessor"]["kind"] for c in body["changes"] if "paymentProcessor" in c]
+    assert "STRIPE" in kinds
+    # A replay with the same key charges nothing again.
+    again = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert again.status_code == 200 and again.json()["change"] == change
+    assert len(stripe_api.intents(customer)) == 1
+    assert len(purchases(stripe_api, team_id)) == 1
+
+
+def test_a_decline_is_402_with_the_decline_code_and_no_credit(stripe_api: StripeApi) -> None:
+    team_id, headers, customer = setup(stripe_api, CHARGE_DECLINED)
+    response = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert response.status_code == 402, response.text
+    body: dict[str, Any] = response.json()
+    assert body["code"] == "card_declined"
+    assert body["change"]["topupStatus"] == "FAILED_TO_CHARGE"
+    (intent,) = stripe_api.intents(customer)
+    assert intent.status == "requires_payment_method"
+    assert purchases(stripe_api, team_id) == []
+    (topup,) = topups(stripe_api, team_id)
+    assert topup.provider_charge_id == intent.id and topup.failure_code == "card_declined"
+
+
+def test_authentication_required_stays_pending_202(stripe_api: StripeApi) -> None:
+    team_id, headers, customer = setup(stripe_api, NEEDS_AUTHENTICATION)
+    response = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert response.status_code == 202, response.text
+    assert response.json()["change"]["topupStatus"] == "TO_CHARGE"
+    (intent,) = stripe_api.intents(customer)
+    assert intent.status == "requires_action"
+    assert purchases(stripe_api, team_id) == []
+    # Asking again (same key, then the balance) neither charges nor creates another intent.
+    again = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert again.status_code == 202
+    balance(stripe_api, team_id, headers)
+    assert len(stripe_api.intents(customer)) == 1
+    (topup,) = topups(stripe_api, team_id)
+    assert topup.status == "TO_CHARGE" and topup.provider_charge_id == intent.id
