@@ -34,6 +34,7 @@ from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.providers import make_provider
 from billfold.pricing import endpoints as pricing
+from billfold.settlement import endpoints as settlement
 from billfold.spend import endpoints as spend
 from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.teams import endpoints as teams
@@ -165,6 +166,7 @@ def create_app(
     for module in (teams, payments, pricing, metering, ledger, spend, invoicing, topups):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
+    app.include_router(settlement.router, tags=["webhooks"])
     install_openapi(
         app,
         bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},

@@ -35,7 +35,10 @@ class InvoiceCounter(Base):
 
 class Invoice(Base):
     __tablename__ = "invoices"
-    __table_args__ = (Index("ix_invoices_team_created", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_invoices_team_created", "team_id", "created_at"),
+        Index("ix_invoices_provider_charge_id", "provider_charge_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # inv_...
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))

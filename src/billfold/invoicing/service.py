@@ -657,15 +657,21 @@ class InvoicingService:
             return invoice.provider_charge_id
 
     def settle_charge(
-        self, sessions: sessionmaker[Session], provider: PaymentProvider, invoice_id: str
-    ) -> None:
-        """Settle a ``PENDING`` invoice whose charge is pending at the provider (webhook,
-        reconciliation): asks the stored PaymentIntent, never creates one."""
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, charge_id: str
+    ) -> Invoice | None:
+        """Settle the ``PENDING`` invoice whose provider charge (a PaymentIntent) this is (webhook,
+        reconciliation): asks the stored PaymentIntent, never creates one. None: no such invoice."""
         with transaction(sessions) as session:
-            invoice = session.get(Invoice, invoice_id)
-            if invoice is None or invoice.status != PENDING or not invoice.provider_charge_id:
-                return
+            invoice_id = session.scalars(
+                select(Invoice.id).where(
+                    Invoice.provider_charge_id == charge_id, Invoice.status == PENDING
+                )
+            ).first()
+        if invoice_id is None:
+            return None
         self._charge(sessions, provider, invoice_id, allowed=(PENDING,))
+        with transaction(sessions) as session:
+            return session.get(Invoice, invoice_id)
 
     def _plan_charge(
         self,

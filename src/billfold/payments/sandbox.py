@@ -199,6 +199,20 @@ class SandboxProvider:
             "provider_payment_method_unsupported",
         )
 
+    def retrieve_method(self, method_ref: str) -> ProviderCard:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(sandbox_cards).where(sandbox_cards.c.id == method_ref)
+            ).one_or_none()
+        if r is None:
+            raise ProviderError("no such payment method", "resource_missing")
+        return ProviderCard(r.id, r.brand, r.last4, r.exp_month, r.exp_year)
+
+    def create_setup(self, customer_ref: str, *, metadata: dict[str, str]) -> str:
+        raise ProviderError(
+            "the sandbox provider has no card form: add cards by number", "setup_unsupported"
+        )
+
     def create_charge(
         self,
         customer_ref: str,

@@ -80,6 +80,42 @@ class PaymentMethodService:
             ) from None
         return self._store(session, provider, team, customer, provider_card, make_default)
 
+    def adopt(
+        self, session: Session, provider: PaymentProvider, team: Team, card: ProviderCard
+    ) -> PaymentMethod:
+        """Keep the local copy of a method the provider attached itself (a SetupIntent that
+        succeeded); the one already kept when there is one. The default only if none is set."""
+        existing = session.scalars(
+            select(PaymentMethod).where(
+                PaymentMethod.team_id == team.id,
+                PaymentMethod.provider == provider.name,
+                PaymentMethod.provider_ref == card.provider_ref,
+            )
+        ).first()
+        if existing is not None:
+            return existing
+        customer = self.customer_for(session, provider, team)
+        return self._store(session, provider, team, customer, card, False)
+
+    def forget(self, session: Session, provider_name: str, method_ref: str) -> int:
+        """Drop the local copy of a method the provider detached; a team whose default it was has
+        no default any more. How many copies were dropped."""
+        methods = list(
+            session.scalars(
+                select(PaymentMethod).where(
+                    PaymentMethod.provider == provider_name,
+                    PaymentMethod.provider_ref == method_ref,
+                )
+            )
+        )
+        for method in methods:
+            team = team_service.get(session, method.team_id, for_update=True)
+            if team.default_payment_method_id == method.id:
+                team.default_payment_method_id = None
+            session.delete(method)
+        session.flush()
+        return len(methods)
+
     def customer_for(self, session: Session, provider: PaymentProvider, team: Team) -> str:
         """The team's customer at this provider, created on first need (the team row is locked by
         the caller). Stripe's customer is kept apart from the sandbox's."""

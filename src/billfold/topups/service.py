@@ -153,6 +153,21 @@ class TopupService:
             self._resolve(sessions, provider, topup, retry=self._stale(topup)) for topup in pending
         ]
 
+    def settle_charge(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, charge_id: str
+    ) -> Topup | None:
+        """Settle the pending top-up whose provider charge (a PaymentIntent) this is, from what the
+        provider says of it now (a webhook, reconciliation); None when no pending top-up has it."""
+        with transaction(sessions) as session:
+            topup = session.scalars(
+                select(Topup).where(
+                    Topup.provider_charge_id == charge_id, Topup.status == TO_CHARGE
+                )
+            ).first()
+        if topup is None:
+            return None
+        return self._resolve(sessions, provider, topup, retry=True)
+
     @staticmethod
     def _stale(topup: Topup) -> bool:
         return utc_now() - topup.created_at >= PENDING_RETRY_AFTER
