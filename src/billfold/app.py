@@ -35,6 +35,7 @@ from billfold.payments.provider import PaymentProvider
 from billfold.payments.providers import make_provider
 from billfold.pricing import endpoints as pricing
 from billfold.settlement import endpoints as settlement
+from billfold.settlement.scheduler import reconcile_tasks
 from billfold.spend import endpoints as spend
 from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.teams import endpoints as teams
@@ -125,7 +126,7 @@ def create_app(
         if spend_cache is not None:
             await spend_cache.start()
         try:
-            async with background_tasks(app), compaction_tasks(app):
+            async with background_tasks(app), compaction_tasks(app), reconcile_tasks(app):
                 yield
         finally:
             if spend_cache is not None:

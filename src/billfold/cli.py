@@ -40,6 +40,7 @@ from billfold.ledger.cli import credits_app
 from billfold.metering.cli import usage_app
 from billfold.payments.cli import card_app
 from billfold.pricing.cli import price_app
+from billfold.settlement.cli import payments_app
 from billfold.spend.cli import limit_app, spend_status
 from billfold.teams.schemas import KNOWN_ACLS
 
@@ -63,6 +64,7 @@ app.add_typer(cycle_app, name="cycle")
 app.add_typer(limit_app, name="limit")
 app.add_typer(invoices_app, name="invoices")
 app.add_typer(card_app, name="card")
+app.add_typer(payments_app, name="payments")
 app.add_typer(billing_info_app, name="billing-info")
 app.command("spend-status")(spend_status)
 

@@ -25,7 +25,7 @@ later with ``find_charge``; they never charge again blindly.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from billfold.kit.money import Cents
@@ -76,6 +76,7 @@ class ChargeResult:
     amount: Cents
     failure_code: str = ""
     failure_message: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # the provider's record of the charge
 
     @property
     def succeeded(self) -> bool:

@@ -20,7 +20,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from stripe.params import CustomerCreateParams, SetupIntentCreateParams
+from stripe.params import (
+    CustomerCreateParams,
+    PaymentIntentListParams,
+    SetupIntentCreateParams,
+)
 
 import stripe
 from billfold.kit.money import Cents
@@ -151,6 +155,22 @@ class StripeProvider:
         with _translated():
             intent = self.client.v1.payment_intents.retrieve(charge_id)
         return _result(intent)
+
+    def succeeded_charges(self, *, since: int | None = None) -> Iterator[ChargeResult]:
+        """Every succeeded PaymentIntent (created at or after ``since``, a Unix time), with its
+        metadata: what the reconciliation check holds the ledger against."""
+        with _translated():
+            params: PaymentIntentListParams = {"limit": 100}
+            if since is not None:
+                params["created"] = {"gte": since}
+            for intent in self.client.v1.payment_intents.list(params=params).auto_paging_iter():
+                if intent.status == "succeeded":
+                    yield ChargeResult(
+                        ChargeStatus.SUCCEEDED,
+                        str(intent.id),
+                        Cents(int(intent.amount)),
+                        metadata=dict(intent.metadata.to_dict()) if intent.metadata else {},
+                    )
 
     def charge(
         self,

@@ -153,6 +153,12 @@ class TopupService:
             self._resolve(sessions, provider, topup, retry=self._stale(topup)) for topup in pending
         ]
 
+    def resolve(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, topup: Topup
+    ) -> Topup:
+        """Resolve one pending top-up now (reconciliation: it is old enough to be retried)."""
+        return self._resolve(sessions, provider, topup, retry=True)
+
     def settle_charge(
         self, sessions: sessionmaker[Session], provider: PaymentProvider, charge_id: str
     ) -> Topup | None:
