@@ -85,3 +85,32 @@ def test_authentication_required_stays_pending_202(stripe_api: StripeApi) -> Non
     assert len(stripe_api.intents(customer)) == 1
     (topup,) = topups(stripe_api, team_id)
     assert topup.status == "TO_CHARGE" and topup.provider_charge_id == intent.id
+
+
+def test_a_refund_goes_back_to_the_payment_intent(stripe_api: StripeApi) -> None:
+    team_id, headers, customer = setup(stripe_api)
+    response = top_up(stripe_api, team_id, headers, 2500, key="buy-1")
+    assert response.status_code == 200, response.text
+    invoice_id = response.json()["change"]["invoiceId"]
+    refunded = stripe_api.admin(
+        "POST",
+        f"/admin/v1/teams/{team_id}/purchases/{invoice_id}/refund",
+        json={"amount": "1000", "reason": "unused", "idempotencyKey": "r1"},
+    )
+    assert refunded.status_code == 201, refunded.text
+    assert refunded.json()["changeOrigin"] == "REFUND"
+    assert refunded.json()["amount"] == {"val": "1000"}
+    (intent,) = stripe_api.intents(customer)
+    at_stripe = [
+        r
+        for r in stripe_api.stripe.v1.refunds.list(params={"limit": 100}).auto_paging_iter()
+        if r.payment_intent == intent.id
+    ]
+    assert [r.amount for r in at_stripe] == [1000]
+    too_much = stripe_api.admin(
+        "POST",
+        f"/admin/v1/teams/{team_id}/purchases/{invoice_id}/refund",
+        json={"amount": "1501", "idempotencyKey": "r2"},
+    )
+    assert too_much.status_code == 400 and too_much.json()["code"] == "refund_exceeds_purchase"
+    assert [e.credit_cents for e in entries(stripe_api, team_id) if e.kind == "refund"] == [-1000]
