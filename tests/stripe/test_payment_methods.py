@@ -145,3 +145,23 @@ def test_serve_stops_with_one_line_when_stripe_lacks_a_setting(tmp_path: Path) -
     assert len(lines) == 1, lines
     assert "BILLFOLD_STRIPE_WEBHOOK_SECRET" in lines[0]
     assert not (tmp_path / "b.db").exists()  # stopped before touching the database
+
+
+def test_setup_gives_a_client_secret_and_the_publishable_key(stripe_api: StripeApi) -> None:
+    team_id, _ = stripe_api.team_with_key()
+    response = stripe_api.admin("POST", f"/admin/v1/teams/{team_id}/payment-methods/setup")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert set(body) == {"clientSecret", "publishableKey"}
+    assert body["publishableKey"] == "pk_test_billfold"
+    intent_id = body["clientSecret"].split("_secret_")[0]
+    intent = stripe_api.stripe.v1.setup_intents.retrieve(intent_id)
+    assert intent.usage == "off_session" and intent.metadata.to_dict() == {"billfold_team": team_id}
+
+
+def test_setup_with_the_sandbox_is_400(api: Api) -> None:
+    team_id, headers = api.team_with_key()
+    response = api.admin("POST", f"/admin/v1/teams/{team_id}/payment-methods/setup")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "setup_unsupported"
+    assert _team_state(api, team_id, headers) == {"paymentMethods": []}

@@ -25,6 +25,7 @@ from billfold.payments.schemas import (
     PaymentMethodList,
     PaymentMethodOut,
     SetDefaultRequest,
+    SetupOut,
 )
 from billfold.payments.service import payment_method_service
 from billfold.teams.auth import BillingRead, BillingWrite, Operator
@@ -124,3 +125,19 @@ def add_payment_method(
         session, provider, team, card, make_default=body.make_default
     )
     return operator_method_out(method, team.default_payment_method_id)
+
+
+@admin_router.post(
+    "/admin/v1/teams/{team_id}/payment-methods/setup",
+    status_code=201,
+    response_model=SetupOut,
+    responses=error_responses(BadRequest, ResourceNotFound, ServiceUnavailable),
+)
+def setup_payment_method(team_id: str, session: DbSession, provider: Provider) -> SetupOut:
+    """A SetupIntent (usage ``off_session``) for a card form: its ``clientSecret`` and the
+    ``publishableKey`` Stripe.js needs. When the customer completes it, Stripe's
+    ``setup_intent.succeeded`` webhook adds the card. Each call makes a new SetupIntent (nothing
+    is charged; an unused one simply expires). With the sandbox: 400 ``setup_unsupported``."""
+    team = team_service.get(session, parse_uuid(team_id), for_update=True)
+    secret = payment_method_service.setup(session, provider, team)
+    return SetupOut(client_secret=secret, publishable_key=getattr(provider, "publishable_key", ""))

@@ -52,3 +52,10 @@ class AddCardRequest(WireModel):
     exp_year: int | None = Field(default=None, ge=2000, le=2200)
     cvc: Annotated[str, StringConstraints(max_length=4)] = ""
     make_default: bool = True
+
+
+class SetupOut(WireModel):
+    """A SetupIntent for the console's card form (Stripe.js confirms it with the client secret)."""
+
+    client_secret: str
+    publishable_key: str

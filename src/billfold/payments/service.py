@@ -80,6 +80,19 @@ class PaymentMethodService:
             ) from None
         return self._store(session, provider, team, customer, provider_card, make_default)
 
+    def setup(self, session: Session, provider: PaymentProvider, team: Team) -> str:
+        """A SetupIntent (usage off_session) on the team's customer; its client secret."""
+        customer = self.customer_for(session, provider, team)
+        try:
+            return provider.create_setup(customer, metadata={"billfold_team": str(team.id)})
+        except ProviderError as exc:
+            raise BadRequest(exc.message, code=exc.code) from None
+        except ProviderUnavailable as exc:
+            raise ServiceUnavailable(
+                f"the payment provider did not answer; try again ({exc})",
+                code="provider_unavailable",
+            ) from None
+
     def adopt(
         self, session: Session, provider: PaymentProvider, team: Team, card: ProviderCard
     ) -> PaymentMethod:
