@@ -2,11 +2,14 @@
 
     .venv/bin/python -m bench.topup_latency [--n 200]
 
-Starts localstripe (tests/localstripe_server.py) on a free loopback port, builds the app twice on a
-fresh SQLite file (sandbox, then Stripe pointed at localstripe) and times ``POST .../prepaid/top-up``
-through the in-process ASGI client, each with a new Idempotency-Key. Stripe's two steps are three
-round trips (create, retrieve, confirm) plus the commit between them. Numbers are for loopback and
-a fake; real Stripe adds its own latency (hundreds of ms) per round trip.
+Starts localstripe (tests/localstripe_server.py) on a free loopback port, builds the app twice on
+a fresh SQLite file (sandbox, then Stripe pointed at localstripe) and times each
+``POST .../prepaid/top-up`` through the in-process ASGI client, each with a new Idempotency-Key.
+Stripe's two steps are three round trips (create, retrieve, confirm) plus the commit between them.
+Numbers are for loopback and a fake; real Stripe adds its own latency per round trip.
+
+Measured once (2 shared cores, n=200): sandbox median 20.0 ms, p90 68.5 ms; Stripe via
+localstripe median 44.1 ms, p90 125.9 ms: about +24 ms at the median.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``crash_point(name)`` ends the process at once (``os._exit(9)``, as ``kill -9`` would: no cleanup,
 no commit) when the environment variable ``BILLFOLD_TEST_CRASH_AT`` names that point, and does
-nothing otherwise. Only a test sets it (tests/stripe/test_crashes.py).
+nothing otherwise. Only a test sets it (tests/stripe_provider/test_crashes.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,13 @@ from billfold.invoicing.models import Invoice
 from tests.conftest import event, frozen_at, unique_sku
 from tests.invoicing.conftest import close
 from tests.ledger.conftest import session_of
-from tests.stripe.conftest import CHARGE_DECLINED, NEEDS_AUTHENTICATION, SUCCEEDS, StripeApi
-from tests.stripe.test_topups import customer_of
+from tests.stripe_provider.conftest import (
+    CHARGE_DECLINED,
+    NEEDS_AUTHENTICATION,
+    SUCCEEDS,
+    StripeApi,
+)
+from tests.stripe_provider.test_topups import customer_of
 
 
 def _invoice(api: StripeApi, team_id: str) -> Invoice:

@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-
 import stripe
+
 from billfold.payments.models import StripeEvent
 from tests.ledger.conftest import session_of, top_up, topups
-from tests.stripe.conftest import NEEDS_AUTHENTICATION, WEBHOOK_SECRET, StripeApi
-from tests.stripe.test_topups import purchases, setup
+from tests.stripe_provider.conftest import NEEDS_AUTHENTICATION, WEBHOOK_SECRET, StripeApi
+from tests.stripe_provider.test_topups import purchases, setup
 
 
 def post_event(

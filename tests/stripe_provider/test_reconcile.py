@@ -15,9 +15,9 @@ from billfold.ledger.service import ledger_service
 from billfold.payments.stripe_provider import StripeProvider
 from billfold.settlement.reconcile import check, reconcile
 from tests.ledger.conftest import session_of, topups
-from tests.stripe.conftest import SECRET_KEY, WEBHOOK_SECRET, StripeApi
-from tests.stripe.test_topups import customer_of, purchases
-from tests.stripe.test_webhooks import authenticate, pending_top_up
+from tests.stripe_provider.conftest import SECRET_KEY, WEBHOOK_SECRET, StripeApi
+from tests.stripe_provider.test_topups import customer_of, purchases
+from tests.stripe_provider.test_webhooks import authenticate, pending_top_up
 
 
 def _sessions(api: StripeApi):  # type: ignore[no-untyped-def]

@@ -10,7 +10,12 @@ from sqlalchemy import select
 from billfold.ledger.models import LedgerEntry
 from billfold.teams.models import Team
 from tests.ledger.conftest import balance, entries, session_of, top_up, topups
-from tests.stripe.conftest import CHARGE_DECLINED, NEEDS_AUTHENTICATION, SUCCEEDS, StripeApi
+from tests.stripe_provider.conftest import (
+    CHARGE_DECLINED,
+    NEEDS_AUTHENTICATION,
+    SUCCEEDS,
+    StripeApi,
+)
 
 
 def customer_of(api: StripeApi, team_id: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from billfold.config import Settings
 from tests.conftest import Api
-from tests.stripe.conftest import (
+from tests.stripe_provider.conftest import (
     CHARGE_DECLINED,
     DECLINED_ON_ATTACH,
     INSUFFICIENT_ON_ATTACH,

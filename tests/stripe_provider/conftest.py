@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 import stripe
+
 from billfold.config import Settings
 from tests.conftest import OPERATOR_TOKEN, Api, TestClient, create_app
 from tests.served import free_port
