@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select
@@ -119,3 +120,30 @@ def test_a_refund_goes_back_to_the_payment_intent(stripe_api: StripeApi) -> None
     )
     assert too_much.status_code == 400 and too_much.json()["code"] == "refund_exceeds_purchase"
     assert [e.credit_cents for e in entries(stripe_api, team_id) if e.kind == "refund"] == [-1000]
+
+
+def test_concurrent_retries_of_one_top_up_make_one_charge(stripe_postgres_api: StripeApi) -> None:
+    """Eight requests with one Idempotency-Key at once, plus balance reads resolving it: one
+    succeeded PaymentIntent, one purchase (a PaymentIntent created by a loser of the race to
+    commit its id is never confirmed)."""
+    api = stripe_postgres_api
+    team_id, headers, customer = setup(api)
+
+    def buy(_: int) -> int:
+        return int(top_up(api, team_id, headers, 2500, key="same").status_code)
+
+    def read(_: int) -> int:
+        return len(balance(api, team_id, headers)["changes"])
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        buys = [pool.submit(buy, i) for i in range(8)]
+        reads = [pool.submit(read, i) for i in range(4)]
+        statuses = [f.result() for f in buys]
+        [f.result() for f in reads]
+    assert set(statuses) <= {200, 202}, statuses
+    top_up(api, team_id, headers, 2500, key="same")  # settles one still pending, if any
+    succeeded = [i for i in api.intents(customer) if i.status == "succeeded"]
+    assert len(succeeded) == 1 and succeeded[0].amount == 2500
+    assert [e.credit_cents for e in purchases(api, team_id)] == [2500]
+    (topup,) = topups(api, team_id)
+    assert topup.status == "SUCCEEDED" and topup.provider_charge_id == succeeded[0].id
