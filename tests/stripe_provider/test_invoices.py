@@ -69,3 +69,31 @@ def test_close_charges_each_invoice_once_through_stripe(stripe_api: StripeApi) -
     (waiting,) = stripe_api.intents(customer_of(stripe_api, teams[NEEDS_AUTHENTICATION]))
     assert pending.status == "PENDING" and waiting.status == "requires_action"
     assert pending.provider_charge_id == waiting.id and pending.charge_attempts == []
+
+
+def test_a_pending_invoice_is_settled_by_the_webhook(stripe_api: StripeApi) -> None:
+    from tests.stripe_provider.test_webhooks import authenticate, post_event
+
+    sku = unique_sku()
+    stripe_api.set_price(sku, "0.01", "2070-06-01T00:00:00Z")
+    with frozen_at("2071-01-20T12:00:00"):
+        team_id, _ = stripe_api.team_with_key()
+        stripe_api.add_card(team_id, NEEDS_AUTHENTICATION)
+        accepted = stripe_api.ingest([event(team_id, sku, 900, "2071-01-05T10:00:00Z")])
+        assert accepted["accepted"] == 1
+    with frozen_at("2071-02-03T00:00:00"):
+        close(stripe_api, 2071, 1)
+    pending = _invoice(stripe_api, team_id)
+    assert pending.status == "PENDING" and pending.provider_charge_id is not None
+    authenticate(stripe_api, pending.provider_charge_id, True)
+    response = post_event(
+        stripe_api, "payment_intent.succeeded", {"id": pending.provider_charge_id}
+    )
+    assert response.status_code == 200, response.text
+    paid = _invoice(stripe_api, team_id)
+    assert paid.status == "PAID"
+    assert [(a["successful"], a["chargeId"]) for a in paid.charge_attempts] == [
+        (True, pending.provider_charge_id)
+    ]
+    (intent,) = stripe_api.intents(customer_of(stripe_api, team_id))
+    assert intent.status == "succeeded"
