@@ -32,8 +32,10 @@ from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
-from billfold.payments.sandbox import SandboxProvider
+from billfold.payments.providers import make_provider
 from billfold.pricing import endpoints as pricing
+from billfold.settlement import endpoints as settlement
+from billfold.settlement.scheduler import reconcile_tasks
 from billfold.spend import endpoints as spend
 from billfold.spend.gateway import LISTENER_LIMITS, GatewayMiddleware, SpendCache
 from billfold.teams import endpoints as teams
@@ -109,9 +111,7 @@ def create_app(
         else None
     )
     if provider is None:
-        sandbox = SandboxProvider.for_database(settings.database_url)
-        sandbox.install()
-        provider = sandbox
+        provider = make_provider(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +126,7 @@ def create_app(
         if spend_cache is not None:
             await spend_cache.start()
         try:
-            async with background_tasks(app), compaction_tasks(app):
+            async with background_tasks(app), compaction_tasks(app), reconcile_tasks(app):
                 yield
         finally:
             if spend_cache is not None:
@@ -167,6 +167,7 @@ def create_app(
     for module in (teams, payments, pricing, metering, ledger, spend, invoicing, topups):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
+    app.include_router(settlement.router, tags=["webhooks"])
     install_openapi(
         app,
         bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},

@@ -22,6 +22,7 @@ from billfold.invoicing.cli import cycle_app, invoices_app
 from billfold.kit.cli import (
     JsonOpt,
     console,
+    fail,
     print_json,
     transaction,
 )
@@ -32,6 +33,7 @@ from billfold.ledger.cli import credits_app
 from billfold.metering.cli import usage_app
 from billfold.payments.cli import card_app
 from billfold.pricing.cli import price_app
+from billfold.settlement.cli import payments_app
 from billfold.spend.cli import limit_app, spend_status
 from billfold.teams.cli import billing_info_app, key_app, team_app, token_app
 from billfold.teams.schemas import KNOWN_ACLS
@@ -52,6 +54,7 @@ app.add_typer(cycle_app, name="cycle")
 app.add_typer(limit_app, name="limit")
 app.add_typer(invoices_app, name="invoices")
 app.add_typer(card_app, name="card")
+app.add_typer(payments_app, name="payments")
 app.add_typer(billing_info_app, name="billing-info")
 app.command("spend-status")(spend_status)
 
@@ -88,6 +91,9 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    problem = settings.provider_problem()
+    if problem is not None:
+        fail("provider_misconfigured", problem, exit_code=2)
     if migrate_first:
         migrate(settings)
     _ensure_operator_token(settings, as_json)

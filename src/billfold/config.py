@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,31 @@ class Settings(BaseSettings):
     spend_cache_size: int = Field(default=50_000, ge=1)
     """PostgreSQL: each process keeps spend-check answers in memory, dropped by notifications."""
     log_level: str = "info"
+    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
+    """Who charges cards: the embedded ``sandbox`` (default) or ``stripe``."""
+    stripe_secret_key: str | None = None
+    """With ``stripe``: the secret key (``sk_test_...`` / ``sk_live_...``); required."""
+    stripe_publishable_key: str | None = None
+    """With ``stripe``: the publishable key handed to the console's card form."""
+    stripe_webhook_secret: str | None = None
+    """With ``stripe``: the signing secret of the ``/webhooks/stripe`` endpoint; required."""
+    stripe_api_base: str | None = None
+    """With ``stripe``: Stripe's API address (default Stripe's own; tests use a local fake)."""
+    stripe_pending_after_seconds: int = Field(default=300, ge=0)
+    """Reconciliation settles charges pending longer than this (``billfold payments reconcile``)."""
+
+    def provider_problem(self) -> str | None:
+        """Why the payment provider cannot be used as configured (one line), or None."""
+        if self.payment_provider != "stripe":
+            return None
+        missing = [
+            f"BILLFOLD_STRIPE_{name.upper()}"
+            for name in ("secret_key", "webhook_secret")
+            if not getattr(self, f"stripe_{name}")
+        ]
+        if missing:
+            return f"BILLFOLD_PAYMENT_PROVIDER=stripe needs {' and '.join(missing)}"
+        return None
 
     def groupable(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.groupable_properties.split(",") if p.strip())

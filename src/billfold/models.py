@@ -4,7 +4,7 @@ from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
-from billfold.payments.models import PaymentMethod
+from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
 from billfold.topups.models import Topup
@@ -23,6 +23,7 @@ __all__ = [
     "OperatorToken",
     "PaymentMethod",
     "PriceVersion",
+    "StripeEvent",
     "Team",
     "Topup",
     "UsageEvent",

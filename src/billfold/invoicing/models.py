@@ -36,7 +36,10 @@ class InvoiceCounter(Base):
 
 class Invoice(Base):
     __tablename__ = "invoices"
-    __table_args__ = (Index("ix_invoices_team_created", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_invoices_team_created", "team_id", "created_at"),
+        Index("ix_invoices_provider_charge_id", "provider_charge_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # inv_...
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
@@ -56,6 +59,8 @@ class Invoice(Base):
     credits_applied_cents: Mapped[Cents]
     vat_rate: Mapped[str] = mapped_column(String(16))
     charge_attempts: Mapped[list[dict[str, Any]]]
+    # A two-step provider's charge (Stripe's PaymentIntent), committed before it is confirmed.
+    provider_charge_id: Mapped[str | None] = mapped_column(String(200))
     due_at: Mapped[datetime]
     created_at: Mapped[datetime]
 

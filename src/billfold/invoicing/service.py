@@ -61,6 +61,7 @@ from billfold.ledger.position import (
     CreditPosition,
 )
 from billfold.ledger.service import ledger_service
+from billfold.payments.faults import crash_point
 from billfold.payments.provider import (
     ChargeResult,
     PaymentProvider,
@@ -243,6 +244,8 @@ class _ChargePlan:
     customer_ref: str
     method_id: str | None
     method_ref: str
+    team_id: uuid.UUID
+    provider_charge_id: str | None  # a two-step provider's charge of this attempt, once created
 
 
 def new_invoice_id() -> str:
@@ -663,6 +666,9 @@ class InvoicingService:
                 failure_message="the team has no default payment method to charge",
             )
             return
+        if provider.two_step:
+            self._charge_two_step(sessions, provider, plan)
+            return
         try:
             result: ChargeResult | None = provider.charge(
                 plan.customer_ref,
@@ -696,6 +702,93 @@ class InvoicingService:
             failure_message=result.failure_message,
         )
 
+    def _charge_two_step(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, plan: _ChargePlan
+    ) -> None:
+        """With a two-step provider (Stripe): create the attempt's PaymentIntent, commit its id on
+        the invoice, confirm it, record the outcome. A rerun (a crash, a timeout, two processes)
+        finds the stored id and never creates a second; a pending outcome (``requires_action``,
+        ``processing``) leaves the invoice ``PENDING`` for the webhook or reconciliation."""
+        try:
+            charge_id = plan.provider_charge_id
+            if not charge_id:
+                created = provider.create_charge(
+                    plan.customer_ref,
+                    plan.method_ref,
+                    plan.amount,
+                    idempotency_key=plan.idempotency_key,
+                    description=f"Billfold invoice {plan.number}",
+                    metadata={
+                        "billfold_team": str(plan.team_id),
+                        "billfold_invoice": plan.invoice_id,
+                    },
+                )
+                charge_id = self._store_charge_id(sessions, plan, created)
+                if charge_id is None:
+                    return  # a concurrent run recorded this attempt
+                crash_point("invoice_after_create")
+            result = provider.confirm_charge(charge_id)
+            crash_point("invoice_after_confirm")
+        except ProviderUnavailable as exc:
+            log.warning("charge of invoice %s: provider unavailable (%s)", plan.number, exc)
+            return
+        except ProviderError as exc:
+            self._record_attempt(
+                sessions,
+                plan,
+                successful=False,
+                charge_id="",
+                failure_code=exc.code,
+                failure_message=exc.message,
+            )
+            return
+        if result.pending:
+            return
+        self._record_attempt(
+            sessions,
+            plan,
+            successful=result.succeeded,
+            charge_id=result.charge_id,
+            failure_code=result.failure_code,
+            failure_message=result.failure_message,
+        )
+
+    @staticmethod
+    def _store_charge_id(
+        sessions: sessionmaker[Session], plan: _ChargePlan, charge_id: str
+    ) -> str | None:
+        """Commit the attempt's charge id (a concurrent run's stored first wins); None when the
+        attempt was recorded meanwhile."""
+        with transaction(sessions) as session:
+            invoice = session.scalars(
+                select(Invoice)
+                .where(Invoice.id == plan.invoice_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).one()
+            if invoice.status != plan.status or len(invoice.charge_attempts) != plan.ticket:
+                return None
+            if not invoice.provider_charge_id:
+                invoice.provider_charge_id = charge_id
+            return invoice.provider_charge_id
+
+    def settle_charge(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, charge_id: str
+    ) -> Invoice | None:
+        """Settle the ``PENDING`` invoice whose provider charge (a PaymentIntent) this is (webhook,
+        reconciliation): asks the stored PaymentIntent, never creates one. None: no such invoice."""
+        with transaction(sessions) as session:
+            invoice_id = session.scalars(
+                select(Invoice.id).where(
+                    Invoice.provider_charge_id == charge_id, Invoice.status == PENDING
+                )
+            ).first()
+        if invoice_id is None:
+            return None
+        self._charge(sessions, provider, invoice_id, allowed=(PENDING,))
+        with transaction(sessions) as session:
+            return session.get(Invoice, invoice_id)
+
     def _plan_charge(
         self,
         sessions: sessionmaker[Session],
@@ -720,6 +813,8 @@ class InvoicingService:
                 customer_ref="" if method is None else method.provider_customer_ref,
                 method_id=None if method is None else method.id,
                 method_ref="" if method is None else method.provider_ref,
+                team_id=invoice.team_id,
+                provider_charge_id=invoice.provider_charge_id,
             )
 
     def _record_attempt(
@@ -752,6 +847,8 @@ class InvoicingService:
             }
             invoice.charge_attempts = [*invoice.charge_attempts, attempt]
             invoice.status = PAID if successful else FAILED
+            if not successful:
+                invoice.provider_charge_id = None  # a retry is a new attempt, a new charge
 
 
 invoicing_service = InvoicingService()

@@ -122,6 +122,30 @@ CODES: dict[str, ErrorCode] = _catalogue(
         400,
     ),
     _E("incorrect_number", "Card: the number is incorrect (provider's code).", 400),
+    _E(
+        "raw_card_number_refused",
+        "A card number was sent where the provider (Stripe) takes only a payment method made "
+        "client-side (`providerPaymentMethodId`).",
+        400,
+    ),
+    _E(
+        "provider_payment_method_unsupported",
+        "The sandbox provider takes card numbers, not `providerPaymentMethodId`.",
+        400,
+    ),
+    _E("setup_unsupported", "The sandbox provider has no card form (SetupIntent).", 400),
+    _E(
+        "invalid_request",
+        "The payment provider refused the request (Stripe's code when it gives none).",
+        400,
+        failure=True,
+    ),
+    _E("invalid_signature", "`POST /webhooks/stripe`: `Stripe-Signature` missing or wrong.", 400),
+    _E("invalid_payload", "`POST /webhooks/stripe`: the event is not a JSON Stripe event.", 400),
+    _E("purchase_not_refundable", "Only a paid purchase can be refunded.", 400),
+    _E("invalid_refund_amount", "A refund is a positive number of cents.", 400),
+    _E("refund_exceeds_purchase", "The refund is more than is left of the purchase.", 400),
+    _E("refund_exceeds_credit", "The refund is more than the team's credit left.", 400),
     _E("invalid_expiry_month", "Card: the expiry month is invalid (provider's code).", 400),
     _E("expired_card", "Card: expired, or its expiry year invalid (provider's code).", 400),
     # --- 401: credentials -------------------------------------------------------------------------
@@ -140,6 +164,18 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ),
     _E("invalid_amount", "The provider refused the amount (provider's code).", 402, failure=True),
     _E(
+        "requires_confirmation",
+        "A charge created but not confirmed yet: it stays pending (failureCode of a pending "
+        "charge).",
+        failure=True,
+    ),
+    _E("canceled", "The provider canceled the charge (a PaymentIntent canceled).", failure=True),
+    _E(
+        "two_step",
+        "A one-step charge asked of Stripe, whose charges are two-step (a bug if ever seen).",
+        failure=True,
+    ),
+    _E(
         "resource_missing",
         "The provider does not know the payment method (provider's code).",
         402,
@@ -157,6 +193,7 @@ CODES: dict[str, ErrorCode] = _catalogue(
         rejection=True,
     ),
     _E("team_not_found", "No such team.", 404),
+    _E("purchase_not_found", "No such paid purchase (receipt invoice) of the team.", 404),
     _E("key_not_found", "No such management key of the team.", 404),
     _E("invoice_not_found", "No such invoice.", 404),
     _E("payment_method_not_found", "No such payment method of the team.", 404),
@@ -201,6 +238,7 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("internal", "A bug: an unexpected failure; the request changed nothing.", 500),
     _E("unavailable", "The database is unreachable or busy; retry.", 503),
     _E("busy", "The team's usage is being rated right now; retry.", 503),
+    _E("provider_unavailable", "The payment provider did not answer; retry (same key).", 503),
     _E(
         "misconfigured",
         "A setting is invalid (`BILLFOLD_VAT_RATES`); the operator must fix it.",
@@ -248,6 +286,12 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("invalid_csv", "`billfold usage ingest`: the CSV row cannot be read.", rejection=True),
     _E("invalid_utf8", "`billfold usage ingest`: the CSV row is not valid UTF-8.", rejection=True),
     # --- the CLI only -----------------------------------------------------------------------------
+    _E(
+        "provider_misconfigured",
+        "`billfold serve`/`payments reconcile`: a required payment provider setting is missing.",
+        cli=True,
+    ),
+    _E("not_stripe", "`billfold payments reconcile --check` needs the Stripe provider.", cli=True),
     _E("file_unreadable", "`billfold usage ingest`: the file cannot be read.", cli=True),
     _E(
         "admin_token_configured",

@@ -485,7 +485,11 @@ def entry_change(entry: LedgerEntry) -> Change:
     spend = origin == SPEND
     processor = None
     if origin == PURCHASE:
-        processor = PaymentProcessor(kind="EXTERNAL", external_invoice_id=entry.reference)
+        # A Stripe charge is a PaymentIntent (pi_...); the sandbox's charges are EXTERNAL.
+        stripe = (entry.reference or "").startswith("pi_")
+        processor = PaymentProcessor(
+            kind="STRIPE" if stripe else "EXTERNAL", external_invoice_id=entry.reference
+        )
     elif not spend:
         processor = PaymentProcessor(kind=MANUAL)
     return Change(

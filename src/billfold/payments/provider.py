@@ -11,6 +11,12 @@ It is shaped after Stripe's API so that a Stripe adapter is a thin translation:
                              used to resolve a charge whose answer was lost (timeout)
 * ``refund``               ~ ``POST /v1/refunds`` with an idempotency key
 
+A provider that holds its own cards (Stripe) never sees a raw number: ``accepts_raw_cards`` is
+False, ``setup_card`` is refused, and methods made client-side are attached with ``attach_method``.
+Its charges are two-step (``two_step``): ``create_charge`` makes the PaymentIntent and returns its
+id, which the caller commits on its pending record before ``confirm_charge``; a retry finds the
+stored id with ``retrieve_charge`` and never creates a second one.
+
 Amounts are integer cents. A provider raises :class:`ProviderUnavailable` when it cannot tell
 whether an operation happened (timeout, network): callers keep their state pending and resolve it
 later with ``find_charge``; they never charge again blindly.
@@ -19,19 +25,21 @@ later with ``find_charge``; they never charge again blindly.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from billfold.kit.money import Cents
 
 
 class ProviderError(Exception):
-    """The provider refused the request (bad card data and the like); safe to report as 4xx."""
+    """The provider refused the request (bad card data and the like); safe to report as 4xx.
+    ``declined``: the card itself was declined (Stripe's card errors), a 402 rather than a 400."""
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, code: str, *, declined: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.declined = declined
 
 
 class ProviderUnavailable(Exception):
@@ -58,6 +66,7 @@ class ProviderCard:
 class ChargeStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
+    PENDING = "pending"  # Stripe's requires_action / processing: settled later (webhook, reconcile)
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,15 @@ class ChargeResult:
     amount: Cents
     failure_code: str = ""
     failure_message: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # the provider's record of the charge
 
     @property
     def succeeded(self) -> bool:
         return self.status is ChargeStatus.SUCCEEDED
+
+    @property
+    def pending(self) -> bool:
+        return self.status is ChargeStatus.PENDING
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,8 @@ class RefundResult:
 
 class PaymentProvider(Protocol):
     name: str
+    accepts_raw_cards: bool
+    two_step: bool
 
     def create_customer(self, reference: str, email: str) -> str: ...
 
@@ -102,3 +118,24 @@ class PaymentProvider(Protocol):
     def find_charge(self, idempotency_key: str) -> ChargeResult | None: ...
 
     def refund(self, charge_id: str, amount: Cents, *, idempotency_key: str) -> RefundResult: ...
+
+    def attach_method(self, customer_ref: str, method_ref: str) -> ProviderCard: ...
+
+    def create_charge(
+        self,
+        customer_ref: str,
+        payment_method_ref: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        description: str,
+        metadata: dict[str, str],
+    ) -> str: ...
+
+    def confirm_charge(self, charge_id: str) -> ChargeResult: ...
+
+    def retrieve_charge(self, charge_id: str) -> ChargeResult: ...
+
+    def retrieve_method(self, method_ref: str) -> ProviderCard: ...
+
+    def create_setup(self, customer_ref: str, *, metadata: dict[str, str]) -> str: ...

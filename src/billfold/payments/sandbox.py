@@ -140,6 +140,8 @@ def card_brand(number: str) -> str:
 
 class SandboxProvider:
     name = "sandbox"
+    accepts_raw_cards = True
+    two_step = False  # charges are one call, made idempotent by the sandbox's own key table
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -190,6 +192,50 @@ class SandboxProvider:
             exp_month=card.exp_month,
             exp_year=card.exp_year,
         )
+
+    def attach_method(self, customer_ref: str, method_ref: str) -> ProviderCard:
+        raise ProviderError(
+            "the sandbox provider takes card numbers (cardNumber), not provider payment methods",
+            "provider_payment_method_unsupported",
+        )
+
+    def retrieve_method(self, method_ref: str) -> ProviderCard:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(sandbox_cards).where(sandbox_cards.c.id == method_ref)
+            ).one_or_none()
+        if r is None:
+            raise ProviderError("no such payment method", "resource_missing")
+        return ProviderCard(r.id, r.brand, r.last4, r.exp_month, r.exp_year)
+
+    def create_setup(self, customer_ref: str, *, metadata: dict[str, str]) -> str:
+        raise ProviderError(
+            "the sandbox provider has no card form: add cards by number", "setup_unsupported"
+        )
+
+    def create_charge(
+        self,
+        customer_ref: str,
+        payment_method_ref: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        description: str,
+        metadata: dict[str, str],
+    ) -> str:
+        raise NotImplementedError("the sandbox charges in one step (charge)")
+
+    def confirm_charge(self, charge_id: str) -> ChargeResult:
+        raise NotImplementedError("the sandbox charges in one step (charge)")
+
+    def retrieve_charge(self, charge_id: str) -> ChargeResult:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sandbox_charges).where(sandbox_charges.c.id == charge_id)
+            ).one_or_none()
+        if row is None:
+            raise ProviderError("no such charge", "resource_missing")
+        return self._result(row._asdict())
 
     def list_cards(self, customer_ref: str) -> list[ProviderCard]:
         with self.engine.connect() as conn:

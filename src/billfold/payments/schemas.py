@@ -42,9 +42,15 @@ class SetDefaultRequest(WireModel):
 
 
 class AddCardRequest(WireModel):
-    card_number: Annotated[str, StringConstraints(min_length=12, max_length=23)]
-    exp_month: int = Field(ge=1, le=12)
-    exp_year: int = Field(ge=2000, le=2200)
+    """Either a card number (the sandbox) or a PaymentMethod the provider holds (Stripe)."""
+
+    card_number: Annotated[str, StringConstraints(min_length=12, max_length=23)] | None = None
+    provider_payment_method_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_]+$")]
+        | None
+    ) = None
+    exp_month: int | None = Field(default=None, ge=1, le=12)
+    exp_year: int | None = Field(default=None, ge=2000, le=2200)
     cvc: Annotated[str, StringConstraints(max_length=4)] = ""
     make_default: bool = True
 
@@ -68,3 +74,10 @@ def method_out(method: PaymentMethod) -> PaymentMethodOut:
 def operator_method_out(method: PaymentMethod, default_id: str | None) -> OperatorPaymentMethodOut:
     """A method as the operator API shows it: the customer's fields and ``isDefault``."""
     return OperatorPaymentMethodOut(**dict(method_out(method)), is_default=method.id == default_id)
+
+
+class SetupOut(WireModel):
+    """A SetupIntent for the console's card form (Stripe.js confirms it with the client secret)."""
+
+    client_secret: str
+    publishable_key: str

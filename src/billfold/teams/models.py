@@ -23,6 +23,8 @@ class Team(Base):
     default_payment_method_id: Mapped[str | None] = mapped_column(String(40))
     # The team's customer at the payment provider, created with its first card and reused after.
     payment_customer_ref: Mapped[str | None] = mapped_column(String(200))
+    # The team's Stripe Customer (BILLFOLD_PAYMENT_PROVIDER=stripe), created on first need.
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class BillingInfo(Base):

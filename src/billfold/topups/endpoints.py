@@ -6,19 +6,28 @@ from typing import Annotated
 
 from fastapi import Header, Response
 
-from billfold.kit.errors import Conflict, PaymentFailed
-from billfold.kit.http import REPLAYED_HEADER, Steps
+from billfold.kit.errors import (
+    BadRequest,
+    Conflict,
+    PaymentFailed,
+    ResourceNotFound,
+    ServiceUnavailable,
+)
+from billfold.kit.http import REPLAYED_HEADER, Steps, parse_uuid
 from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
 from billfold.ledger.schemas import (
     FAILED_TO_CHARGE,
     TO_CHARGE,
+    Change,
     PrepaidBalance,
 )
+from billfold.ledger.service import entry_change
 from billfold.payments.endpoints import Provider
 from billfold.teams.auth import AppSettings, BillingRead, BillingWrite, Operator
-from billfold.topups.schemas import TopUpRequest, TopUpResponse
+from billfold.topups.refunds import refund_service
+from billfold.topups.schemas import RefundRequest, TopUpRequest, TopUpResponse
 from billfold.topups.service import topup_service
 
 # Each route repeats ``response_model_exclude_none=True``: WireRouter's default does not reach
@@ -73,3 +82,30 @@ def top_up(
     response.status_code = 202 if outcome.status == TO_CHARGE else 200
     response.headers.update(headers)
     return TopUpResponse(change=outcome.change)
+
+
+@admin_router.post(
+    "/admin/v1/teams/{team_id}/purchases/{invoice_id}/refund",
+    status_code=201,
+    response_model=Change,
+    responses=error_responses(BadRequest, ResourceNotFound, Conflict, ServiceUnavailable),
+)
+def refund_purchase(
+    team_id: str,
+    invoice_id: str,
+    body: RefundRequest,
+    steps: Steps,
+    provider: Provider,
+    response: Response,
+) -> Change:
+    """Refund a paid purchase (its receipt invoice) to the card and book a ``REFUND`` change of
+    ``+amount`` (credit taken back). More than is left of the purchase, or than the team's credit
+    left: 400. A repeated ``idempotencyKey`` returns the first refund (200) and changes nothing."""
+    team = parse_uuid(team_id)
+    entry, created = refund_service.refund(
+        steps, provider, team, invoice_id, body.amount, body.reason, body.idempotency_key
+    )
+    if not created:
+        response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
+    return entry_change(entry)

@@ -23,6 +23,7 @@ class Topup(Base):
     __table_args__ = (
         UniqueConstraint("team_id", "idempotency_key"),
         Index("ix_topups_team_status", "team_id", "status"),
+        Index("ix_topups_provider_charge_id", "provider_charge_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

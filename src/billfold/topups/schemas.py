@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from billfold.kit.schemas import Cent, WireModel, cent
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+from billfold.kit.schemas import Cent, Int64, WireModel, cent
 from billfold.ledger.schemas import (
     PURCHASE,
     Change,
@@ -37,3 +41,11 @@ def topup_change(topup: Topup, invoice_number: str | None) -> Change:
             external_invoice_id=topup.provider_charge_id,
         ),
     )
+
+
+class RefundRequest(WireModel):
+    """``amount`` in cents (left out: all that is left of the purchase)."""
+
+    amount: Int64 | None = None
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] = ""
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]

@@ -27,6 +27,7 @@ from billfold.ledger.schemas import (
     PrepaidBalance,
 )
 from billfold.ledger.service import ledger_service
+from billfold.payments.faults import crash_point
 from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import (
     ChargeResult,
@@ -151,6 +152,27 @@ class TopupService:
             self._resolve(sessions, provider, topup, retry=self._stale(topup)) for topup in pending
         ]
 
+    def resolve(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, topup: Topup
+    ) -> Topup:
+        """Resolve one pending top-up now (reconciliation: it is old enough to be retried)."""
+        return self._resolve(sessions, provider, topup, retry=True)
+
+    def settle_charge(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, charge_id: str
+    ) -> Topup | None:
+        """Settle the pending top-up whose provider charge (a PaymentIntent) this is, from what the
+        provider says of it now (a webhook, reconciliation); None when no pending top-up has it."""
+        with transaction(sessions) as session:
+            topup = session.scalars(
+                select(Topup).where(
+                    Topup.provider_charge_id == charge_id, Topup.status == TO_CHARGE
+                )
+            ).first()
+        if topup is None:
+            return None
+        return self._resolve(sessions, provider, topup, retry=True)
+
     @staticmethod
     def _stale(topup: Topup) -> bool:
         return utc_now() - topup.created_at >= PENDING_RETRY_AFTER
@@ -265,6 +287,11 @@ class TopupService:
             method = session.get(PaymentMethod, topup.payment_method_id)
             card = method.provider_ref if method is not None else ""
             customer = method.provider_customer_ref if method is not None else ""
+            stored = session.scalars(
+                select(Topup.provider_charge_id).where(Topup.id == topup.id)
+            ).one()
+        if provider.two_step:
+            return self._charge_two_step(sessions, provider, topup, customer, card, stored)
         try:
             return provider.charge(
                 customer,
@@ -282,6 +309,63 @@ class TopupService:
                 ChargeStatus.DECLINED, "", Cents(topup.amount_cents), exc.code, exc.message
             )
 
+    def _charge_two_step(
+        self,
+        sessions: sessionmaker[Session],
+        provider: PaymentProvider,
+        topup: Topup,
+        customer: str,
+        card: str,
+        stored: str,
+    ) -> ChargeResult | None:
+        """Phase 2 with a two-step provider (Stripe): create the PaymentIntent, commit its id on
+        the top-up, then confirm it. A retry finds the stored id and never creates a second."""
+        try:
+            charge_id: str | None = stored
+            if not charge_id:
+                created = provider.create_charge(
+                    customer,
+                    card,
+                    Cents(topup.amount_cents),
+                    idempotency_key=str(topup.id),
+                    description=f"Billfold prepaid credits (top-up {topup.id})",
+                    metadata={"billfold_team": str(topup.team_id), "billfold_topup": str(topup.id)},
+                )
+                charge_id = self._store_charge_id(sessions, topup.id, created)
+                if charge_id is None:
+                    return None  # settled meanwhile by another request
+                crash_point("topup_after_create")
+            result = provider.confirm_charge(charge_id)
+            crash_point("topup_after_confirm")
+            return result
+        except ProviderUnavailable as exc:
+            log.warning("top-up %s: provider unavailable, left pending: %s", topup.id, exc)
+            return None
+        except ProviderError as exc:
+            return ChargeResult(
+                ChargeStatus.DECLINED, "", Cents(topup.amount_cents), exc.code, exc.message
+            )
+
+    @staticmethod
+    def _store_charge_id(
+        sessions: sessionmaker[Session], topup_id: uuid.UUID, charge_id: str
+    ) -> str | None:
+        """Commit the provider's charge id on the pending top-up; the id to confirm (the one a
+        concurrent request stored first wins; ours is then never confirmed), or None when the
+        top-up is no longer pending."""
+        with transaction(sessions) as session:
+            topup = session.scalars(
+                select(Topup)
+                .where(Topup.id == topup_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).one()
+            if topup.status != TO_CHARGE:
+                return None
+            if not topup.provider_charge_id:
+                topup.provider_charge_id = charge_id
+            return topup.provider_charge_id
+
     def _settle_attempt(
         self, sessions: sessionmaker[Session], provider: PaymentProvider, topup: Topup
     ) -> Topup:
@@ -297,6 +381,13 @@ class TopupService:
         retry: bool,
     ) -> Topup:
         """Ask the provider what became of a pending top-up; settle it if it knows."""
+        if provider.two_step:
+            # The stored PaymentIntent says it all: confirming it again is never a second charge
+            # (the provider answers a confirmed one as it stands). Without one, the first request
+            # may still be creating it: only a stale top-up gets one here.
+            if not topup.provider_charge_id and not retry:
+                return topup
+            return self._settle_attempt(sessions, provider, topup)
         try:
             result = provider.find_charge(str(topup.id))
         except ProviderUnavailable:
@@ -320,8 +411,12 @@ class TopupService:
             ).one()
             if topup.status != TO_CHARGE:
                 return topup
+            if result.pending:
+                # requires_action / processing: the webhook or reconciliation settles it later.
+                topup.provider_charge_id = result.charge_id or topup.provider_charge_id
+                return topup
             now = utc_now()
-            topup.provider_charge_id = result.charge_id
+            topup.provider_charge_id = result.charge_id or topup.provider_charge_id
             topup.settled_at = now
             if not result.succeeded:
                 topup.status = FAILED_TO_CHARGE
