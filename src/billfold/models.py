@@ -4,6 +4,8 @@ from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
+from billfold.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
@@ -21,10 +23,14 @@ __all__ = [
     "LedgerEntry",
     "ManagementKey",
     "OperatorToken",
+    "OutboxMessage",
     "PaymentMethod",
     "PriceVersion",
     "Team",
     "Topup",
     "UsageEvent",
     "UsageRollup",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

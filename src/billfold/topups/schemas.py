@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from billfold.kit.schemas import Cent, WireModel, cent
 from billfold.ledger.schemas import (
     PURCHASE,
@@ -37,3 +39,14 @@ def topup_change(topup: Topup, invoice_number: str | None) -> Change:
             external_invoice_id=topup.provider_charge_id,
         ),
     )
+
+
+def topup_event(topup: Topup, invoice_number: str | None = None) -> dict[str, Any]:
+    """``data`` of ``topup.succeeded`` / ``topup.failed``: the top-up's id, its amount in cents
+    and the balance change as the prepaid balance lists it (``teamId`` is added by enqueue)."""
+    change = topup_change(topup, invoice_number)
+    return {
+        "topupId": str(topup.id),
+        "amount": str(topup.amount_cents),
+        "change": change.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
