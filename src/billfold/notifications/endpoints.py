@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Query, Request, Response
 
 from billfold.config import Settings
-from billfold.kit.clock import utc_now
 from billfold.kit.errors import ResourceNotFound
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.openapi import error_responses
@@ -22,7 +21,7 @@ from billfold.notifications.schemas import (
     endpoint_out,
     endpoint_with_secret,
 )
-from billfold.notifications.service import webhook_service
+from billfold.notifications.service import wall_clock, webhook_service
 from billfold.teams.auth import Operator
 
 billing_router = WireRouter()
@@ -43,13 +42,13 @@ def create_webhook_endpoint(
     endpoint = webhook_service.create(
         session, _settings(request), body.url, body.event_types, body.description
     )
-    return endpoint_with_secret(endpoint, utc_now())
+    return endpoint_with_secret(endpoint, wall_clock())
 
 
 @admin_router.get(BASE, response_model=EndpointList)
 @read_only
 def list_webhook_endpoints(session: DbSession) -> EndpointList:
-    now = utc_now()
+    now = wall_clock()
     return EndpointList(
         webhook_endpoints=[endpoint_out(e, now) for e in webhook_service.endpoints(session)]
     )
@@ -72,7 +71,7 @@ def rotate_webhook_secret(
     endpoint_id: str, request: Request, session: DbSession
 ) -> EndpointWithSecret:
     endpoint = webhook_service.rotate_secret(session, _settings(request), endpoint_id)
-    return endpoint_with_secret(endpoint, utc_now())
+    return endpoint_with_secret(endpoint, wall_clock())
 
 
 @admin_router.get(

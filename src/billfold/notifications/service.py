@@ -10,7 +10,7 @@ import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import orjson
@@ -18,7 +18,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
-from billfold.kit.clock import rfc3339, utc_now
+from billfold.kit.clock import rfc3339
 from billfold.kit.errors import InvalidField, ResourceNotFound
 from billfold.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from billfold.outbox.events import EVENT_TYPES, WEBHOOK_FAILED
@@ -30,6 +30,13 @@ MAX_URL_LENGTH = 2048
 MAX_DESCRIPTION_LENGTH = 500
 RESPONSE_BODY_LIMIT = 2048
 FAN_OUT_BATCH = 500
+
+
+def wall_clock() -> datetime:
+    """Delivery runs on the wall clock, not Billfold's clock (``kit.clock``, which tests freeze
+    in other years): retries, leases and grace periods are about now, not about billing time.
+    A message's own time (its ``timestamp``) is the billing clock's, like its cause's."""
+    return datetime.now(UTC)
 
 
 def new_secret() -> str:
@@ -138,7 +145,7 @@ class WebhookService:
             secret=new_secret(),
             previous_secret=None,
             previous_secret_expires_at=None,
-            created_at=utc_now(),
+            created_at=wall_clock(),
         )
         session.add(endpoint)
         session.flush()
@@ -177,7 +184,7 @@ class WebhookService:
         the same header) for the grace period, so the receiver can switch at its own pace."""
         endpoint = self.get(session, endpoint_id, for_update=True)
         endpoint.previous_secret = endpoint.secret
-        endpoint.previous_secret_expires_at = utc_now() + timedelta(
+        endpoint.previous_secret_expires_at = wall_clock() + timedelta(
             hours=settings.webhook_secret_grace_hours
         )
         endpoint.secret = new_secret()
@@ -221,7 +228,7 @@ class WebhookService:
                 f"no delivery of message {message_id!r} to webhook endpoint {endpoint_id!r}",
                 code="webhook_delivery_not_found",
             )
-        now = utc_now()
+        now = wall_clock()
         if delivery.state != PENDING:
             delivery.state = PENDING
             delivery.max_attempts = delivery.attempts + 1
@@ -236,7 +243,7 @@ class WebhookService:
     def work_waiting(self, session: Session) -> tuple[bool, bool]:
         """(messages to fan out, deliveries due): a cheap read, so an idle deliverer takes no
         write lock (SQLite has one for the whole database)."""
-        now = utc_now()
+        now = wall_clock()
         undispatched = session.scalar(select(exists().where(OutboxMessage.dispatched_at.is_(None))))
         due = session.scalar(
             select(
@@ -248,8 +255,9 @@ class WebhookService:
         return bool(undispatched), bool(due)
 
     def fan_out(self, session: Session, settings: Settings) -> int:
-        """Make a delivery of each new message to each matching endpoint that existed when the
-        message was written; mark the messages dispatched. Locked rows are someone else's."""
+        """Make a delivery of each new message to each matching endpoint, due now; mark the
+        messages dispatched. Locked rows are another process's. An endpoint gets the messages
+        fanned out after it was made (within a poll of their commit while deliverers run)."""
         messages = session.scalars(
             select(OutboxMessage)
             .where(OutboxMessage.dispatched_at.is_(None))
@@ -260,11 +268,11 @@ class WebhookService:
         if not messages:
             return 0
         endpoints = self.endpoints(session)
-        now = utc_now()
+        now = wall_clock()
         max_attempts = len(settings.webhook_retry_delays()) + 1
         for message in messages:
             for endpoint in endpoints:
-                if endpoint.created_at <= message.created_at and _matches(endpoint, message):
+                if _matches(endpoint, message):
                     session.add(
                         WebhookDelivery(
                             message_id=message.id,
@@ -272,7 +280,7 @@ class WebhookService:
                             state=PENDING,
                             attempts=0,
                             max_attempts=max_attempts,
-                            next_attempt_at=message.created_at,
+                            next_attempt_at=now,
                             last_status_code=None,
                             last_error=None,
                             created_at=now,
@@ -289,7 +297,7 @@ class WebhookService:
         """Take up to ``limit`` due deliveries, at most ``webhook_endpoint_concurrency`` per
         endpoint counting ``busy`` (this process's in-flight sends), and lease them: their next
         attempt moves past the lease, so if this process dies they come due again."""
-        now = utc_now()
+        now = wall_clock()
         candidates = session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.state == PENDING)
@@ -358,7 +366,7 @@ class WebhookService:
         ).one_or_none()
         if delivery is None:  # the endpoint was deleted meanwhile
             return
-        now = utc_now()
+        now = wall_clock()
         delivery.attempts += 1
         session.add(
             WebhookAttempt(
