@@ -129,7 +129,10 @@ class Deliverer:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
-        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as client:
+        timeout = httpx.Timeout(self.settings.webhook_timeout_seconds)
+        async with httpx.AsyncClient(
+            limits=limits, timeout=timeout, follow_redirects=False
+        ) as client:
             while True:
                 free = self.settings.webhook_concurrency - sum(self.busy.values())
                 if free > 0:
