@@ -27,6 +27,7 @@ class Received:
 class Receiver:
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.arrivals: list[dict[str, str]] = []  # headers of every request, when it arrives
         self.statuses: list[int] = []  # answered in turn, then `always`
         self.always = 200
         self.delay = 0.0
@@ -36,6 +37,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver.lock:
+                    receiver.arrivals.append({k.lower(): v for k, v in self.headers.items()})
                 time.sleep(receiver.delay)
                 with receiver.lock:
                     status = receiver.statuses.pop(0) if receiver.statuses else receiver.always

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, select, tuple_
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
@@ -298,23 +298,32 @@ class WebhookService:
         endpoint counting ``busy`` (this process's in-flight sends), and lease them: their next
         attempt moves past the lease, so if this process dies they come due again."""
         now = wall_clock()
-        candidates = session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.state == PENDING)
-            .where(WebhookDelivery.next_attempt_at <= now)
+        due = (WebhookDelivery.state == PENDING, WebhookDelivery.next_attempt_at <= now)
+        # Choose from a plain read, then lock only what was chosen: locking every candidate
+        # would hold rows this claim does not take away from the other deliverers.
+        candidates = session.execute(
+            select(WebhookDelivery.message_id, WebhookDelivery.endpoint_id)
+            .where(*due)
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit * 4)
+        ).all()
+        chosen: list[tuple[str, str]] = []
+        load = dict(busy)
+        for message_id, endpoint_id in candidates:
+            if len(chosen) == limit:
+                break
+            if load.get(endpoint_id, 0) >= settings.webhook_endpoint_concurrency:
+                continue
+            load[endpoint_id] = load.get(endpoint_id, 0) + 1
+            chosen.append((message_id, endpoint_id))
+        if not chosen:
+            return []
+        taken = session.scalars(
+            select(WebhookDelivery)
+            .where(tuple_(WebhookDelivery.message_id, WebhookDelivery.endpoint_id).in_(chosen))
+            .where(*due)  # still due: another deliverer may have leased it meanwhile
             .with_for_update(skip_locked=True)
         ).all()
-        taken: list[WebhookDelivery] = []
-        load = dict(busy)
-        for delivery in candidates:
-            if len(taken) == limit:
-                break
-            if load.get(delivery.endpoint_id, 0) >= settings.webhook_endpoint_concurrency:
-                continue
-            load[delivery.endpoint_id] = load.get(delivery.endpoint_id, 0) + 1
-            taken.append(delivery)
         if not taken:
             return []
         lease_end = now + timedelta(seconds=settings.webhook_lease_seconds)
