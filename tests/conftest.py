@@ -181,7 +181,14 @@ class Api:
 
 
 def _make_api(url: str, backend: str) -> Iterator[Api]:
-    settings = Settings(database_url=url, admin_token=OPERATOR_TOKEN)
+    settings = Settings(
+        database_url=url,
+        admin_token=OPERATOR_TOKEN,
+        # Webhooks to the tests' loopback receivers, retried within seconds, not hours.
+        webhooks_allow_http=True,
+        webhook_retry_schedule="1,1",
+        webhook_poll_seconds=0.1,
+    )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, backend, url)

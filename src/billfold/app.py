@@ -30,6 +30,8 @@ from billfold.kit.openapi import Bearer, install_openapi
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
+from billfold.notifications import endpoints as notifications
+from billfold.notifications.delivery import webhook_delivery
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.providers import make_provider
@@ -126,7 +128,12 @@ def create_app(
         if spend_cache is not None:
             await spend_cache.start()
         try:
-            async with background_tasks(app), compaction_tasks(app), reconcile_tasks(app):
+            async with (
+                background_tasks(app),
+                compaction_tasks(app),
+                reconcile_tasks(app),
+                webhook_delivery(app),
+            ):
                 yield
         finally:
             if spend_cache is not None:
@@ -164,7 +171,17 @@ def create_app(
 
     # The spend check first: FastAPI tries routes in order (see spend/endpoints.py).
     app.include_router(spend.gateway_router, tags=["operator"])
-    for module in (teams, payments, pricing, metering, ledger, spend, invoicing, topups):
+    for module in (
+        teams,
+        payments,
+        pricing,
+        metering,
+        ledger,
+        spend,
+        invoicing,
+        topups,
+        notifications,
+    ):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     app.include_router(settlement.router, tags=["webhooks"])

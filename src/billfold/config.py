@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billfold.kit.db import DEFAULT_DATABASE_URL
@@ -66,8 +66,39 @@ class Settings(BaseSettings):
             return f"BILLFOLD_PAYMENT_PROVIDER=stripe needs {' and '.join(missing)}"
         return None
 
+    webhooks_allow_http: bool = False
+    """Accept ``http://`` webhook URLs (tests, loopback); otherwise only ``https://``."""
+    webhooks_deliver: bool = True
+    """Run the webhook deliverer in this serving process (every process may run it)."""
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    """Seconds to wait after each failed attempt before the next (the default, Standard
+    Webhooks' own, spans 27 hours); after the last, the delivery is ``failed``."""
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the deliverer looks for new messages and due retries."""
+    webhook_concurrency: int = Field(default=32, ge=1)
+    """HTTP requests one process keeps in flight at once (one slow endpoint takes at most
+    ``webhook_endpoint_concurrency`` of them)."""
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_lease_seconds: int = Field(default=60, ge=1)
+    """A claimed delivery is retried by any process after this long if its sender died."""
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0)
+    """After a rotation, the old secret signs too for this long."""
+
     def groupable(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.groupable_properties.split(",") if p.strip())
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError("a comma-separated list of whole seconds, e.g. 5,300,1800")
+        return value
+
+    def webhook_retry_delays(self) -> tuple[int, ...]:
+        """Seconds before each retry; the first attempt is immediate."""
+        return tuple(int(part) for part in self.webhook_retry_schedule.split(",") if part.strip())
 
     def vat_table(self) -> dict[str, str]:
         """Country code -> VAT percent (as a decimal string)."""

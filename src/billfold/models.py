@@ -4,6 +4,8 @@ from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
+from billfold.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
@@ -21,6 +23,7 @@ __all__ = [
     "LedgerEntry",
     "ManagementKey",
     "OperatorToken",
+    "OutboxMessage",
     "PaymentMethod",
     "PriceVersion",
     "StripeEvent",
@@ -28,4 +31,7 @@ __all__ = [
     "Topup",
     "UsageEvent",
     "UsageRollup",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

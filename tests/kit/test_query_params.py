@@ -14,6 +14,7 @@ from billfold.invoicing import endpoints as invoicing
 from billfold.kit.http import WireRoute
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
+from billfold.notifications import endpoints as notifications
 from billfold.payments import endpoints as payments
 from billfold.pricing import endpoints as pricing
 from billfold.teams import endpoints as teams
@@ -49,7 +50,7 @@ def credentials(api: Api, path: str, key_headers: dict[str, str]) -> dict[str, s
 
 
 def test_every_router_uses_the_checking_route_class() -> None:
-    for module in (teams, payments, pricing, metering, ledger, invoicing):
+    for module in (teams, payments, pricing, metering, ledger, invoicing, notifications):
         for router in (module.billing_router, module.admin_router):
             for route in router.routes:
                 if hasattr(route, "endpoint"):
@@ -67,6 +68,7 @@ def test_the_known_query_parameters_are_found(api: Api) -> None:
         (invoices, "invoiceIds.invoiceIds"): True,
         ("/admin/v1/teams", "pageSize"): False,
         ("/admin/v1/teams", "pageToken"): False,
+        ("/admin/v1/webhook-endpoints/{endpoint_id}/deliveries", "limit"): False,
     }
 
 

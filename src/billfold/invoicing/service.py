@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.config import Settings
 from billfold.cycles.models import BillingCycle, ClosedPeriod
 from billfold.cycles.periods import lock_month_exclusive, month_end
+from billfold.invoicing.events import cycle_closed_event, invoice_event
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.numbers import next_invoice_number
 from billfold.invoicing.statement import statement_service
@@ -61,6 +62,13 @@ from billfold.ledger.position import (
     CreditPosition,
 )
 from billfold.ledger.service import ledger_service
+from billfold.outbox.events import (
+    BILLING_CYCLE_CLOSED,
+    INVOICE_FINALIZED,
+    INVOICE_PAID,
+    INVOICE_PAYMENT_FAILED,
+)
+from billfold.outbox.writer import enqueue
 from billfold.payments.faults import crash_point
 from billfold.payments.provider import (
     ChargeResult,
@@ -467,6 +475,8 @@ class InvoicingService:
             summary = self.cycle_summary(session, year, month)
             period = session.get(ClosedPeriod, (year, month), with_for_update=True)
             if period is not None:
+                if not period.summary:  # the first run to finish the close announces it
+                    enqueue(session, BILLING_CYCLE_CLOSED, None, cycle_closed_event(summary))
                 period.summary = summary.record()
         return summary
 
@@ -551,6 +561,7 @@ class InvoicingService:
         cycle.closed_at = now
         cycle.invoice_id = invoice.id
         session.flush()
+        enqueue(session, INVOICE_FINALIZED, team_id, invoice_event(session, invoice.id))
         return invoice
 
     # --- receipts -------------------------------------------------------------------------------
@@ -849,6 +860,9 @@ class InvoicingService:
             invoice.status = PAID if successful else FAILED
             if not successful:
                 invoice.provider_charge_id = None  # a retry is a new attempt, a new charge
+            session.flush()
+            event = INVOICE_PAID if successful else INVOICE_PAYMENT_FAILED
+            enqueue(session, event, invoice.team_id, invoice_event(session, invoice.id))
 
 
 invoicing_service = InvoicingService()

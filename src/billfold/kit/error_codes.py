@@ -194,6 +194,8 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ),
     _E("team_not_found", "No such team.", 404),
     _E("purchase_not_found", "No such paid purchase (receipt invoice) of the team.", 404),
+    _E("webhook_endpoint_not_found", "No such webhook endpoint.", 404),
+    _E("webhook_delivery_not_found", "No such message delivered to this webhook endpoint.", 404),
     _E("key_not_found", "No such management key of the team.", 404),
     _E("invoice_not_found", "No such invoice.", 404),
     _E("payment_method_not_found", "No such payment method of the team.", 404),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import StringConstraints
 
@@ -49,3 +49,14 @@ class RefundRequest(WireModel):
     amount: Int64 | None = None
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] = ""
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def topup_event(topup: Topup, invoice_number: str | None = None) -> dict[str, Any]:
+    """``data`` of ``topup.succeeded`` / ``topup.failed``: the top-up's id, its amount in cents
+    and the balance change as the prepaid balance lists it (``teamId`` is added by enqueue)."""
+    change = topup_change(topup, invoice_number)
+    return {
+        "topupId": str(topup.id),
+        "amount": str(topup.amount_cents),
+        "change": change.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }

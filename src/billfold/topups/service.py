@@ -27,6 +27,8 @@ from billfold.ledger.schemas import (
     PrepaidBalance,
 )
 from billfold.ledger.service import ledger_service
+from billfold.outbox.events import TOPUP_FAILED, TOPUP_SUCCEEDED
+from billfold.outbox.writer import enqueue
 from billfold.payments.faults import crash_point
 from billfold.payments.models import PaymentMethod
 from billfold.payments.provider import (
@@ -40,7 +42,7 @@ from billfold.payments.service import payment_method_service
 from billfold.teams.service import team_service
 from billfold.topups.balance import prepaid_balance_service
 from billfold.topups.models import Topup
-from billfold.topups.schemas import topup_change
+from billfold.topups.schemas import topup_change, topup_event
 
 log = logging.getLogger("billfold.topups")
 
@@ -422,6 +424,7 @@ class TopupService:
                 topup.status = FAILED_TO_CHARGE
                 topup.failure_code = result.failure_code or "card_declined"
                 topup.failure_message = result.failure_message or "the card was declined"
+                enqueue(session, TOPUP_FAILED, topup.team_id, topup_event(topup))
                 return topup
             if result.amount != topup.amount_cents:
                 log.error(
@@ -454,6 +457,7 @@ class TopupService:
             topup.ledger_entry_id = entry.id
             topup.invoice_id = invoice.id
             session.flush()
+            enqueue(session, TOPUP_SUCCEEDED, topup.team_id, topup_event(topup, invoice.number))
             return topup
 
 

@@ -1,0 +1,2 @@
+"""Telling the outside world: webhook endpoints, their deliveries, and the deliverer that sends
+the outbox's messages (``outbox/``) from the serving processes."""
