@@ -101,6 +101,18 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own, not migrated (for PostgreSQL-only tests: they
+    run, never skip, in CI)."""
+    admin = _postgres_admin_engine()
+    try:
+        with _scratch_database(admin, "billfold_test_pg") as url:
+            yield url
+    finally:
+        admin.dispose()
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     config = alembic_config()
     with engine.begin() as connection:

@@ -18,9 +18,9 @@ from billfold.outbox.writer import enqueue
 
 
 @pytest.mark.postgres_only
-def test_concurrent_claims_take_disjoint_deliveries(fresh_url: str) -> None:
-    if not fresh_url.startswith("postgresql"):
-        pytest.skip("row locks: PostgreSQL (SQLite serializes claims on its write lock)")
+def test_concurrent_claims_take_disjoint_deliveries(fresh_postgres_url: str) -> None:
+    """Row locks: PostgreSQL only (SQLite serializes claims on its write lock)."""
+    fresh_url = fresh_postgres_url
     engine = make_engine(fresh_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
