@@ -8,7 +8,13 @@ from billfold.notifications.models import WebhookAttempt, WebhookDelivery, Webho
 from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
-from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
+from billfold.teams.models import (
+    BillingInfo,
+    ManagementKey,
+    OperatorToken,
+    Team,
+    TeamAlertSettings,
+)
 from billfold.topups.models import Topup
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "PriceVersion",
     "StripeEvent",
     "Team",
+    "TeamAlertSettings",
     "Topup",
     "UsageEvent",
     "UsageRollup",
