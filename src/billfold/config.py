@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,9 +85,27 @@ class Settings(BaseSettings):
     """A claimed delivery is retried by any process after this long if its sender died."""
     webhook_secret_grace_hours: float = Field(default=24.0, ge=0)
     """After a rotation, the old secret signs too for this long."""
+    smtp_url: str | None = None
+    """``smtp://user:pass@host:port`` (``smtps://`` for TLS, ``?starttls=true``): with
+    ``email_from``, team-level events are also e-mailed to the team's alert e-mails."""
+    email_from: str | None = None
+    """The ``From`` of those e-mails, e.g. ``Billfold <billing@example.com>``."""
+    email_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    def email_enabled(self) -> bool:
+        return bool(self.smtp_url and self.email_from)
 
     def groupable(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.groupable_properties.split(",") if p.strip())
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("smtp", "smtps"):
+            raise ValueError(
+                "an smtp:// or smtps:// URL, e.g. smtp://user:pass@host:587?starttls=true"
+            )
+        return value or None
 
     @field_validator("webhook_retry_schedule")
     @classmethod

@@ -4,11 +4,22 @@ from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
-from billfold.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from billfold.notifications.models import (
+    EmailDelivery,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
-from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
+from billfold.teams.models import (
+    BillingInfo,
+    ManagementKey,
+    OperatorToken,
+    Team,
+    TeamAlertSettings,
+)
 from billfold.topups.models import Topup
 
 __all__ = [
@@ -17,6 +28,7 @@ __all__ = [
     "ClosedPeriod",
     "CreditAccount",
     "CycleLine",
+    "EmailDelivery",
     "Invoice",
     "InvoiceCounter",
     "InvoiceLine",
@@ -28,6 +40,7 @@ __all__ = [
     "PriceVersion",
     "StripeEvent",
     "Team",
+    "TeamAlertSettings",
     "Topup",
     "UsageEvent",
     "UsageRollup",

@@ -14,6 +14,11 @@ against one database. A round, every ``BILLFOLD_WEBHOOK_POLL_SECONDS``:
 Sends run concurrently, at most ``BILLFOLD_WEBHOOK_CONCURRENCY`` per process and
 ``BILLFOLD_WEBHOOK_ENDPOINT_CONCURRENCY`` per endpoint, and the loop does not wait for them: a
 slow or dead endpoint takes a few slots and never delays other endpoints, nor any request.
+
+E-mail deliveries (``email.py``, with ``BILLFOLD_SMTP_URL``) go through the same round: made by
+the same fan-out, claimed in the same transaction with the slots left, each sent by ``smtplib``
+in a worker thread and recorded like a webhook attempt; all e-mails together take at most
+``BILLFOLD_WEBHOOK_ENDPOINT_CONCURRENCY`` slots, like one endpoint.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -35,6 +41,7 @@ from standardwebhooks.webhooks import Webhook
 from billfold import __version__
 from billfold.config import Settings
 from billfold.kit.db import transaction
+from billfold.notifications.email import EmailJob, email_service, parse_smtp_url, send_email
 from billfold.notifications.service import (
     RESPONSE_BODY_LIMIT,
     Job,
@@ -44,6 +51,7 @@ from billfold.notifications.service import (
 )
 
 log = logging.getLogger("billfold.webhooks")
+EMAIL_SLOT = "email"  # the busy counter of e-mail sends (as if one endpoint)
 
 
 def signed_headers(job: Job, at: datetime) -> dict[str, str]:
@@ -98,18 +106,55 @@ class Deliverer:
         self.settings = settings
         self.busy: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.smtp = (
+            parse_smtp_url(settings.smtp_url)
+            if settings.smtp_url and settings.email_enabled()
+            else None
+        )
 
-    def claim_round(self, free: int, busy: dict[str, int]) -> list[Job]:
-        """Steps 1-3 of a round, in a worker thread."""
+    def claim_round(self, free: int, busy: dict[str, int]) -> tuple[list[Job], list[EmailJob]]:
+        """Steps 1-3 of a round, in a worker thread: webhook deliveries first, then e-mail
+        deliveries with the slots left (e-mails count as one more endpoint, ``EMAIL_SLOT``)."""
         with transaction(self.read_sessions) as session:
             undispatched, due = webhook_service.work_waiting(session)
         if undispatched:
             with transaction(self.sessions) as session:
                 due = webhook_service.fan_out(session, self.settings) > 0 or due
         if not due:
-            return []
+            return [], []
         with transaction(self.sessions) as session:
-            return webhook_service.claim(session, self.settings, free, busy)
+            jobs = webhook_service.claim(session, self.settings, free, busy)
+            email_free = min(
+                free - len(jobs),
+                self.settings.webhook_endpoint_concurrency - busy.get(EMAIL_SLOT, 0),
+            )
+            emails = (
+                email_service.claim(session, self.settings, email_free)
+                if email_free > 0 and self.smtp is not None
+                else []
+            )
+            return jobs, emails
+
+    def send_and_record_email(self, job: EmailJob) -> None:
+        """One SMTP attempt and its outcome, in a worker thread (smtplib blocks)."""
+        assert self.smtp is not None and self.settings.email_from is not None
+        error = send_email(
+            self.smtp, self.settings.email_from, job, self.settings.email_timeout_seconds
+        )
+        if error is not None:
+            log.warning("e-mail of %s to %s failed: %s", job.message_id, job.recipient, error)
+        with transaction(self.sessions) as session:
+            email_service.record(session, self.settings, job, error)
+
+    async def deliver_email(self, job: EmailJob) -> None:
+        try:
+            await asyncio.to_thread(self.send_and_record_email, job)
+        except Exception:
+            log.exception("e-mail delivery of %s to %s failed", job.message_id, job.recipient)
+        finally:
+            self.busy[EMAIL_SLOT] -= 1
+            if self.busy[EMAIL_SLOT] <= 0:
+                del self.busy[EMAIL_SLOT]
 
     def record(self, job: Job, outcome: Outcome) -> None:
         with transaction(self.sessions) as session:
@@ -137,16 +182,24 @@ class Deliverer:
                 free = self.settings.webhook_concurrency - sum(self.busy.values())
                 if free > 0:
                     try:
-                        jobs = await asyncio.to_thread(self.claim_round, free, dict(self.busy))
+                        jobs, emails = await asyncio.to_thread(
+                            self.claim_round, free, dict(self.busy)
+                        )
                     except Exception:
                         log.exception("webhook delivery round failed")
-                        jobs = []
+                        jobs, emails = [], []
                     for job in jobs:
                         self.busy[job.endpoint_id] += 1
-                        task = asyncio.create_task(self.deliver(client, job))
-                        self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
+                        self.start(self.deliver(client, job))
+                    for email in emails:
+                        self.busy[EMAIL_SLOT] += 1
+                        self.start(self.deliver_email(email))
                 await asyncio.sleep(self.settings.webhook_poll_seconds)
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def stop(self) -> None:
         for task in list(self.tasks):

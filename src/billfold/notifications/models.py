@@ -64,3 +64,24 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int]
     created_at: Mapped[datetime]
+
+
+class EmailDelivery(Base):
+    """One message to one e-mail address: the twin of ``WebhookDelivery`` (same states, same
+    schedule, ``next_attempt_at`` also the lease). Made by the same fan-out, claimed and recorded
+    by the same deliverer; ``attempts`` counts real SMTP attempts."""
+
+    __tablename__ = "email_deliveries"
+    __table_args__ = (Index("ix_email_deliveries_due", "state", "next_attempt_at"),)
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("outbox_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    recipient: Mapped[str] = mapped_column(String(254), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed
+    attempts: Mapped[int]
+    max_attempts: Mapped[int]
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.kit.clock import rfc3339
 from billfold.kit.errors import InvalidField, ResourceNotFound
+from billfold.notifications.email import email_service
 from billfold.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from billfold.outbox.events import EVENT_TYPES, WEBHOOK_FAILED
 from billfold.outbox.models import OutboxMessage
@@ -252,7 +253,7 @@ class WebhookService:
                 .where(WebhookDelivery.next_attempt_at <= now)
             )
         )
-        return bool(undispatched), bool(due)
+        return bool(undispatched), bool(due) or email_service.due(session)
 
     def fan_out(self, session: Session, settings: Settings) -> int:
         """Make a delivery of each new message to each matching endpoint, due now; mark the
@@ -287,6 +288,8 @@ class WebhookService:
                             updated_at=now,
                         )
                     )
+        email_service.fan_out(session, settings, messages)
+        for message in messages:
             message.dispatched_at = now
         session.flush()
         return len(messages)

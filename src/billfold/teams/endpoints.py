@@ -9,10 +9,19 @@ from fastapi import Query, Response
 
 from billfold.kit.errors import Conflict, InvalidField, ResourceNotFound
 from billfold.kit.http import DbSession, parse_uuid, read_only
+from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
 from billfold.kit.schemas import WireRouter
+from billfold.teams.alerts import (
+    AlertSettings,
+    effective_emails,
+    read_alert_settings,
+    set_alert_settings,
+)
 from billfold.teams.auth import AuthenticatedKey, BillingRead, BillingWrite, Keys, Operator
 from billfold.teams.schemas import (
+    AlertSettingsOut,
+    AlertSettingsRequest,
     CreatedKey,
     CreateKeyRequest,
     CreateTeamRequest,
@@ -118,3 +127,45 @@ def list_management_keys(team_id: str, session: DbSession, keys: Keys) -> KeyLis
 def revoke_management_key(key_id: str, session: DbSession, keys: Keys) -> Response:
     keys.revoke(session, parse_uuid(key_id, "key_id"))
     return Response(status_code=204)
+
+
+# --- alert settings --------------------------------------------------------------------------
+
+
+def _alerts_out(session: DbSession, team_id: uuid.UUID, alerts: AlertSettings) -> AlertSettingsOut:
+    return AlertSettingsOut(
+        spend_thresholds_percent=list(alerts.spend_thresholds_percent),
+        low_credit_cents=alerts.low_credit_cents,
+        emails=list(alerts.emails),
+        effective_emails=list(effective_emails(session, team_id)),
+    )
+
+
+@admin_router.get(
+    "/admin/v1/teams/{team_id}/alerts",
+    response_model=AlertSettingsOut,
+    responses=error_responses(ResourceNotFound),
+)
+@read_only
+def get_alert_settings(team_id: str, session: DbSession) -> AlertSettingsOut:
+    team = team_service.get(session, parse_uuid(team_id))
+    return _alerts_out(session, team.id, read_alert_settings(session, team.id))
+
+
+@admin_router.put(
+    "/admin/v1/teams/{team_id}/alerts",
+    response_model=AlertSettingsOut,
+    responses=error_responses(ResourceNotFound),
+)
+def put_alert_settings(
+    team_id: str, body: AlertSettingsRequest, session: DbSession
+) -> AlertSettingsOut:
+    team_uuid = parse_uuid(team_id)
+    alerts = set_alert_settings(
+        session,
+        team_uuid,
+        body.spend_thresholds_percent,
+        Cents(body.low_credit_cents) if body.low_credit_cents is not None else None,
+        body.emails,
+    )
+    return _alerts_out(session, team_uuid, alerts)

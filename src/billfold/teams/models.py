@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billfold.kit.db import Base
+from billfold.kit.db import Base, JSONType
 from billfold.kit.money import Cents
 
 
@@ -73,3 +73,21 @@ class OperatorToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class TeamAlertSettings(Base):
+    """A team's alert settings (operator-api.md, "Alert settings per team"); no row: defaults.
+
+    Here, in the lowest domain, so that whoever detects a crossing (spend/, ledger/, inside the
+    ingestion transaction) can read them without importing upward; ``notifications/`` reads the
+    e-mail addresses when it makes e-mail deliveries."""
+
+    __tablename__ = "team_alert_settings"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    spend_thresholds_percent: Mapped[list[int]] = mapped_column(JSONType)
+    low_credit_cents: Mapped[Cents | None]
+    emails: Mapped[list[str]]
+    updated_at: Mapped[datetime]

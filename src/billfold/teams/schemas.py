@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Annotated, ClassVar
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, StringConstraints
 
-from billfold.kit.schemas import UtcDateTime, WireModel
+from billfold.kit.schemas import Int64, UtcDateTime, WireModel
 from billfold.teams.models import ManagementKey, Team
 
 # Stripe's tax ID types (https://docs.stripe.com/api/tax_ids/object#tax_id_object-type).
@@ -307,3 +308,54 @@ def key_out(key: ManagementKey) -> KeyOut:
         create_time=key.created_at,
         revoked=key.revoked_at is not None,
     )
+
+
+# --- alert settings ------------------------------------------------------------------------
+
+MAX_ALERT_THRESHOLDS = 10
+MAX_ALERT_EMAILS = 10
+
+
+def _thresholds(value: list[int]) -> list[int]:
+    if len(value) > MAX_ALERT_THRESHOLDS:
+        raise ValueError(f"at most {MAX_ALERT_THRESHOLDS} thresholds")
+    if any(not 1 <= v <= 1000 for v in value):
+        raise ValueError("each threshold must be a whole percent from 1 to 1000")
+    if any(a >= b for a, b in itertools.pairwise(value)):
+        raise ValueError("must be sorted ascending, without repeats")
+    return value
+
+
+def _low_credit(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise ValueError("must be at least 0 (or null: no low-credit alert)")
+    return value
+
+
+def _emails(value: list[str]) -> list[str]:
+    if len(value) > MAX_ALERT_EMAILS:
+        raise ValueError(f"at most {MAX_ALERT_EMAILS} addresses")
+    normalized = [_email(v) for v in value]
+    if len({v.casefold() for v in normalized}) != len(normalized):
+        raise ValueError("must not repeat an address")
+    return normalized
+
+
+class AlertSettingsRequest(WireModel):
+    """``PUT .../alerts``: the whole settings (an omitted or null field takes its default)."""
+
+    spend_thresholds_percent: Annotated[list[StrictInt], AfterValidator(_thresholds)] = Field(
+        default_factory=lambda: [50, 80, 100]
+    )
+    low_credit_cents: Annotated[Int64 | None, AfterValidator(_low_credit)] = None
+    emails: Annotated[
+        list[Annotated[str, StringConstraints(max_length=254)]], AfterValidator(_emails)
+    ] = Field(default_factory=list)
+
+
+class AlertSettingsOut(WireModel):
+    spend_thresholds_percent: list[int]
+    low_credit_cents: Int64 | None = None  # left out when none (as every unset field)
+    emails: list[str]
+    effective_emails: list[str]
+    """Who is actually e-mailed: ``emails``, else the billing-info e-mail, else nobody."""
