@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,10 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
+from billfold.cli import app as cli_app
+from billfold.config import get_settings
 from billfold.documents.models import InvoiceDocument
 from billfold.documents.render import money
 from billfold.documents.service import document_service
@@ -262,3 +266,33 @@ def test_documents_are_append_only(
         assert count == 2
         stored = session.get(InvoiceDocument, (invoice_id, "pdf"))
         assert stored is not None and stored.content.startswith(b"%PDF")
+
+
+def test_backfill_command(
+    api: Api, without_documents: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    team_id, headers = api.team_with_key()
+    api.add_card(team_id)
+    assert top_up(api, team_id, headers, 900).status_code == 200
+    (receipt,) = invoices(api, headers, team_id)
+    assert document_rows(api, receipt["invoiceId"]) == []
+    invoicing_service.use(document_service)
+
+    monkeypatch.setenv("BILLFOLD_DATABASE_URL", api.url)
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(cli_app, ["invoices", "backfill-documents", "--json"])
+        assert first.exit_code == 0, first.output
+        assert json.loads(first.output)["invoices"] >= 1
+        rows = document_rows(api, receipt["invoiceId"])
+        assert [r.kind for r in rows] == ["pdf"]
+        second = CliRunner().invoke(cli_app, ["invoices", "backfill-documents"])
+        assert second.exit_code == 0, second.output
+        assert "rendered documents of" in second.output
+    finally:
+        get_settings.cache_clear()
+    assert [(r.kind, r.content) for r in document_rows(api, receipt["invoiceId"])] == [
+        (r.kind, r.content) for r in rows
+    ]
+    (receipt,) = invoices(api, headers, team_id)
+    assert download(api, headers, receipt["invoicePdfAssetKeySuffix"]).content == rows[0].content
