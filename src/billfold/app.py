@@ -21,6 +21,8 @@ from billfold import (
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
 from billfold.config import Settings, get_settings
+from billfold.documents import endpoints as documents
+from billfold.documents.service import document_service
 from billfold.invoicing import endpoints as invoicing
 from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
@@ -149,6 +151,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    document_service.configure(settings)  # the seller on invoice documents
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
@@ -180,6 +183,7 @@ def create_app(
         spend,
         invoicing,
         topups,
+        documents,
         notifications,
     ):
         app.include_router(module.billing_router, tags=["billing"])

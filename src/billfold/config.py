@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     """With ``stripe``: Stripe's API address (default Stripe's own; tests use a local fake)."""
     stripe_pending_after_seconds: int = Field(default=300, ge=0)
     """Reconciliation settles charges pending longer than this (``billfold payments reconcile``)."""
+    seller_name: str = "Billfold"
+    """The seller on invoice documents (PDF), as rendered at finalization."""
+    seller_address: str = ""
+    """The seller's address on invoice documents; lines separated by newlines or ``;``."""
+    seller_tax_id: str = ""
+    """The seller's tax id (e.g. a VAT number) on invoice documents; left out when empty."""
 
     def provider_problem(self) -> str | None:
         """Why the payment provider cannot be used as configured (one line), or None."""

@@ -1,6 +1,7 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
+from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
@@ -31,6 +32,7 @@ __all__ = [
     "EmailDelivery",
     "Invoice",
     "InvoiceCounter",
+    "InvoiceDocument",
     "InvoiceLine",
     "LedgerEntry",
     "ManagementKey",

@@ -8,8 +8,13 @@ handed in here, once, when the app or the CLI is imported:
   is rated (``pricing.service.RatedUsage``);
 * a usage cancellation refuses usage a booked credit expiry counted: the ledger knows the expiries
   (``metering.cancellation.BookedExpiries``).
+
+And finalizing an invoice renders and stores its documents in the same transaction: the documents
+package renders them (``invoicing.service.InvoiceDocuments``).
 """
 
+from billfold.documents.service import document_service
+from billfold.invoicing.service import invoicing_service
 from billfold.ledger.service import ledger_service
 from billfold.metering.cancellation import cancellation_service
 from billfold.metering.rated import rated_usage
@@ -17,3 +22,4 @@ from billfold.pricing.service import pricing_service
 
 pricing_service.use(rated_usage)
 cancellation_service.use(ledger_service)
+invoicing_service.use(document_service)

@@ -64,7 +64,9 @@ def test_invoice_shape_and_order(
     assert august["invoiceStatus"] == "PAID"
     assert august["createTime"] == f"{year}-09-02T00:00:00Z"
     assert august["firstDesiredNextCycleTs"] == f"{year}-09-02T00:00:00Z"
-    assert august["invoicePdfAssetKeySuffix"] == ""
+    # Issue 18: the PDF rendered at finalization, a path relative to the service root.
+    documents = f"teams/{team_id}/billing/{year}-08-{august['invoiceId']}"
+    assert august["invoicePdfAssetKeySuffix"] == f"{documents}.pdf"
     assert (august["subtotal"], august["tax"], august["total"]) == ("80", "0", "80")
     [line] = august["lines"]
     assert line == {
@@ -80,7 +82,7 @@ def test_invoice_shape_and_order(
         "defaultCreditsIssued": {"val": "0"},
         "autoCreditsIssued": {"val": "0"},
         "prepaidTokensToSpend": {"val": "0"},
-        "billingItemsCsvAssetKeySuffix": "",
+        "billingItemsCsvAssetKeySuffix": f"{documents}.csv",
         "correctionsCsvAssetKeySuffix": "",
     }
     assert isinstance(august["chargerAttempts"][0]["ticket"], int)

@@ -220,6 +220,15 @@ def invoice_preview_out(preview: Preview) -> InvoicePreviewResponse:
     )
 
 
+def asset_path(invoice: Invoice, kind: str) -> str:
+    """Where an invoice's document is downloaded (documents/endpoints.py), relative to the
+    service root and without a leading slash (docs/api-decisions.md)."""
+    return (
+        f"teams/{invoice.team_id}/billing/"
+        f"{invoice.cycle_year:04d}-{invoice.cycle_month:02d}-{invoice.id}.{kind}"
+    )
+
+
 def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
     """An invoice as the Billing Management API lists it (upstream fields only)."""
     invoice: Invoice = item.invoice
@@ -233,6 +242,9 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
             default_credits_issued=cent(0),
             auto_credits_issued=cent(0),
             prepaid_tokens_to_spend=cent(invoice.credits_applied_cents),
+            billing_items_csv_asset_key_suffix=(
+                asset_path(invoice, "csv") if "csv" in item.documents else ""
+            ),
         )
     return InvoiceOut(
         team_id=str(invoice.team_id),
@@ -253,6 +265,7 @@ def invoice_out(item: InvoiceWithLines) -> InvoiceOut:
         subtotal=invoice.subtotal_cents,
         tax=invoice.tax_cents,
         total=invoice.total_cents,
+        invoice_pdf_asset_key_suffix=asset_path(invoice, "pdf") if "pdf" in item.documents else "",
         monthly=monthly,
         prepaid=prepaid,
     )

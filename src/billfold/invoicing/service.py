@@ -174,6 +174,20 @@ def invoice_filter(
 class InvoiceWithLines:
     invoice: Invoice
     lines: tuple[InvoiceLine, ...]
+    documents: frozenset[str] = frozenset()  # the kinds of its stored documents: pdf, csv
+
+
+class InvoiceDocuments(Protocol):
+    """Renders and stores the documents of a finalized invoice (the documents package, above
+    invoicing, implements it; billfold/wiring.py hands it in)."""
+
+    def finalized(self, session: Session, invoice_id: str) -> None:
+        """Render and store this invoice's documents, in the caller's transaction, once."""
+        ...
+
+    def available(self, session: Session, invoice_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        """The kinds of stored documents of these invoices (absent: none)."""
+        ...
 
 
 # --- cycle close ----------------------------------------------------------------------------------
@@ -333,6 +347,16 @@ def _month_key(year: int, month: int) -> str:
 
 
 class InvoicingService:
+    def __init__(self) -> None:
+        self._documents: InvoiceDocuments | None = None
+
+    def use(self, documents: InvoiceDocuments | None) -> None:
+        """Wire in the invoice documents (billfold/wiring.py does, for the app and the CLI).
+
+        ``None`` finalizes invoices without documents (as before documents existed; the backfill
+        command renders them later)."""
+        self._documents = documents
+
     # --- spending limits ------------------------------------------------------------------------
 
     # --- statements: preview and invoice share this -----------------------------------------
@@ -386,7 +410,20 @@ class InvoicingService:
                 .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
             ):
                 lines[line.invoice_id].append(line)
-        return [InvoiceWithLines(i, tuple(lines[i.id])) for i in invoices]
+        documents = self._available(session, list(lines))
+        return [
+            InvoiceWithLines(i, tuple(lines[i.id]), documents.get(i.id, frozenset()))
+            for i in invoices
+        ]
+
+    def _available(self, session: Session, invoice_ids: list[str]) -> dict[str, frozenset[str]]:
+        if self._documents is None or not invoice_ids:
+            return {}
+        return self._documents.available(session, invoice_ids)
+
+    def _documents_of(self, session: Session, invoice: Invoice) -> None:
+        if self._documents is not None:
+            self._documents.finalized(session, invoice.id)
 
     def get_invoice(self, session: Session, invoice_id: str) -> InvoiceWithLines:
         invoice = session.get(Invoice, invoice_id)
@@ -397,7 +434,8 @@ class InvoicingService:
             .where(InvoiceLine.invoice_id == invoice_id)
             .order_by(InvoiceLine.position)
         )
-        return InvoiceWithLines(invoice, tuple(lines))
+        documents = self._available(session, [invoice_id]).get(invoice_id, frozenset())
+        return InvoiceWithLines(invoice, tuple(lines), documents)
 
     # --- cycle close ----------------------------------------------------------------------------
 
@@ -561,6 +599,7 @@ class InvoicingService:
         cycle.closed_at = now
         cycle.invoice_id = invoice.id
         session.flush()
+        self._documents_of(session, invoice)
         enqueue(session, INVOICE_FINALIZED, team_id, invoice_event(session, invoice.id))
         return invoice
 
@@ -588,7 +627,7 @@ class InvoicingService:
         ).one_or_none()
         if existing is not None:
             return existing
-        return _issue(
+        receipt = _issue(
             session,
             Invoice(
                 team_id=team_id,
@@ -623,6 +662,8 @@ class InvoicingService:
                 )
             ],
         )
+        self._documents_of(session, receipt)
+        return receipt
 
     # --- charging -------------------------------------------------------------------------------
 

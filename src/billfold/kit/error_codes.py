@@ -198,6 +198,11 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("webhook_delivery_not_found", "No such message delivered to this webhook endpoint.", 404),
     _E("key_not_found", "No such management key of the team.", 404),
     _E("invoice_not_found", "No such invoice.", 404),
+    _E(
+        "invoice_document_not_found",
+        "No such document of one of the team's invoices (or the invoice has none yet).",
+        404,
+    ),
     _E("payment_method_not_found", "No such payment method of the team.", 404),
     _E("cycle_not_closed", "The billing cycle has not been closed.", 404),
     # --- 405 --------------------------------------------------------------------------------------

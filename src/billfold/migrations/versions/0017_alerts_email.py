@@ -1,7 +1,7 @@
 """alerts and e-mail: alert settings per team, e-mail deliveries
 
 Revision ID: 0017
-Revises: 0015 (in this branch; 0016 is written concurrently: the chain is fixed at merge)
+Revises: 0016
 
 * ``team_alert_settings``: one row per team that set its alerts (no row: the defaults):
   spend thresholds (percent, JSON list), the low-credit threshold (cents, null: none), the
@@ -20,7 +20,7 @@ from alembic import op
 from billfold.kit.db import JSONType, UTCDateTime
 
 revision: str = "0017"
-down_revision: str | Sequence[str] | None = "0015"
+down_revision: str | Sequence[str] | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
