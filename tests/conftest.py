@@ -188,6 +188,9 @@ def _make_api(url: str, backend: str) -> Iterator[Api]:
         webhooks_allow_http=True,
         webhook_retry_schedule="1,1",
         webhook_poll_seconds=0.1,
+        # One app serves every test of a worker: its budgets would be spent by the suite itself
+        # (tests/kit/test_rate_limits.py builds apps of its own with small budgets).
+        rate_limit=False,
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
