@@ -26,6 +26,7 @@ from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
 from billfold.kit.errors import Forbidden, install_error_handlers
 from billfold.kit.limits import BodySizeLimit
+from billfold.kit.logs import RequestContext
 from billfold.kit.openapi import Bearer, install_openapi
 from billfold.kit.ratelimit import RateLimits
 from billfold.ledger import endpoints as ledger
@@ -165,7 +166,13 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(GatewayMiddleware, state=app.state)  # outermost: see invoicing/gateway.py
+    app.add_middleware(GatewayMiddleware, state=app.state)  # outermost but RequestContext
+
+    # Outermost of all, around Starlette's error middleware: every response -- a 500, a spend
+    # check answered by GatewayMiddleware -- carries X-Request-Id (kit/logs.py).
+    build_stack = app.build_middleware_stack
+    access = settings.log_format == "json"
+    app.build_middleware_stack = lambda: RequestContext(build_stack(), access=access)  # type: ignore[method-assign]
 
     health = DatabaseHealth(engine)
 

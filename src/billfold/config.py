@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     spend_cache_size: int = Field(default=50_000, ge=1)
     """PostgreSQL: each process keeps spend-check answers in memory, dropped by notifications."""
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object a line (kit/logs.py), with an access line per request."""
     rate_limit: bool = True
     """Enforce the request budgets below (kit/ratelimit.py); ``false`` turns them all off."""
     rate_limit_key_per_minute: int = Field(default=600, ge=1)

@@ -44,6 +44,7 @@ def authenticated_key(request: Request, session: DbSession, keys: Keys) -> Manag
         credentials_failed(request)
         raise Unauthorized("unknown or revoked management key", code="invalid_api_key")
     credentials_accepted(request, token, "key", key.id)
+    request.state.team_id = key.team_id  # for the access log (kit/logs.py)
     return key
 
 
