@@ -192,7 +192,7 @@ class Api:
         return dict(response.json())
 
 
-def _make_api(url: str, backend: str) -> Iterator[Api]:
+def _make_api(url: str, backend: str, *, deliver_webhooks: bool = True) -> Iterator[Api]:
     settings = Settings(
         database_url=url,
         admin_token=OPERATOR_TOKEN,
@@ -200,6 +200,12 @@ def _make_api(url: str, backend: str) -> Iterator[Api]:
         webhooks_allow_http=True,
         webhook_retry_schedule="1,1",
         webhook_poll_seconds=0.1,
+        # One app serves every test of a worker: its budgets would be spent by the suite itself
+        # (tests/kit/test_rate_limits.py builds apps of its own with small budgets).
+        rate_limit=False,
+        # Off for apps on databases a test migrates down while the app runs: a deliverer polling
+        # the outbox would hold locks on the tables the downgrade drops.
+        webhooks_deliver=deliver_webhooks,
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:

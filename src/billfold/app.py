@@ -28,7 +28,9 @@ from billfold.invoicing.scheduler import background_tasks
 from billfold.kit.db import libpq_conninfo, make_engine, make_sessionmaker
 from billfold.kit.errors import Forbidden, install_error_handlers
 from billfold.kit.limits import BodySizeLimit
+from billfold.kit.logs import RequestContext
 from billfold.kit.openapi import Bearer, install_openapi
+from billfold.kit.ratelimit import RateLimits
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
@@ -157,9 +159,23 @@ def create_app(
     app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
     app.state.payment_provider = provider
     app.state.spend_cache = spend_cache
+    app.state.rate_limits = RateLimits(
+        enabled=settings.rate_limit,
+        key=settings.rate_limit_key_per_minute,
+        operator=settings.rate_limit_operator_per_minute,
+        spend_check=settings.rate_limit_spend_check_per_minute,
+        ingest=settings.rate_limit_ingest_per_minute,
+        bad_auth=settings.rate_limit_bad_auth_per_minute,
+    )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(GatewayMiddleware, state=app.state)  # outermost: see invoicing/gateway.py
+    app.add_middleware(GatewayMiddleware, state=app.state)  # outermost but RequestContext
+
+    # Outermost of all, around Starlette's error middleware: every response -- a 500, a spend
+    # check answered by GatewayMiddleware -- carries X-Request-Id (kit/logs.py).
+    build_stack = app.build_middleware_stack
+    access = settings.log_format == "json"
+    app.build_middleware_stack = lambda: RequestContext(build_stack(), access=access)  # type: ignore[method-assign]
 
     health = DatabaseHealth(engine)
 

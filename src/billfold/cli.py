@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import typer
 from sqlalchemy.engine import make_url
@@ -98,6 +99,15 @@ def serve(
     if migrate_first:
         migrate(settings)
     _ensure_operator_token(settings, as_json)
+    from billfold.kit.logs import log_config
+
+    # JSON: every logger writes JSON lines; the app's own access line (route template, duration,
+    # team, request id) replaces uvicorn's. Text: uvicorn's own configuration, as before.
+    logging: dict[str, Any] = (
+        {"log_config": log_config(settings.log_level, json=True), "access_log": False}
+        if settings.log_format == "json"
+        else {}
+    )
     uvicorn.run(
         "billfold.app:create_app",
         factory=True,
@@ -105,6 +115,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level,
+        **logging,
     )
 
 

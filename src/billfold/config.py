@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     spend_cache_size: int = Field(default=50_000, ge=1)
     """PostgreSQL: each process keeps spend-check answers in memory, dropped by notifications."""
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object a line (kit/logs.py), with an access line per request."""
+    rate_limit: bool = True
+    """Enforce the request budgets below (kit/ratelimit.py); ``false`` turns them all off."""
+    rate_limit_key_per_minute: int = Field(default=600, ge=1)
+    """Requests per management key (burst up to the same), per process."""
+    rate_limit_operator_per_minute: int = Field(default=6_000, ge=1)
+    """Requests per operator token on the operator API, per process."""
+    rate_limit_spend_check_per_minute: int = Field(default=1_200_000, ge=1)
+    """Spend checks per operator token, per process (their own budget)."""
+    rate_limit_ingest_per_minute: int = Field(default=60_000, ge=1)
+    """Usage-ingestion requests per operator token, per process (their own budget)."""
+    rate_limit_bad_auth_per_minute: int = Field(default=30, ge=1)
+    """Failed authentications per client address, per process."""
     payment_provider: Literal["sandbox", "stripe"] = "sandbox"
     """Who charges cards: the embedded ``sandbox`` (default) or ``stripe``."""
     stripe_secret_key: str | None = None

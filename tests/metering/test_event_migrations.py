@@ -53,7 +53,8 @@ def migrated_app(url: str) -> Iterator[tuple[Engine, Api]]:
     try:
         upgrade(engine)
         with frozen(NOW):
-            for api in _make_api(url, "postgresql" if "postgresql" in url else "sqlite"):
+            backend = "postgresql" if "postgresql" in url else "sqlite"
+            for api in _make_api(url, backend, deliver_webhooks=False):
                 yield engine, api
     finally:
         engine.dispose()

@@ -240,7 +240,11 @@ CODES: dict[str, ErrorCode] = _catalogue(
     ),
     # --- 413, 429 ---------------------------------------------------------------------------------
     _E("payload_too_large", "The request body exceeds 32 MiB.", 413),
-    _E("rate_limited", "Too many requests; retry later (not sent yet: planned).", 429),
+    _E(
+        "rate_limited",
+        "Too many requests: a request budget is spent; retry after `Retry-After` seconds.",
+        429,
+    ),
     # --- 500, 503 ---------------------------------------------------------------------------------
     _E("internal", "A bug: an unexpected failure; the request changed nothing.", 500),
     _E("unavailable", "The database is unreachable or busy; retry.", 503),

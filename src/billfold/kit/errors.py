@@ -103,8 +103,8 @@ class PayloadTooLarge(BillfoldError):
 
 
 class RateLimited(BillfoldError):
-    """Too many requests: retry later. Not sent yet (rate limiting is planned); documented so
-    that clients handle it from the start."""
+    """Too many requests: a budget of the caller is spent (kit/ratelimit.py); retry after the
+    seconds in ``Retry-After``."""
 
     status_code = 429
     code = "rate_limited"

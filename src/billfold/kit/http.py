@@ -6,7 +6,7 @@ import collections.abc
 import types
 import typing
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
@@ -22,6 +22,7 @@ from billfold.kit.errors import (
     InvalidField,
     Unauthorized,
 )
+from billfold.kit.ratelimit import RateLimits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,6 +102,45 @@ def bearer_token(request: Request) -> str:
             code="missing_credentials",
         )
     return token.strip()
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (behind a proxy: the one uvicorn's ``--proxy-headers`` trusts)."""
+    client = request.client
+    return client.host if client is not None else ""
+
+
+def screened_bearer(request: Request) -> str:
+    """The bearer token, screened by the rate limits (kit/ratelimit.py) before any database work:
+    an address that spent its bad-credential budget gets 429 unless this process has seen the
+    token authenticate. A missing or malformed header is a failed authentication."""
+    limits: RateLimits = request.app.state.rate_limits
+    address = client_address(request)
+    try:
+        token = bearer_token(request)
+    except Unauthorized:
+        limits.screen(address, None)
+        limits.failed(address)
+        raise
+    limits.screen(address, token)
+    return token
+
+
+def credentials_failed(request: Request) -> None:
+    """A failed authentication: charged to the client's address, never to the key it names."""
+    limits: RateLimits = request.app.state.rate_limits
+    limits.failed(client_address(request))
+
+
+def credentials_accepted(request: Request, token: str, budget: str, who: Hashable) -> None:
+    """The credentials authenticated: charge ``who`` one request of ``budget`` (429 when it is
+    spent). An endpoint marked with :func:`billfold.kit.ratelimit.budget` names its own."""
+    limits: RateLimits = request.app.state.rate_limits
+    if not limits.enabled:
+        return
+    limits.vouch(token)
+    marked = getattr(request.scope.get("endpoint"), "__billfold_budget__", None)
+    limits.charge(getattr(limits, marked or budget), who)
 
 
 def parse_uuid(value: str, field: str = "team_id") -> uuid.UUID:

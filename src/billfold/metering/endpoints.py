@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from billfold.kit.errors import BadRequest, Conflict
 from billfold.kit.http import DbSession, read_only
 from billfold.kit.openapi import error_responses, request_body
+from billfold.kit.ratelimit import budget
 from billfold.kit.schemas import WireRouter
 from billfold.metering.analytics.query import parse_query
 from billfold.metering.analytics.reader import usage_analytics
@@ -151,6 +152,7 @@ _BATCH = msgspec.json.Decoder(WireBatch)
     response_model=IngestResponse,
     openapi_extra=request_body(UsageEventBatch),  # the body is read by event_batch, not FastAPI
 )
+@budget("ingest")  # the operator token's own ingestion budget: never throttled by a dashboard
 def ingest_usage(
     events: Annotated[list[Any], Depends(event_batch)],
     session: DbSession,

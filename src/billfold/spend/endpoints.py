@@ -15,8 +15,10 @@ from billfold.kit.errors import (
 )
 from billfold.kit.http import (
     DbSession,
-    bearer_token,
+    credentials_accepted,
+    credentials_failed,
     parse_uuid,
+    screened_bearer,
 )
 from billfold.kit.money import Cents
 from billfold.kit.openapi import error_responses
@@ -89,7 +91,7 @@ _NO_DATABASE = Session()
 def require_operator(request: Request) -> None:
     """teams.auth.operator without the request's transaction: a configured token is compared in
     memory, without a session; a generated one is looked up in a short session of its own."""
-    token = bearer_token(request)
+    token = screened_bearer(request)  # rate limits: before any database work
     state = request.app.state
     tokens = OperatorTokenService(state.settings.admin_token)
     if tokens.configured:
@@ -98,7 +100,9 @@ def require_operator(request: Request) -> None:
         with state.sessionmaker() as session:
             ok = tokens.check(session, token)
     if not ok:
+        credentials_failed(request)
         raise Unauthorized("unknown operator token", code="invalid_operator_token")
+    credentials_accepted(request, token, "spend_check", token)
 
 
 def checked_spend_answer(request: Request) -> tuple[uuid.UUID, bytes | None]:

@@ -77,7 +77,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billfold.kit.clock import utc_now
 from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
-from billfold.kit.errors import ServiceUnavailable
+from billfold.kit.errors import RateLimited, ServiceUnavailable
+from billfold.kit.ratelimit import RateLimits, too_many
 from billfold.spend.limits import SpendDecision
 from billfold.spend.service import spend_service
 
@@ -565,6 +566,9 @@ class GatewayMiddleware:
         self.state = state
         token = state.settings.admin_token
         self._token = token.encode() if token else None
+        self._who = token  # the spend-check budget of the configured token (kit/ratelimit.py)
+        limits: RateLimits = state.rate_limits
+        self._budget = limits.spend_check if limits.enabled else None
         self._inline = spend_service.reads_inline(state.engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -577,9 +581,11 @@ class GatewayMiddleware:
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
                 try:
                     body = self._spend_check(scope, path[len(_PREFIX) : -len(_SUFFIX)])
-                except ServiceUnavailable as error:
+                except (ServiceUnavailable, RateLimited) as error:
                     # Answered here: the route would try the database again (twice) on the loop.
-                    await _send_json(send, error.status_code, orjson.dumps(error.body()))
+                    await _send_json(
+                        send, error.status_code, orjson.dumps(error.body()), error.headers
+                    )
                     return
                 if body is not None:
                     await _send_json(send, 200, body)
@@ -624,6 +630,10 @@ class GatewayMiddleware:
             return None
         if not hmac.compare_digest(_bearer(scope), self._token):
             return None
+        if self._budget is not None:  # one dict lookup and a few float operations
+            wait = self._budget.take(self._who)
+            if wait:
+                raise too_many(wait)
         try:
             return spend_answer(self.state, uuid.UUID(team))
         except ServiceUnavailable:
@@ -632,8 +642,12 @@ class GatewayMiddleware:
             return None
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, extra: dict[str, str] | None = None
+) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -10,7 +10,13 @@ from fastapi import Depends, Request
 
 from billfold.config import Settings
 from billfold.kit.errors import Forbidden, Unauthorized
-from billfold.kit.http import DbSession, bearer_token, parse_uuid
+from billfold.kit.http import (
+    DbSession,
+    credentials_accepted,
+    credentials_failed,
+    parse_uuid,
+    screened_bearer,
+)
 from billfold.teams.models import ManagementKey
 from billfold.teams.schemas import ACL_BILLING_READ, ACL_BILLING_WRITE
 from billfold.teams.service import KeyService, OperatorTokenService
@@ -32,9 +38,13 @@ Keys = Annotated[KeyService, Depends(get_key_service)]
 
 
 def authenticated_key(request: Request, session: DbSession, keys: Keys) -> ManagementKey:
-    key = keys.authenticate(session, bearer_token(request))
+    token = screened_bearer(request)  # rate limits: before any database work
+    key = keys.authenticate(session, token)
     if key is None:
+        credentials_failed(request)
         raise Unauthorized("unknown or revoked management key", code="invalid_api_key")
+    credentials_accepted(request, token, "key", key.id)
+    request.state.team_id = key.team_id  # for the access log (kit/logs.py)
     return key
 
 
@@ -72,9 +82,11 @@ BillingWrite = Annotated[TeamScope, Depends(billing_write)]
 
 
 def operator(request: Request, session: DbSession, settings: AppSettings) -> None:
-    token = bearer_token(request)
+    token = screened_bearer(request)  # rate limits: before any database work
     if not OperatorTokenService(settings.admin_token).check(session, token):
+        credentials_failed(request)
         raise Unauthorized("unknown operator token", code="invalid_operator_token")
+    credentials_accepted(request, token, "operator", token)
 
 
 Operator = Depends(operator)
