@@ -9,7 +9,7 @@ from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
-from billfold.topups.models import Topup
+from billfold.topups.models import Refund, Topup
 
 __all__ = [
     "BillingCycle",
@@ -26,6 +26,7 @@ __all__ = [
     "OutboxMessage",
     "PaymentMethod",
     "PriceVersion",
+    "Refund",
     "StripeEvent",
     "Team",
     "Topup",
