@@ -21,7 +21,7 @@ from billfold.teams.models import (
     Team,
     TeamAlertSettings,
 )
-from billfold.topups.models import Topup
+from billfold.topups.models import Refund, Topup
 
 __all__ = [
     "BillingCycle",
@@ -40,6 +40,7 @@ __all__ = [
     "OutboxMessage",
     "PaymentMethod",
     "PriceVersion",
+    "Refund",
     "StripeEvent",
     "Team",
     "TeamAlertSettings",

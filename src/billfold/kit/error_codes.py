@@ -146,6 +146,12 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("invalid_refund_amount", "A refund is a positive number of cents.", 400),
     _E("refund_exceeds_purchase", "The refund is more than is left of the purchase.", 400),
     _E("refund_exceeds_credit", "The refund is more than the team's credit left.", 400),
+    _E(
+        "refund_not_made",
+        "A pending refund that reconciliation did not find at the payment provider was marked "
+        "failed (a retry with its idempotencyKey answers this); refund with a new key.",
+        400,
+    ),
     _E("invalid_expiry_month", "Card: the expiry month is invalid (provider's code).", 400),
     _E("expired_card", "Card: expired, or its expiry year invalid (provider's code).", 400),
     # --- 401: credentials -------------------------------------------------------------------------

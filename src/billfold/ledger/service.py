@@ -480,12 +480,14 @@ _ORIGINS = {"purchase": PURCHASE, "spend": SPEND, "refund": REFUND}
 
 
 def entry_change(entry: LedgerEntry) -> Change:
-    """An entry on the wire. Grants, adjustments and expiries are MANUAL (operator-made)."""
+    """An entry on the wire. Purchases and refunds name their payment processor (STRIPE or
+    EXTERNAL); grants, adjustments and expiries are MANUAL (operator-made)."""
     origin = _ORIGINS.get(entry.kind, MANUAL)
     spend = origin == SPEND
     processor = None
-    if origin == PURCHASE:
-        # A Stripe charge is a PaymentIntent (pi_...); the sandbox's charges are EXTERNAL.
+    if origin in (PURCHASE, REFUND):
+        # A Stripe charge is a PaymentIntent (pi_...); the sandbox's charges are EXTERNAL. A
+        # refund names the charge it went back to (topups/refunds.py).
         stripe = (entry.reference or "").startswith("pi_")
         processor = PaymentProcessor(
             kind="STRIPE" if stripe else "EXTERNAL", external_invoice_id=entry.reference

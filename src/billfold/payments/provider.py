@@ -10,6 +10,7 @@ It is shaped after Stripe's API so that a Stripe adapter is a thin translation:
 * ``find_charge``          ~ ``GET /v1/payment_intents/search`` by ``metadata['billfold_ref']``,
                              used to resolve a charge whose answer was lost (timeout)
 * ``refund``               ~ ``POST /v1/refunds`` with an idempotency key
+* ``find_refund``          ~ ``GET /v1/refunds?payment_intent=`` (the one whose metadata names it)
 
 A provider that holds its own cards (Stripe) never sees a raw number: ``accepts_raw_cards`` is
 False, ``setup_card`` is refused, and methods made client-side are attached with ``attach_method``.
@@ -117,7 +118,19 @@ class PaymentProvider(Protocol):
 
     def find_charge(self, idempotency_key: str) -> ChargeResult | None: ...
 
-    def refund(self, charge_id: str, amount: Cents, *, idempotency_key: str) -> RefundResult: ...
+    def refund(
+        self,
+        charge_id: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, str] | None = None,
+    ) -> RefundResult: ...
+
+    def find_refund(self, charge_id: str, idempotency_key: str) -> RefundResult | None:
+        """The refund of ``charge_id`` made with ``idempotency_key`` (Billfold's refund id), or
+        None: how a refund left pending by a crash is found without refunding again."""
+        ...
 
     def attach_method(self, customer_ref: str, method_ref: str) -> ProviderCard: ...
 

@@ -295,7 +295,24 @@ class SandboxProvider:
             ).one_or_none()
         return None if row is None else self._result(row._asdict())
 
-    def refund(self, charge_id: str, amount: Cents, *, idempotency_key: str) -> RefundResult:
+    def find_refund(self, charge_id: str, idempotency_key: str) -> RefundResult | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sandbox_refunds).where(
+                    sandbox_refunds.c.idempotency_key == idempotency_key,
+                    sandbox_refunds.c.charge_id == charge_id,
+                )
+            ).one_or_none()
+        return None if row is None else RefundResult(row.id, row.charge_id, Cents(row.amount))
+
+    def refund(
+        self,
+        charge_id: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, str] | None = None,
+    ) -> RefundResult:
         with self.engine.begin() as conn:
             existing = conn.execute(
                 select(sandbox_refunds).where(sandbox_refunds.c.idempotency_key == idempotency_key)

@@ -189,13 +189,37 @@ class StripeProvider:
         """Stripe charges are found by their stored PaymentIntent id (``retrieve_charge``)."""
         return None
 
-    def refund(self, charge_id: str, amount: Cents, *, idempotency_key: str) -> RefundResult:
+    def refund(
+        self,
+        charge_id: str,
+        amount: Cents,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, str] | None = None,
+    ) -> RefundResult:
         with _translated():
             refund = self.client.v1.refunds.create(
-                params={"payment_intent": charge_id, "amount": int(amount)},
+                params={
+                    "payment_intent": charge_id,
+                    "amount": int(amount),
+                    "metadata": {"billfold_refund": idempotency_key, **(metadata or {})},
+                },
                 options={"idempotency_key": idempotency_key},
             )
         return RefundResult(str(refund.id), charge_id, Cents(int(refund.amount)))
+
+    def find_refund(self, charge_id: str, idempotency_key: str) -> RefundResult | None:
+        """The refund of the PaymentIntent whose metadata names ``idempotency_key`` (Billfold's
+        refund id): Stripe forgets idempotency keys after 24 hours, the metadata stays."""
+        with _translated():
+            refunds = self.client.v1.refunds.list(
+                params={"payment_intent": charge_id, "limit": 100}
+            ).auto_paging_iter()
+            for refund in refunds:
+                named = dict(refund.metadata.to_dict()) if refund.metadata else {}
+                if named.get("billfold_refund") == idempotency_key:
+                    return RefundResult(str(refund.id), charge_id, Cents(int(refund.amount)))
+        return None
 
 
 def _card(method: Any) -> ProviderCard:

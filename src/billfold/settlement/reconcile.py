@@ -5,6 +5,10 @@ Stripe) settles every top-up and invoice whose provider charge has been pending 
 threshold, by retrieving its PaymentIntent (the same path as a webhook). Younger ones may still be
 in their first request's hands and are left alone.
 
+Refunds left ``PENDING`` (a crash between the provider's refund and the ledger booking) are
+settled the same way: the provider's refund whose metadata names the row is booked; none found
+after the threshold means none was made, and the row is marked FAILED.
+
 ``check`` proves the invariant both ways: no credit without a succeeded PaymentIntent (every
 purchase entry that names one is backed by it, amount for amount) and no succeeded PaymentIntent
 without its ledger entry (every succeeded PaymentIntent whose metadata names a Billfold top-up is
@@ -30,6 +34,7 @@ from billfold.ledger.models import LedgerEntry
 from billfold.payments.provider import PaymentProvider, ProviderUnavailable
 from billfold.payments.stripe_provider import StripeProvider
 from billfold.topups.models import Topup
+from billfold.topups.refunds import refund_service
 from billfold.topups.service import topup_service
 
 log = logging.getLogger("billfold.reconcile")
@@ -70,6 +75,7 @@ def reconcile(
             invoices = invoices.where(Invoice.team_id == team_id)
         topups = list(session.scalars(stmt.order_by(Topup.created_at)))
         pending_invoices = list(session.execute(invoices.order_by(Invoice.created_at)))
+        refunds = refund_service.pending(session, cutoff, provider.name, team_id)
     for topup in topups:
         report.examined += 1
         try:
@@ -89,6 +95,16 @@ def reconcile(
         status = invoice.status if invoice is not None else PENDING_INVOICE
         label = f"invoice {number}: {status}"
         (report.still_pending if status == PENDING_INVOICE else report.settled).append(label)
+    for refund_id in refunds:
+        # Looked up at the provider (the refund whose metadata names the row), never made again.
+        report.examined += 1
+        try:
+            refund_status = refund_service.resolve(sessions, provider, refund_id)
+        except ProviderUnavailable as exc:
+            log.warning("refund %s: provider unavailable (%s)", refund_id, exc)
+            refund_status = "PENDING"
+        label = f"refund {refund_id}: {refund_status}"
+        (report.still_pending if refund_status == "PENDING" else report.settled).append(label)
     return report
 
 

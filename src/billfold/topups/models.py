@@ -42,3 +42,35 @@ class Topup(Base):
     invoice_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
     settled_at: Mapped[datetime | None]
+
+
+class Refund(Base):
+    """A refund of a purchase, committed ``PENDING`` before the provider is asked (its id is the
+    provider's idempotency key and is named in the refund's metadata), then ``SUCCEEDED`` with its
+    REFUND ledger entry, or ``FAILED``. A pending refund reserves its amount: it counts against
+    what is left of the purchase and against the team's credit left (topups/refunds.py)."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("team_id", "idempotency_key"),
+        Index("ix_refunds_team_invoice", "team_id", "invoice_id"),
+        Index("ix_refunds_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    invoice_id: Mapped[str] = mapped_column(String(40))
+    amount_cents: Mapped[Cents]
+    reason: Mapped[str] = mapped_column(String(500))
+    # PENDING | SUCCEEDED | FAILED
+    status: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_charge_id: Mapped[str] = mapped_column(String(200))
+    provider_refund_id: Mapped[str] = mapped_column(String(200))
+    failure_code: Mapped[str] = mapped_column(String(64))
+    failure_message: Mapped[str] = mapped_column(String(500))
+    ledger_entry_id: Mapped[uuid.UUID | None]
+    created_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]
