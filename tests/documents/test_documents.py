@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from billfold.cli import app as cli_app
 from billfold.config import get_settings
 from billfold.documents.models import InvoiceDocument
-from billfold.documents.render import money
 from billfold.documents.service import document_service
+from billfold.documents.sheet import money
 from billfold.invoicing.service import invoicing_service
 from tests.conftest import Api, event, unique_sku
 from tests.invoicing.conftest import close, frozen_at, invoices, set_country, use_settings

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings, get_settings
 from billfold.documents.models import KIND_CSV, KIND_PDF, InvoiceDocument
-from billfold.documents.render import Party, Sheet, SheetLine, render_csv, render_pdf
+from billfold.documents.sheet import Party, Sheet, SheetLine
 from billfold.invoicing.models import Invoice, InvoiceLine
 from billfold.invoicing.service import (
     KIND_MONTHLY,
@@ -174,6 +174,10 @@ class DocumentService:
         sheet = sheet_of(invoice, item.lines, self.seller, buyer_of(snapshot))
         now = utc_now()
         insert = dialect_insert(session)
+        # Imported at the first rendering, not with the app: fpdf2 and its fonts cost a serving
+        # process ~10 MB of memory that most processes never need.
+        from billfold.documents.render import render_csv, render_pdf
+
         for kind in missing:
             content = render_pdf(sheet) if kind == KIND_PDF else render_csv(sheet)
             session.execute(

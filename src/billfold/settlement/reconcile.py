@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,10 +33,12 @@ from billfold.kit.clock import utc_now
 from billfold.kit.db import transaction
 from billfold.ledger.models import LedgerEntry
 from billfold.payments.provider import PaymentProvider, ProviderUnavailable
-from billfold.payments.stripe_provider import StripeProvider
 from billfold.topups.models import Topup
 from billfold.topups.refunds import refund_service
 from billfold.topups.service import topup_service
+
+if TYPE_CHECKING:  # the SDK is loaded with the provider only (payments/providers.py)
+    from billfold.payments.stripe_provider import StripeProvider
 
 log = logging.getLogger("billfold.reconcile")
 
