@@ -1,4 +1,5 @@
-"""``billfold payments reconcile``: settle charges pending too long; ``--check`` the invariant."""
+"""``billfold payments reconcile``: settle charges and refunds pending too long; ``--check`` the
+invariant."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def reconcile_command(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Settle every top-up and invoice whose charge has been pending longer than the threshold,
+    """Settle every top-up, invoice and refund pending at the provider longer than the threshold,
     by asking the provider (the servers do this every few minutes with Stripe)."""
     from billfold.payments.providers import ProviderMisconfigured, close_provider, make_provider
     from billfold.payments.stripe_provider import StripeProvider

@@ -1,4 +1,4 @@
-"""Every serving process reconciles pending charges every few minutes (with Stripe)."""
+"""Every serving process reconciles pending charges and refunds every few minutes (with Stripe)."""
 
 from __future__ import annotations
 
