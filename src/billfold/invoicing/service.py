@@ -718,70 +718,23 @@ class InvoicingService:
                 failure_message="the team has no default payment method to charge",
             )
             return
-        if provider.two_step:
-            self._charge_two_step(sessions, provider, plan)
-            return
         try:
-            result: ChargeResult | None = provider.charge(
-                plan.customer_ref,
-                plan.method_ref,
-                plan.amount,
-                idempotency_key=plan.idempotency_key,
-                description=f"Billfold invoice {plan.number}",
-            )
-        except ProviderUnavailable as exc:
-            # Unknown outcome: keep the invoice as it is; the next run repeats this very attempt
-            # with the same key, and the provider answers with what happened.
-            log.warning("charge of invoice %s: provider unavailable (%s)", plan.number, exc)
-            return
-        except ProviderError as exc:
-            self._record_attempt(
-                sessions,
-                plan,
-                successful=False,
-                charge_id="",
-                failure_code=exc.code,
-                failure_message=exc.message,
-            )
-            return
-        assert result is not None
-        self._record_attempt(
-            sessions,
-            plan,
-            successful=result.succeeded,
-            charge_id=result.charge_id,
-            failure_code=result.failure_code,
-            failure_message=result.failure_message,
-        )
-
-    def _charge_two_step(
-        self, sessions: sessionmaker[Session], provider: PaymentProvider, plan: _ChargePlan
-    ) -> None:
-        """With a two-step provider (Stripe): create the attempt's PaymentIntent, commit its id on
-        the invoice, confirm it, record the outcome. A rerun (a crash, a timeout, two processes)
-        finds the stored id and never creates a second; a pending outcome (``requires_action``,
-        ``processing``) leaves the invoice ``PENDING`` for the webhook or reconciliation."""
-        try:
-            charge_id = plan.provider_charge_id
-            if not charge_id:
-                created = provider.create_charge(
+            if provider.two_step:
+                result = self._charge_two_step(sessions, provider, plan)
+                if result is None:
+                    return  # a concurrent run recorded this attempt
+            else:
+                result = provider.charge(
                     plan.customer_ref,
                     plan.method_ref,
                     plan.amount,
                     idempotency_key=plan.idempotency_key,
                     description=f"Billfold invoice {plan.number}",
-                    metadata={
-                        "billfold_team": str(plan.team_id),
-                        "billfold_invoice": plan.invoice_id,
-                    },
                 )
-                charge_id = self._store_charge_id(sessions, plan, created)
-                if charge_id is None:
-                    return  # a concurrent run recorded this attempt
-                crash_point("invoice_after_create")
-            result = provider.confirm_charge(charge_id)
-            crash_point("invoice_after_confirm")
         except ProviderUnavailable as exc:
+            # Unknown outcome: keep the invoice as it is; the next run repeats this very attempt
+            # (the same key, or the stored PaymentIntent), and the provider answers with what
+            # happened.
             log.warning("charge of invoice %s: provider unavailable (%s)", plan.number, exc)
             return
         except ProviderError as exc:
@@ -795,7 +748,7 @@ class InvoicingService:
             )
             return
         if result.pending:
-            return
+            return  # requires_action / processing: the webhook or reconciliation settles it
         self._record_attempt(
             sessions,
             plan,
@@ -804,6 +757,33 @@ class InvoicingService:
             failure_code=result.failure_code,
             failure_message=result.failure_message,
         )
+
+    def _charge_two_step(
+        self, sessions: sessionmaker[Session], provider: PaymentProvider, plan: _ChargePlan
+    ) -> ChargeResult | None:
+        """With a two-step provider (Stripe): create the attempt's PaymentIntent, commit its id on
+        the invoice, then confirm it. A rerun (a crash, a timeout, two processes) finds the stored
+        id and never creates a second. None: a concurrent run recorded this attempt first."""
+        charge_id = plan.provider_charge_id
+        if not charge_id:
+            created = provider.create_charge(
+                plan.customer_ref,
+                plan.method_ref,
+                plan.amount,
+                idempotency_key=plan.idempotency_key,
+                description=f"Billfold invoice {plan.number}",
+                metadata={
+                    "billfold_team": str(plan.team_id),
+                    "billfold_invoice": plan.invoice_id,
+                },
+            )
+            charge_id = self._store_charge_id(sessions, plan, created)
+            if charge_id is None:
+                return None
+            crash_point("invoice_after_create")
+        result = provider.confirm_charge(charge_id)
+        crash_point("invoice_after_confirm")
+        return result
 
     @staticmethod
     def _store_charge_id(
