@@ -292,9 +292,9 @@ class TopupService:
             stored = session.scalars(
                 select(Topup.provider_charge_id).where(Topup.id == topup.id)
             ).one()
-        if provider.two_step:
-            return self._charge_two_step(sessions, provider, topup, customer, card, stored)
         try:
+            if provider.two_step:
+                return self._charge_two_step(sessions, provider, topup, customer, card, stored)
             return provider.charge(
                 customer,
                 card,
@@ -322,31 +322,23 @@ class TopupService:
     ) -> ChargeResult | None:
         """Phase 2 with a two-step provider (Stripe): create the PaymentIntent, commit its id on
         the top-up, then confirm it. A retry finds the stored id and never creates a second."""
-        try:
-            charge_id: str | None = stored
-            if not charge_id:
-                created = provider.create_charge(
-                    customer,
-                    card,
-                    Cents(topup.amount_cents),
-                    idempotency_key=str(topup.id),
-                    description=f"Billfold prepaid credits (top-up {topup.id})",
-                    metadata={"billfold_team": str(topup.team_id), "billfold_topup": str(topup.id)},
-                )
-                charge_id = self._store_charge_id(sessions, topup.id, created)
-                if charge_id is None:
-                    return None  # settled meanwhile by another request
-                crash_point("topup_after_create")
-            result = provider.confirm_charge(charge_id)
-            crash_point("topup_after_confirm")
-            return result
-        except ProviderUnavailable as exc:
-            log.warning("top-up %s: provider unavailable, left pending: %s", topup.id, exc)
-            return None
-        except ProviderError as exc:
-            return ChargeResult(
-                ChargeStatus.DECLINED, "", Cents(topup.amount_cents), exc.code, exc.message
+        charge_id: str | None = stored
+        if not charge_id:
+            created = provider.create_charge(
+                customer,
+                card,
+                Cents(topup.amount_cents),
+                idempotency_key=str(topup.id),
+                description=f"Billfold prepaid credits (top-up {topup.id})",
+                metadata={"billfold_team": str(topup.team_id), "billfold_topup": str(topup.id)},
             )
+            charge_id = self._store_charge_id(sessions, topup.id, created)
+            if charge_id is None:
+                return None  # settled meanwhile by another request
+            crash_point("topup_after_create")
+        result = provider.confirm_charge(charge_id)
+        crash_point("topup_after_confirm")
+        return result
 
     @staticmethod
     def _store_charge_id(
