@@ -21,15 +21,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.config import Settings, get_settings
 from billfold.documents.models import KIND_CSV, KIND_PDF, InvoiceDocument
 from billfold.documents.sheet import Party, Sheet, SheetLine
-from billfold.invoicing.models import Invoice, InvoiceLine
-from billfold.invoicing.service import (
+from billfold.invoicing.models import (
     KIND_MONTHLY,
     KIND_PREPAID,
     PAID,
     PENDING,
     WILL_NEVER_BE_CHARGED,
-    invoicing_service,
+    Invoice,
+    InvoiceLine,
 )
+from billfold.invoicing.service import invoicing_service
 from billfold.kit.clock import utc_now
 from billfold.kit.db import dialect_insert, transaction
 from billfold.kit.errors import ResourceNotFound

@@ -20,10 +20,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billfold.kit.db import Base
+from billfold.kit.db import (
+    Base,
+)
 from billfold.kit.money import Cents, Pico
 
 
@@ -80,3 +86,21 @@ class InvoiceLine(Base):
     unit_price_pico: Mapped[Pico]
     num_units: Mapped[int]
     amount_cents: Mapped[Cents]
+
+
+PENDING = "PENDING"
+
+
+PAID = "PAID"
+
+
+FAILED = "FAILED"
+
+
+WILL_NEVER_BE_CHARGED = "WILL_NEVER_BE_CHARGED"
+
+
+KIND_MONTHLY = "monthly"
+
+
+KIND_PREPAID = "prepaid"

@@ -6,13 +6,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from billfold.invoicing.models import Invoice, InvoiceLine
-from billfold.invoicing.service import (
-    KIND_PREPAID,
-    CloseSummary,
-    InvoiceWithLines,
-    TeamBilling,
-)
+from billfold.invoicing.models import KIND_PREPAID, Invoice, InvoiceLine
+from billfold.invoicing.service import CloseSummary, InvoiceWithLines, TeamBilling
 from billfold.invoicing.statement import Preview, StatementLine
 from billfold.kit.money import Pico, pico_to_price_units
 from billfold.kit.schemas import Cent, Int64, UtcDateTime, WireModel, cent
