@@ -71,6 +71,27 @@ def stop(process: subprocess.Popen[str]) -> None:
     process.wait(timeout=30)
 
 
+def team_with_card(
+    http: httpx.Client, client: stripe.StripeClient, name: str
+) -> tuple[str, dict[str, str]]:
+    """A team on the served process with a management key and a localstripe card attached as
+    its default (the Stripe.js way: the PaymentMethod made at Stripe, attached by its id)."""
+    team_id = str(http.post("/admin/v1/teams", json={"name": name}).json()["teamId"])
+    key = http.post(f"/admin/v1/teams/{team_id}/management-keys", json={"name": "k"})
+    method = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+        }
+    )
+    attached = http.post(
+        f"/admin/v1/teams/{team_id}/payment-methods",
+        json={"providerPaymentMethodId": method.id},
+    )
+    assert attached.status_code == 201, attached.text
+    return team_id, {"Authorization": f"Bearer {key.json()['apiKey']}"}
+
+
 @pytest.mark.parametrize("point", ["topup_after_create", "topup_after_confirm"])
 def test_kill_9_mid_top_up_charges_once(
     database: str, localstripe: str, tmp_path: Path, point: str
@@ -80,20 +101,7 @@ def test_kill_9_mid_top_up_charges_once(
     process, base = serve(database, localstripe, tmp_path, TEST_CRASH_AT=point)
     try:
         with httpx.Client(base_url=base, headers=operator, timeout=30) as http:
-            team_id = http.post("/admin/v1/teams", json={"name": "crash"}).json()["teamId"]
-            key = http.post(f"/admin/v1/teams/{team_id}/management-keys", json={"name": "k"})
-            headers = {"Authorization": f"Bearer {key.json()['apiKey']}"}
-            method = client.v1.payment_methods.create(
-                params={
-                    "type": "card",
-                    "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
-                }
-            )
-            attached = http.post(
-                f"/admin/v1/teams/{team_id}/payment-methods",
-                json={"providerPaymentMethodId": method.id},
-            )
-            assert attached.status_code == 201, attached.text
+            team_id, headers = team_with_card(http, client, "crash")
             with pytest.raises(httpx.HTTPError):
                 http.post(
                     f"/v1/billing/teams/{team_id}/prepaid/top-up",
@@ -195,18 +203,7 @@ def test_kill_9_mid_cycle_close_charges_once(
     process, base = serve(own_database, localstripe, tmp_path, TEST_CRASH_AT=point)
     try:
         with httpx.Client(base_url=base, headers=operator, timeout=30) as http:
-            team_id = http.post("/admin/v1/teams", json={"name": "close"}).json()["teamId"]
-            method = client.v1.payment_methods.create(
-                params={
-                    "type": "card",
-                    "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
-                }
-            )
-            attached = http.post(
-                f"/admin/v1/teams/{team_id}/payment-methods",
-                json={"providerPaymentMethodId": method.id},
-            )
-            assert attached.status_code == 201, attached.text
+            team_id, _ = team_with_card(http, client, "close")
             sku = f"crash-{uuid.uuid4().hex[:8]}"
             priced = http.put(
                 f"/admin/v1/prices/{sku}",

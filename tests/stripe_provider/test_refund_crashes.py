@@ -24,8 +24,8 @@ from billfold.ledger.models import LedgerEntry
 from billfold.payments.stripe_provider import StripeProvider
 from billfold.settlement.reconcile import reconcile
 from billfold.topups.models import Refund
-from tests.stripe_provider.conftest import SECRET_KEY, SUCCEEDS
-from tests.stripe_provider.test_crashes import TOKEN, database, serve, stop
+from tests.stripe_provider.conftest import SECRET_KEY
+from tests.stripe_provider.test_crashes import TOKEN, database, serve, stop, team_with_card
 
 __all__ = ["database"]  # the fixture, on SQLite and PostgreSQL
 
@@ -40,20 +40,7 @@ def test_kill_9_between_the_refund_and_its_entry_refunds_once(
     process, base = serve(database, localstripe, tmp_path, TEST_CRASH_AT="refund_after_provider")
     try:
         with httpx.Client(base_url=base, headers=operator, timeout=30) as http:
-            team_id = http.post("/admin/v1/teams", json={"name": "crash"}).json()["teamId"]
-            key = http.post(f"/admin/v1/teams/{team_id}/management-keys", json={"name": "k"})
-            headers = {"Authorization": f"Bearer {key.json()['apiKey']}"}
-            method = client.v1.payment_methods.create(
-                params={
-                    "type": "card",
-                    "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
-                }
-            )
-            attached = http.post(
-                f"/admin/v1/teams/{team_id}/payment-methods",
-                json={"providerPaymentMethodId": method.id},
-            )
-            assert attached.status_code == 201, attached.text
+            team_id, headers = team_with_card(http, client, "crash")
             bought = http.post(
                 f"/v1/billing/teams/{team_id}/prepaid/top-up",
                 headers={**headers, "Idempotency-Key": "buy-1"},
