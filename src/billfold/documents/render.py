@@ -43,11 +43,6 @@ def _pdf_for(sheet: Sheet) -> FPDF:
     return pdf
 
 
-def _text(pdf: FPDF, text: str, size: float = 9, bold: bool = False, width: float = 0) -> None:
-    pdf.set_font(FONT, "B" if bold else "", size)
-    pdf.multi_cell(width, 4.5, text, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-
-
 def _party_lines(party: Party) -> list[str]:
     out = [party.name or "-"]
     out.extend(line for line in party.address if line)
