@@ -155,8 +155,8 @@ def create_app(
     app.state.settings = settings
     document_service.configure(settings)  # the seller on invoice documents
     app.state.engine = engine
-    app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
+    app.state.sessionmaker = make_sessionmaker(engine, settings=settings)
+    app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True, settings=settings)
     app.state.payment_provider = provider
     app.state.spend_cache = spend_cache
     app.state.rate_limits = RateLimits(

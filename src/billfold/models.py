@@ -14,6 +14,7 @@ from billfold.notifications.models import (
 from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
+from billfold.spend.models import TeamAlertState
 from billfold.teams.models import (
     BillingInfo,
     ManagementKey,
@@ -44,6 +45,7 @@ __all__ = [
     "StripeEvent",
     "Team",
     "TeamAlertSettings",
+    "TeamAlertState",
     "Topup",
     "UsageEvent",
     "UsageRollup",

@@ -9,17 +9,24 @@ handed in here, once, when the app or the CLI is imported:
 * a usage cancellation refuses usage a booked credit expiry counted: the ledger knows the expiries
   (``metering.cancellation.BookedExpiries``).
 
+Every write that moves a team's figures (spend, live credit, limits) notes it on the figure watch
+(``figures.watch``); before its transaction commits, the crossing detection of ``spend/`` fires
+the crossing events, and the listeners of lowered credit (auto top-up) hear of it.
+
 And finalizing an invoice renders and stores its documents in the same transaction: the documents
 package renders them (``invoicing.service.InvoiceDocuments``).
 """
 
 from billfold.documents.service import document_service
+from billfold.figures.watch import watch
 from billfold.invoicing.service import invoicing_service
 from billfold.ledger.service import ledger_service
 from billfold.metering.cancellation import cancellation_service
 from billfold.metering.rated import rated_usage
 from billfold.pricing.service import pricing_service
+from billfold.spend.crossings import crossing_detector
 
 pricing_service.use(rated_usage)
 cancellation_service.use(ledger_service)
 invoicing_service.use(document_service)
+watch.use(crossing_detector)
