@@ -26,6 +26,8 @@ from billfold.outbox.models import OutboxMessage
 from tests.conftest import Api, event, frozen_at, unique_sku
 from tests.notifications.conftest import Hooks, of_team
 from tests.notifications.receiver import receiver
+from tests.notifications.smtp import Mailbox
+from tests.notifications.test_email import mail  # noqa: F401 (a fixture)
 
 CROSSINGS = [
     "spend.threshold_reached",
@@ -371,3 +373,27 @@ def test_concurrent_batches_crossing_one_threshold_fire_it_once_on_postgres(
             )
     finally:
         engine.dispose()
+
+
+def test_crossings_are_emailed_to_the_alert_emails(mail: tuple[Api, Mailbox]) -> None:
+    api, mailbox = mail
+    with frozen_at("2062-03-10T12:00:00"):
+        team = Team(api, "2062-03")
+        response = api.admin(
+            "PUT",
+            f"/admin/v1/teams/{team.id}/alerts",
+            json={"spendThresholdsPercent": [50], "emails": ["ops@acme.example"]},
+        )
+        assert response.status_code == 200, response.text
+        team.hard_limit(1000)
+        team.use(400, 700)  # 50 % and blocked in one batch
+        assert team.types() == ["spend.threshold_reached", "spend.blocked"]
+    got = mailbox.wait(2)
+    time.sleep(0.5)
+    assert len(mailbox.accepted) == 2
+    subjects = sorted(message["Subject"] for _, message in got)
+    assert subjects == ["Spend reached 50 % of your limit", "Spending is blocked"]
+    for rcpt, message in got:
+        assert rcpt == ["ops@acme.example"]
+        text = next(p for p in message.iter_parts() if p.get_content_type() == "text/plain")
+        assert "$11.00 of $10.00" in text.get_content()

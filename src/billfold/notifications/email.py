@@ -171,8 +171,25 @@ def _lines(message: OutboxMessage) -> tuple[str, list[str]]:
             f"{format_cents(data.get('effectiveSpendingLimit'))} "
             f"({data.get('thresholdPercent')} %).",
         ]
+    if kind == "spend.blocked":
+        why = (
+            "your prepaid credit is used up"
+            if data.get("reason") == "prepaid_exhausted"
+            else "this cycle's spend reached your spending limit"
+        )
+        return "Spending is blocked", [
+            f"Spending is blocked: {why}.",
+            f"Spend this cycle: {format_cents(data.get('postpaidSpend'))} of "
+            f"{format_cents(data.get('effectiveSpendingLimit'))}.",
+            "Add credit or raise the spending limit to spend again.",
+        ]
+    if kind == "spend.unblocked":
+        return "Spending is possible again", ["Your team can spend again."]
     if kind == "credit.low":
-        return "Your credit is low", ["Your prepaid credit fell below your alert threshold."]
+        return "Your credit is low", [
+            f"Your prepaid credit ({format_cents(data.get('creditLeft'))}) fell below your "
+            f"alert threshold of {format_cents(data.get('lowCreditCents'))}.",
+        ]
     if kind == "credit.depleted":
         return "Your credit is used up", ["Your prepaid credit reached zero."]
     return f"Billfold: {kind}", [f"Event {kind}."]
