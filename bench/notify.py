@@ -18,13 +18,13 @@ What it does, in one run:
    exactly 4 events per crossing team and none for the quiet ones;
 3. **delivery lag**: a loopback receiver (asyncio, keep-alive, answers 200 at once) is registered
    for ``spend.threshold_reached``; ``--lag-teams`` teams get thresholds every 9 % (10 of them,
-   the most a team may set) and a limit such that each of their events crosses exactly one. Batches of ``--rate`` / 10
-   events (one per team, round robin) are sent 10 times a second for ``--lag-seconds``: ``--rate``
-   deliveries per second offered. Each delivery's lag is its arrival at the receiver less the
-   moment its batch's response came back (the commit happened before: a lag is at most this much
-   too short), and, for comparison, less the message's ``timestamp`` (its creation in the
-   batch's transaction: at most that much too long). Prints p50 / p99 / max of both, what
-   arrived, and the delivery rate achieved (goal: p99 < 1 s);
+   the most a team may set) and a limit such that each of their events crosses exactly one.
+   Batches of ``--rate`` / 10 events (one per team, round robin) are sent 10 times a second for
+   ``--lag-seconds``: ``--rate`` deliveries per second offered. Each delivery's lag is its
+   arrival at the receiver less the moment its batch's response came back (the commit happened
+   before: a lag is at most this much too short), and, for comparison, less the message's
+   ``timestamp`` (its creation in the batch's transaction: at most that much too long). Prints
+   p50 / p99 / max of both, what arrived, and the delivery rate achieved (goal: p99 < 1 s);
 4. drops the database (``--keep-database`` keeps it).
 
 Everything runs on one machine: client, receiver, server and PostgreSQL share its cores.
@@ -67,7 +67,7 @@ LAG_THRESHOLDS = list(range(9, 91, 9))  # 10 (the most a team may set): each lag
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # --- setup through the operator API -----------------------------------------------------------

@@ -8,10 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import Api
+from billfold.app import create_app
+from billfold.config import Settings
+from billfold.kit.db import make_engine
+from billfold.migrate import upgrade
+from tests.conftest import OPERATOR_TOKEN, Api
 from tests.notifications.receiver import Received
+from tests.notifications.smtp import Mailbox, smtp_server
 
 BASE = "/admin/v1/webhook-endpoints"
 
@@ -57,6 +63,26 @@ def hooks(api: Api) -> Iterator[Hooks]:
     yield made
     for endpoint_id in made.ids:
         api.admin("DELETE", f"{BASE}/{endpoint_id}")
+
+
+@pytest.fixture
+def mail(fresh_url: str) -> Iterator[tuple[Api, Mailbox]]:
+    """An app of its own (a database of its own: no other deliverer fans its messages out)
+    configured with a loopback SMTP server."""
+    engine = make_engine(fresh_url)
+    upgrade(engine)
+    engine.dispose()
+    with smtp_server() as (mailbox, url):
+        settings = Settings(
+            database_url=fresh_url,
+            admin_token=OPERATOR_TOKEN,
+            smtp_url=url,
+            email_from="Billfold <billing@billfold.example>",
+            webhook_retry_schedule="1,1",
+            webhook_poll_seconds=0.1,
+        )
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            yield Api(client, "sqlite" if "sqlite" in fresh_url else "postgres", fresh_url), mailbox
 
 
 def of_team(team_id: str) -> Any:

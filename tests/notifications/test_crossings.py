@@ -27,7 +27,6 @@ from tests.conftest import Api, event, frozen_at, unique_sku
 from tests.notifications.conftest import Hooks, of_team
 from tests.notifications.receiver import receiver
 from tests.notifications.smtp import Mailbox
-from tests.notifications.test_email import mail  # noqa: F401 (a fixture)
 
 CROSSINGS = [
     "spend.threshold_reached",

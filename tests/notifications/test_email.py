@@ -6,44 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 
-import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from billfold.app import create_app
-from billfold.config import Settings
 from billfold.kit.db import make_engine
-from billfold.migrate import upgrade
 from billfold.notifications.models import EmailDelivery
 from billfold.outbox.models import OutboxMessage
 from billfold.payments.sandbox import CARD_ALWAYS_SUCCEEDS
-from tests.conftest import OPERATOR_TOKEN, Api
+from tests.conftest import Api
 from tests.notifications.conftest import top_up
-from tests.notifications.smtp import Mailbox, smtp_server
+from tests.notifications.smtp import Mailbox
 from tests.teams.test_billing_info import GOOD
-
-
-@pytest.fixture
-def mail(fresh_url: str) -> Iterator[tuple[Api, Mailbox]]:
-    """An app of its own (a database of its own: no other deliverer fans its messages out)
-    configured with a loopback SMTP server."""
-    engine = make_engine(fresh_url)
-    upgrade(engine)
-    engine.dispose()
-    with smtp_server() as (mailbox, url):
-        settings = Settings(
-            database_url=fresh_url,
-            admin_token=OPERATOR_TOKEN,
-            smtp_url=url,
-            email_from="Billfold <billing@billfold.example>",
-            webhook_retry_schedule="1,1",
-            webhook_poll_seconds=0.1,
-        )
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            yield Api(client, "sqlite" if "sqlite" in fresh_url else "postgres", fresh_url), mailbox
 
 
 def _parts(message: EmailMessage) -> dict[str, str]:
