@@ -141,6 +141,7 @@ class FigureWatch:
         """Hand the noted moves to the detector (called before commit; also callable directly)."""
         moves = session.info.pop(_KEY, None)
         if moves and self._detector is not None:
+            session.flush()  # before_commit comes before the commit's own flush
             self._detector.detect(session, moves, tuple(self._listeners))
 
 

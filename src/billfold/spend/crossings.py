@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -52,7 +51,6 @@ from billfold.kit.clock import utc_now
 from billfold.kit.db import SETTINGS_INFO, dialect_insert
 from billfold.kit.money import Cents
 from billfold.ledger.models import CreditAccount
-from billfold.ledger.position import allocate_credit
 from billfold.outbox.events import (
     CREDIT_DEPLETED,
     CREDIT_LOW,
@@ -61,144 +59,183 @@ from billfold.outbox.events import (
     SPEND_UNBLOCKED,
 )
 from billfold.outbox.writer import enqueue
-from billfold.spend.limits import limits_of, spend_decision
+from billfold.spend.limits import REASON_LIMIT_REACHED, REASON_PREPAID_EXHAUSTED
 from billfold.spend.models import TeamAlertState
 from billfold.teams.alerts import DEFAULT_THRESHOLDS_PERCENT
 from billfold.teams.models import Team, TeamAlertSettings
 
+Cycle = tuple[int, int]  # (year, month)
 
-@dataclass
-class _Figures:
+
+class _State(NamedTuple):
+    """A team's ``team_alert_states`` row."""
+
+    blocked: bool
+    credit_low: bool
+    depleted: bool
+    cycle: Cycle
+    fired: tuple[int, ...]
+
+
+class _Figures(NamedTuple):
     """One team's rows, as read."""
 
-    soft: Cents | None
-    hard: Cents | None
-    balance: Cents
-    spends: dict[tuple[int, int], Cents]
-    thresholds: tuple[int, ...]
-    low_credit: Cents | None
-    state: TeamAlertState | None
+    soft: int | None
+    hard: int | None
+    balance: int
+    spends: dict[Cycle, int]
+    thresholds: tuple[int, ...]  # ascending (teams/schemas.py)
+    low_credit: int | None
+    state: _State | None
 
 
-@dataclass(frozen=True)
-class _View:
+def standing(
+    balance: int,
+    spends: Mapping[Cycle, int],
+    soft: int | None,
+    hard: int | None,
+    default_hard: int,
+    current: Cycle,
+) -> tuple[int, int, int]:
+    """(live credit, the current cycle's postpaid spend, the effective limit): the rule of
+    ``ledger.position.allocate_credit`` (credit pays open cycles, oldest first) and
+    ``spend.limits.limits_of``, in plain integers for the per-team loop of every batch
+    (tests/spend/test_crossing_rule.py holds it to them)."""
+    available = balance
+    postpaid = 0
+    for cycle in sorted(spends) if len(spends) > 1 else spends:
+        spend = spends[cycle]
+        used = min(available if available > 0 else 0, spend)
+        available -= used
+        if cycle == current:
+            postpaid = spend - used
+    effective_hard = hard if hard is not None else default_hard
+    effective = effective_hard if soft is None or soft > effective_hard else soft
+    return available, postpaid, effective
+
+
+class _View(NamedTuple):
     """Where a team stands on each line."""
 
-    credit: Cents
-    postpaid: Cents
-    effective: Cents
-    blocked: bool
-    reason: str
-    reached: frozenset[int]  # thresholds at or under the postpaid spend
+    credit: int
+    postpaid: int
+    effective: int
+    blocked: bool  # what the spend check answers "no" to: no credit left and the limit reached
+    reached: tuple[int, ...]  # the thresholds at or under the postpaid spend
     low: bool  # credit below the low-credit threshold
     above_low: bool  # credit above it (re-arms credit.low); True without a threshold
     depleted: bool  # credit at or below zero
 
 
-@dataclass(frozen=True)
-class _Prior:
+def _view(f: _Figures, credit: int, postpaid: int, effective: int) -> _View:
+    reached = (
+        tuple(t for t in f.thresholds if postpaid * 100 >= t * effective) if effective > 0 else ()
+    )
+    low = f.low_credit
+    return _View(
+        credit,
+        postpaid,
+        effective,
+        credit <= 0 and postpaid >= effective,
+        reached,
+        low is not None and credit < low,
+        low is None or credit > low,
+        credit <= 0,
+    )
+
+
+class _Prior(NamedTuple):
     blocked: bool
     credit_low: bool
     depleted: bool
     fired: frozenset[int]  # thresholds fired in the current cycle
 
 
-def _view(
-    team_id: uuid.UUID,
-    settings: Settings,
-    now: datetime,
-    f: _Figures,
-    *,
-    balance: Cents,
-    spends: dict[tuple[int, int], Cents],
-    limits: tuple[Cents | None, Cents | None],
-) -> _View:
-    position = allocate_credit(team_id, balance, spends, now)
-    decision = spend_decision(
-        limits_of(limits[0], limits[1], settings), position, now.year, now.month
-    )
-    credit, postpaid, effective = (
-        position.credit_left,
-        decision.postpaid_spend,
-        decision.effective_limit,
-    )
-    reached = (
-        frozenset(t for t in f.thresholds if postpaid * 100 >= t * effective)
-        if effective > 0
-        else frozenset()
-    )
-    low = f.low_credit is not None and credit < f.low_credit
-    above_low = f.low_credit is None or credit > f.low_credit
-    return _View(
-        credit,
-        postpaid,
-        effective,
-        not decision.allowed,
-        decision.reason,
-        reached,
-        low,
-        above_low,
-        credit <= 0,
-    )
-
-
-def _derived(before: _View) -> _Prior:
-    """Where a team with no state row stood: its figures before the write."""
-    return _Prior(before.blocked, before.low, before.depleted, before.reached)
-
-
-def _prior(state: TeamAlertState | None, before: _View, now: datetime) -> _Prior:
+def _prior(state: _State | None, before: _View, current: Cycle) -> _Prior:
+    """Where the team stood: its state row, else (no event ever fired) its figures before."""
     if state is None:
-        return _derived(before)
-    same_cycle = (state.cycle_year, state.cycle_month) == (now.year, now.month)
-    fired = frozenset(state.thresholds_fired) if same_cycle else before.reached
-    return _Prior(state.blocked, state.credit_low, state.depleted, fired)
+        return _Prior(before.blocked, before.low, before.depleted, frozenset(before.reached))
+    fired = state.fired if state.cycle == current else before.reached
+    return _Prior(state.blocked, state.credit_low, state.depleted, frozenset(fired))
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    events: tuple[tuple[str, dict[str, Any]], ...]
+class _Outcome(NamedTuple):
+    kinds: tuple[tuple[str, int | None], ...]  # (event type, threshold)
     blocked: bool
     credit_low: bool
     depleted: bool
     fired: frozenset[int]
 
 
-def _cycle(now: datetime) -> dict[str, int]:
-    return {"year": now.year, "month": now.month}
-
-
-def _outcome(prior: _Prior, after: _View, low_credit: Cents | None, now: datetime) -> _Outcome:
-    """The events from ``prior`` to ``after``, and the state after them."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    spend = {
-        "billingCycle": _cycle(now),
-        "postpaidSpend": str(after.postpaid),
-        "effectiveSpendingLimit": str(after.effective),
-    }
-    for percent in sorted(after.reached - prior.fired):
-        events.append((SPEND_THRESHOLD_REACHED, {**spend, "thresholdPercent": percent}))
+def _outcome(prior: _Prior, after: _View) -> _Outcome:
+    """The events from ``prior`` to ``after``, and where the team stands after them."""
+    kinds: list[tuple[str, int | None]] = [
+        (SPEND_THRESHOLD_REACHED, t) for t in after.reached if t not in prior.fired
+    ]
     if after.blocked != prior.blocked:
-        data = {**spend, "creditLeft": str(after.credit)}
-        if after.blocked:
-            events.append((SPEND_BLOCKED, {**data, "reason": after.reason}))
-        else:
-            events.append((SPEND_UNBLOCKED, data))
+        kinds.append((SPEND_BLOCKED if after.blocked else SPEND_UNBLOCKED, None))
     credit_low = prior.credit_low
     if not credit_low and after.low:
         credit_low = True
-        events.append(
-            (CREDIT_LOW, {"creditLeft": str(after.credit), "lowCreditCents": str(low_credit)})
-        )
+        kinds.append((CREDIT_LOW, None))
     elif credit_low and after.above_low:
         credit_low = False  # re-armed
     depleted = prior.depleted
     if not depleted and after.depleted:
         depleted = True
-        events.append((CREDIT_DEPLETED, {"creditLeft": str(after.credit)}))
+        kinds.append((CREDIT_DEPLETED, None))
     elif depleted and not after.depleted:
         depleted = False  # re-armed
-    return _Outcome(tuple(events), after.blocked, credit_low, depleted, prior.fired | after.reached)
+    fired = prior.fired.union(after.reached) if after.reached else prior.fired
+    return _Outcome(tuple(kinds), after.blocked, credit_low, depleted, fired)
+
+
+def _event_data(
+    kind: str, threshold: int | None, after: _View, f: _Figures, current: Cycle
+) -> dict[str, Any]:
+    if kind in (CREDIT_LOW, CREDIT_DEPLETED):
+        data = {"creditLeft": str(after.credit)}
+        if kind == CREDIT_LOW:
+            data["lowCreditCents"] = str(f.low_credit)
+        return data
+    spend: dict[str, Any] = {
+        "billingCycle": {"year": current[0], "month": current[1]},
+        "postpaidSpend": str(after.postpaid),
+        "effectiveSpendingLimit": str(after.effective),
+    }
+    if kind == SPEND_THRESHOLD_REACHED:
+        spend["thresholdPercent"] = threshold
+        return spend
+    spend["creditLeft"] = str(after.credit)
+    if kind == SPEND_BLOCKED:
+        spend["reason"] = REASON_PREPAID_EXHAUSTED if after.effective == 0 else REASON_LIMIT_REACHED
+    return spend
+
+
+def _moved(state: _State, outcome: _Outcome, current: Cycle) -> bool:
+    """Does the state row need writing although nothing fires (a re-arm, a new cycle)?"""
+    return (
+        state.blocked != outcome.blocked
+        or state.credit_low != outcome.credit_low
+        or state.depleted != outcome.depleted
+        or (state.cycle != current and bool(outcome.fired))
+    )
+
+
+# One statement: each team's limits, posted credit, open cycles (one row each, or one row of
+# NULLs), alert settings and state. On PostgreSQL the ids are ONE array parameter (an IN list of
+# hundreds of placeholders costs psycopg more to convert than PostgreSQL to run).
+_READ_PG = """
+    SELECT t.id, t.soft_limit_cents, t.hard_limit_override_cents, ca.balance_cents,
+           bc.year, bc.month, bc.spend_cents, a.spend_thresholds_percent, a.low_credit_cents,
+           s.blocked, s.credit_low, s.depleted, s.cycle_year, s.cycle_month, s.thresholds_fired
+    FROM teams t
+    LEFT JOIN credit_accounts ca ON ca.team_id = t.id
+    LEFT JOIN billing_cycles bc ON bc.team_id = t.id AND bc.closed_at IS NULL
+    LEFT JOIN team_alert_settings a ON a.team_id = t.id
+    LEFT JOIN team_alert_states s ON s.team_id = t.id
+    WHERE t.id = ANY(%(ids)s)
+"""
 
 
 class CrossingDetector:
@@ -211,7 +248,9 @@ class CrossingDetector:
         listeners: Sequence[CreditListener],
     ) -> None:
         settings: Settings = session.info.get(SETTINGS_INFO) or get_settings()
+        default_hard = settings.default_hard_limit_cents
         now = utc_now()
+        current = (now.year, now.month)
         team_ids = sorted(moves)
         figures = self._read(session, team_ids)
         lowered: list[CreditChange] = []
@@ -220,56 +259,39 @@ class CrossingDetector:
             f = figures.get(team_id)
             if f is None:
                 continue  # the team is gone
-            before, after = self._before_after(team_id, settings, now, f, moves[team_id])
+            before, after = self._before_after(f, moves[team_id], default_hard, current)
             if after.credit < before.credit:
-                lowered.append(CreditChange(team_id, before.credit, after.credit))
-            outcome = _outcome(_prior(f.state, before, now), after, f.low_credit, now)
-            if outcome.events or (f.state is not None and self._changed(f.state, outcome, now)):
+                lowered.append(CreditChange(team_id, Cents(before.credit), Cents(after.credit)))
+            outcome = _outcome(_prior(f.state, before, current), after)
+            if outcome.kinds or (f.state is not None and _moved(f.state, outcome, current)):
                 crossing.append(team_id)
         if crossing:
-            self._fire(session, settings, now, crossing, moves, figures)
+            self._fire(session, default_hard, now, crossing, moves, figures)
         if lowered:
             for listener in listeners:
                 listener.credit_lowered(session, lowered)
 
     @staticmethod
     def _before_after(
-        team_id: uuid.UUID, settings: Settings, now: datetime, f: _Figures, move: TeamMoves
+        f: _Figures, move: TeamMoves, default_hard: int, current: Cycle
     ) -> tuple[_View, _View]:
-        after = _view(
-            team_id, settings, now, f, balance=f.balance, spends=f.spends, limits=(f.soft, f.hard)
+        after = _view(f, *standing(f.balance, f.spends, f.soft, f.hard, default_hard, current))
+        deltas = move.spend_deltas
+        spends = (
+            {cycle: spend - deltas.get(cycle, 0) for cycle, spend in f.spends.items()}
+            if deltas
+            else f.spends
         )
-        before_spends = {
-            cycle: Cents(spend - move.spend_deltas.get(cycle, 0))
-            for cycle, spend in f.spends.items()
-        }
+        soft, hard = move.limits_before or (f.soft, f.hard)
         before = _view(
-            team_id,
-            settings,
-            now,
-            f,
-            balance=Cents(f.balance - move.credit_delta),
-            spends=before_spends,
-            limits=move.limits_before or (f.soft, f.hard),
+            f, *standing(f.balance - move.credit_delta, spends, soft, hard, default_hard, current)
         )
         return before, after
-
-    @staticmethod
-    def _changed(state: TeamAlertState, outcome: _Outcome, now: datetime) -> bool:
-        return (
-            state.blocked != outcome.blocked
-            or state.credit_low != outcome.credit_low
-            or state.depleted != outcome.depleted
-            or (
-                (state.cycle_year, state.cycle_month) != (now.year, now.month)
-                and bool(outcome.fired)
-            )
-        )
 
     def _fire(
         self,
         session: Session,
-        settings: Settings,
+        default_hard: int,
         now: datetime,
         team_ids: list[uuid.UUID],
         moves: Mapping[uuid.UUID, TeamMoves],
@@ -277,30 +299,32 @@ class CrossingDetector:
     ) -> None:
         """Lock the teams' state rows (created from their figures before the write when
         missing), read their figures again under the lock, and fire what they still cross."""
-        insert = dialect_insert(session)
+        current = (now.year, now.month)
         rows = []
         for team_id in team_ids:
-            if first[team_id].state is None:
-                before, _ = self._before_after(
-                    team_id, settings, now, first[team_id], moves[team_id]
-                )
-                prior = _derived(before)
+            read = first[team_id]
+            if read.state is None:
+                before, _ = self._before_after(read, moves[team_id], default_hard, current)
+                prior = _prior(None, before, current)
                 rows.append(
                     {
                         "team_id": team_id,
                         "blocked": prior.blocked,
                         "credit_low": prior.credit_low,
                         "depleted": prior.depleted,
-                        "cycle_year": now.year,
-                        "cycle_month": now.month,
+                        "cycle_year": current[0],
+                        "cycle_month": current[1],
                         "thresholds_fired": sorted(prior.fired),
                         "updated_at": now,
                     }
                 )
         if rows:
+            insert = dialect_insert(session)
             session.execute(
                 insert(TeamAlertState).on_conflict_do_nothing(index_elements=["team_id"]), rows
             )
+        # In team order (the lock order); then the figures again: what committed while this
+        # transaction waited for a lock is in them.
         states = {
             state.team_id: state
             for state in session.scalars(
@@ -316,14 +340,21 @@ class CrossingDetector:
             f, state = figures.get(team_id), states.get(team_id)
             if f is None or state is None:
                 continue
-            before, after = self._before_after(team_id, settings, now, f, moves[team_id])
-            outcome = _outcome(_prior(state, before, now), after, f.low_credit, now)
-            for type_, data in outcome.events:
-                enqueue(session, type_, team_id, data)
+            before, after = self._before_after(f, moves[team_id], default_hard, current)
+            locked = _State(
+                state.blocked,
+                state.credit_low,
+                state.depleted,
+                (state.cycle_year, state.cycle_month),
+                tuple(state.thresholds_fired),
+            )
+            outcome = _outcome(_prior(locked, before, current), after)
+            for kind, threshold in outcome.kinds:
+                enqueue(session, kind, team_id, _event_data(kind, threshold, after, f, current))
             state.blocked = outcome.blocked
             state.credit_low = outcome.credit_low
             state.depleted = outcome.depleted
-            state.cycle_year, state.cycle_month = now.year, now.month
+            state.cycle_year, state.cycle_month = current
             state.thresholds_fired = sorted(outcome.fired)
             state.updated_at = now
         session.flush()
@@ -331,45 +362,58 @@ class CrossingDetector:
     @staticmethod
     def _read(session: Session, team_ids: list[uuid.UUID]) -> dict[uuid.UUID, _Figures]:
         """Every team's figures in one statement: one row per open cycle (or one with no cycle)."""
-        rows = session.execute(
-            select(
-                Team.id,
-                Team.soft_limit_cents,
-                Team.hard_limit_override_cents,
-                CreditAccount.balance_cents,
-                BillingCycle.year,
-                BillingCycle.month,
-                BillingCycle.spend_cents,
-                TeamAlertSettings.spend_thresholds_percent,
-                TeamAlertSettings.low_credit_cents,
-                TeamAlertState,
-            )
-            .select_from(Team)
-            .outerjoin(CreditAccount, CreditAccount.team_id == Team.id)
-            .outerjoin(
-                BillingCycle,
-                (BillingCycle.team_id == Team.id) & BillingCycle.closed_at.is_(None),
-            )
-            .outerjoin(TeamAlertSettings, TeamAlertSettings.team_id == Team.id)
-            .outerjoin(TeamAlertState, TeamAlertState.team_id == Team.id)
-            .where(Team.id.in_(team_ids))
-            .execution_options(populate_existing=True)
-        ).all()
+        bind = session.get_bind()
+        rows: Sequence[Sequence[Any]]
+        if bind.dialect.name == "postgresql" and bind.dialect.driver == "psycopg":
+            rows = session.connection().exec_driver_sql(_READ_PG, {"ids": team_ids}).all()
+        else:
+            rows = session.execute(
+                select(
+                    Team.id,
+                    Team.soft_limit_cents,
+                    Team.hard_limit_override_cents,
+                    CreditAccount.balance_cents,
+                    BillingCycle.year,
+                    BillingCycle.month,
+                    BillingCycle.spend_cents,
+                    TeamAlertSettings.spend_thresholds_percent,
+                    TeamAlertSettings.low_credit_cents,
+                    TeamAlertState.blocked,
+                    TeamAlertState.credit_low,
+                    TeamAlertState.depleted,
+                    TeamAlertState.cycle_year,
+                    TeamAlertState.cycle_month,
+                    TeamAlertState.thresholds_fired,
+                )
+                .select_from(Team)
+                .outerjoin(CreditAccount, CreditAccount.team_id == Team.id)
+                .outerjoin(
+                    BillingCycle,
+                    (BillingCycle.team_id == Team.id) & BillingCycle.closed_at.is_(None),
+                )
+                .outerjoin(TeamAlertSettings, TeamAlertSettings.team_id == Team.id)
+                .outerjoin(TeamAlertState, TeamAlertState.team_id == Team.id)
+                .where(Team.id.in_(team_ids))
+            ).all()
         figures: dict[uuid.UUID, _Figures] = {}
-        for team_id, soft, hard, balance, year, month, spend, thresholds, low, state in rows:
+        for row in rows:
+            team_id = row[0]
             f = figures.get(team_id)
             if f is None:
+                thresholds, low, blocked = row[7], row[8], row[9]
                 f = figures[team_id] = _Figures(
-                    soft,
-                    hard,
-                    Cents(balance or 0),
+                    row[1],
+                    row[2],
+                    row[3] or 0,
                     {},
                     DEFAULT_THRESHOLDS_PERCENT if thresholds is None else tuple(thresholds),
                     low,
-                    state,
+                    None
+                    if blocked is None
+                    else _State(blocked, row[10], row[11], (row[12], row[13]), tuple(row[14])),
                 )
-            if year is not None and month is not None:
-                f.spends[(year, month)] = Cents(spend or 0)
+            if row[4] is not None:
+                f.spends[(row[4], row[5])] = row[6] or 0
         return figures
 
 
