@@ -396,3 +396,37 @@ def test_crossings_are_emailed_to_the_alert_emails(mail: tuple[Api, Mailbox]) ->
         assert rcpt == ["ops@acme.example"]
         text = next(p for p in message.iter_parts() if p.get_content_type() == "text/plain")
         assert "$11.00 of $10.00" in text.get_content()
+
+
+def test_a_credit_write_meets_a_concurrent_batch_on_postgres(postgres_api: Api) -> None:
+    """A batch and a negative adjustment of one team, in transactions that overlap, each
+    lowering credit 300 of 1000 -- only together below the low-credit threshold of 500: the
+    adjustment waits for the batch's cycle row, reads its spend, and fires credit.low once."""
+    api = postgres_api
+    app: Any = api.client.app
+    settings: Settings = app.state.settings
+    engine = make_engine(api.url, pool_size=2)
+    sessions = make_sessionmaker(engine, settings=settings)
+    try:
+        with frozen_at("2061-11-10T12:00:00"):
+            team = Team(api, "2061-11")
+            team.alerts([50, 80, 100], low=500)
+            team.credit(1000)
+            team.use(1)  # the month's cycle row exists
+            batch = sessions()
+            metering_service.ingest(
+                batch, settings, [event(team.id, team.sku, 299, "2061-11-05T10:00:00Z")]
+            )
+            batch.flush()
+            thread = threading.Thread(target=team.credit, args=(-300,))
+            thread.start()
+            time.sleep(0.5)
+            assert thread.is_alive()  # the adjustment waits for the batch's cycle row
+            batch.commit()
+            batch.close()
+            thread.join(10)
+            assert not thread.is_alive()
+            ((kind, data),) = team.new()
+            assert (kind, data["creditLeft"]) == ("credit.low", "400")
+    finally:
+        engine.dispose()

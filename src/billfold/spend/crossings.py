@@ -252,6 +252,7 @@ class CrossingDetector:
         now = utc_now()
         current = (now.year, now.month)
         team_ids = sorted(moves)
+        self._meet_batches(session, team_ids, moves, current)
         figures = self._read(session, team_ids)
         lowered: list[CreditChange] = []
         crossing: list[uuid.UUID] = []
@@ -270,6 +271,34 @@ class CrossingDetector:
         if lowered:
             for listener in listeners:
                 listener.credit_lowered(session, lowered)
+
+    @staticmethod
+    def _meet_batches(
+        session: Session,
+        team_ids: list[uuid.UUID],
+        moves: Mapping[uuid.UUID, TeamMoves],
+        current: Cycle,
+    ) -> None:
+        """A write that is not a batch of the current cycle (a ledger entry, a limit change, a
+        close) locks the teams' current cycle rows before reading: a batch in flight holds
+        them, so the write reads that batch's committed spend, and a batch that comes after
+        reads the write's (it waits on the row until the write commits). Without that, each
+        could read the figures without the other and miss a line only their sum crosses. On
+        PostgreSQL (SQLite's writers are serialized already); rows that do not exist yet (the
+        team's first batch of the month) are not waited for."""
+        others = [t for t in team_ids if current not in moves[t].spend_deltas]
+        if not others or session.get_bind().dialect.name != "postgresql":
+            return
+        session.execute(
+            select(BillingCycle.team_id)
+            .where(
+                BillingCycle.team_id.in_(others),
+                BillingCycle.year == current[0],
+                BillingCycle.month == current[1],
+            )
+            .order_by(BillingCycle.team_id)
+            .with_for_update()
+        ).all()
 
     @staticmethod
     def _before_after(
