@@ -36,6 +36,7 @@ from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
 from billfold.notifications import endpoints as notifications
 from billfold.notifications.delivery import webhook_delivery
+from billfold.notifications.retention import retention_tasks
 from billfold.payments import endpoints as payments
 from billfold.payments.provider import PaymentProvider
 from billfold.payments.providers import make_provider
@@ -137,6 +138,7 @@ def create_app(
                 compaction_tasks(app),
                 reconcile_tasks(app),
                 webhook_delivery(app),
+                retention_tasks(app),
             ):
                 yield
         finally:

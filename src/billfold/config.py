@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     """A claimed delivery is retried by any process after this long if its sender died."""
     webhook_secret_grace_hours: float = Field(default=24.0, ge=0)
     """After a rotation, the old secret signs too for this long."""
+    outbox_retention_days: int = Field(default=30, ge=0)
+    """Delivered outbox messages (every delivery succeeded or failed) are deleted this many days
+    after their fan-out, with their deliveries and attempt log, by the serving processes once an
+    hour (notifications/retention.py); 0 keeps them."""
     smtp_url: str | None = None
     """``smtp://user:pass@host:port`` (``smtps://`` for TLS, ``?starttls=true``): with
     ``email_from``, team-level events are also e-mailed to the team's alert e-mails."""

@@ -24,6 +24,8 @@ class OutboxMessage(Base):
             postgresql_where=text("dispatched_at IS NULL"),
             sqlite_where=text("dispatched_at IS NULL"),
         ),
+        # What retention deletes, the oldest first (notifications/retention.py).
+        Index("ix_outbox_messages_dispatched", "dispatched_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_...

@@ -1,4 +1,4 @@
-"""crossing events: where each team stands on its alert lines
+"""crossing events: where each team stands on its alert lines; outbox retention
 
 Revision ID: 0019
 Revises: 0018
@@ -8,6 +8,8 @@ Revises: 0018
   yet, and the spend thresholds (percent, JSON list) that fired in the cycle it names. The row
   is what the transaction that fires locks, so each crossing fires once under any concurrency.
   One row per team, whatever the usage: it does not grow with time.
+* ``ix_outbox_messages_dispatched``: what outbox retention deletes, the oldest fan-out first
+  (``BILLFOLD_OUTBOX_RETENTION_DAYS``, notifications/retention.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def upgrade() -> None:
         sa.Column("thresholds_fired", JSONType, nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
     )
+    op.create_index("ix_outbox_messages_dispatched", "outbox_messages", ["dispatched_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_messages_dispatched", table_name="outbox_messages")
     op.drop_table("team_alert_states")
