@@ -349,6 +349,11 @@ def main() -> None:
     parser.add_argument(
         "--poll-seconds", type=float, default=0.1, help="BILLFOLD_WEBHOOK_POLL_SECONDS"
     )
+    parser.add_argument(
+        "--endpoint-concurrency",
+        type=int,
+        help="BILLFOLD_WEBHOOK_ENDPOINT_CONCURRENCY (default: Billfold's, 4 per process)",
+    )
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
@@ -376,12 +381,23 @@ def main() -> None:
                 "BILLFOLD_RATE_LIMIT": "false",
                 "BILLFOLD_WEBHOOKS_ALLOW_HTTP": "true",
                 "BILLFOLD_WEBHOOK_POLL_SECONDS": str(args.poll_seconds),
+                **(
+                    {"BILLFOLD_WEBHOOK_ENDPOINT_CONCURRENCY": str(args.endpoint_concurrency)}
+                    if args.endpoint_concurrency
+                    else {}
+                ),
             },
         )
         print(f"machine:  {machine()}; PostgreSQL {pg_version}")
         print(
             f"server:   {' '.join(command[1:])}, database {name}, "
-            f"BILLFOLD_WEBHOOK_POLL_SECONDS={args.poll_seconds:g} (other settings: defaults)"
+            f"BILLFOLD_WEBHOOK_POLL_SECONDS={args.poll_seconds:g}"
+            + (
+                f", BILLFOLD_WEBHOOK_ENDPOINT_CONCURRENCY={args.endpoint_concurrency}"
+                if args.endpoint_concurrency
+                else ""
+            )
+            + " (other settings: defaults)"
         )
         with httpx.Client(
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300

@@ -52,6 +52,7 @@ from billfold.notifications.service import (
 
 log = logging.getLogger("billfold.webhooks")
 EMAIL_SLOT = "email"  # the busy counter of e-mail sends (as if one endpoint)
+ROUND_GAP_SECONDS = 0.005  # after a send ends, before the round it wakes
 
 
 def signed_headers(job: Job, at: datetime) -> dict[str, str]:
@@ -106,6 +107,9 @@ class Deliverer:
         self.settings = settings
         self.busy: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
+        # Set when a send ends: a loop whose last round claimed work goes again then, not a
+        # whole poll later (what a burst of deliveries needs: slots, not rounds, bound it).
+        self.freed: asyncio.Event | None = None
         self.smtp = (
             parse_smtp_url(settings.smtp_url)
             if settings.smtp_url and settings.email_enabled()
@@ -155,6 +159,7 @@ class Deliverer:
             self.busy[EMAIL_SLOT] -= 1
             if self.busy[EMAIL_SLOT] <= 0:
                 del self.busy[EMAIL_SLOT]
+            self._freed()
 
     def record(self, job: Job, outcome: Outcome) -> None:
         with transaction(self.sessions) as session:
@@ -171,6 +176,26 @@ class Deliverer:
             self.busy[job.endpoint_id] -= 1
             if self.busy[job.endpoint_id] <= 0:
                 del self.busy[job.endpoint_id]
+            self._freed()
+
+    def _freed(self) -> None:
+        if self.freed is not None:
+            self.freed.set()
+
+    async def _pause(self, claimed: bool) -> None:
+        """Until the next round: a poll, or -- when this round claimed work, so more may be
+        due -- until a send ends (then a few ms more, so that one round takes the slots of the
+        sends that end together), whichever comes first."""
+        poll = self.settings.webhook_poll_seconds
+        if not claimed or self.freed is None:
+            await asyncio.sleep(poll)
+            return
+        self.freed.clear()
+        try:
+            await asyncio.wait_for(self.freed.wait(), poll)
+        except TimeoutError:
+            return
+        await asyncio.sleep(min(poll, ROUND_GAP_SECONDS))
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
@@ -178,8 +203,10 @@ class Deliverer:
         async with httpx.AsyncClient(
             limits=limits, timeout=timeout, follow_redirects=False
         ) as client:
+            self.freed = asyncio.Event()
             while True:
                 free = self.settings.webhook_concurrency - sum(self.busy.values())
+                claimed = free <= 0  # every slot busy: go again when one is free
                 if free > 0:
                     try:
                         jobs, emails = await asyncio.to_thread(
@@ -194,7 +221,8 @@ class Deliverer:
                     for email in emails:
                         self.busy[EMAIL_SLOT] += 1
                         self.start(self.deliver_email(email))
-                await asyncio.sleep(self.settings.webhook_poll_seconds)
+                    claimed = bool(jobs or emails)
+                await self._pause(claimed)
 
     def start(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
