@@ -20,6 +20,9 @@ from billfold import (
     __version__,
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
+from billfold.autotopup import endpoints as autotopup
+from billfold.autotopup.charger import auto_topup_charging
+from billfold.autotopup.service import auto_topup_service
 from billfold.config import Settings, get_settings
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
@@ -137,6 +140,7 @@ def create_app(
                 compaction_tasks(app),
                 reconcile_tasks(app),
                 webhook_delivery(app),
+                auto_topup_charging(app),
             ):
                 yield
         finally:
@@ -154,6 +158,7 @@ def create_app(
     )
     app.state.settings = settings
     document_service.configure(settings)  # the seller on invoice documents
+    auto_topup_service.configure(settings)  # the bounds of an auto top-up's amount
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
@@ -199,6 +204,7 @@ def create_app(
         spend,
         invoicing,
         topups,
+        autotopup,
         documents,
         notifications,
     ):

@@ -9,17 +9,23 @@ handed in here, once, when the app or the CLI is imported:
 * a usage cancellation refuses usage a booked credit expiry counted: the ledger knows the expiries
   (``metering.cancellation.BookedExpiries``).
 
-And finalizing an invoice renders and stores its documents in the same transaction: the documents
-package renders them (``invoicing.service.InvoiceDocuments``).
+And two steps need work done above them: finalizing an invoice renders and stores its documents
+in the same transaction: the documents package renders them
+(``invoicing.service.InvoiceDocuments``); settling an auto top-up counts the team's failures in a
+row and may turn auto top-up off (``topups.service.AutoTopupOutcomes``, implemented by
+``autotopup.service.AutoTopupService``).
 """
 
+from billfold.autotopup.service import auto_topup_service
 from billfold.documents.service import document_service
 from billfold.invoicing.service import invoicing_service
 from billfold.ledger.service import ledger_service
 from billfold.metering.cancellation import cancellation_service
 from billfold.metering.rated import rated_usage
 from billfold.pricing.service import pricing_service
+from billfold.topups.service import topup_service
 
 pricing_service.use(rated_usage)
 cancellation_service.use(ledger_service)
 invoicing_service.use(document_service)
+topup_service.use(auto_topup_service)
