@@ -22,7 +22,6 @@ from billfold import (
 )
 from billfold.autotopup import endpoints as autotopup
 from billfold.autotopup.charger import auto_topup_charging
-from billfold.autotopup.service import auto_topup_service
 from billfold.config import Settings, get_settings
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
@@ -158,10 +157,9 @@ def create_app(
     )
     app.state.settings = settings
     document_service.configure(settings)  # the seller on invoice documents
-    auto_topup_service.configure(settings)  # the bounds of an auto top-up's amount
     app.state.engine = engine
-    app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True)
+    app.state.sessionmaker = make_sessionmaker(engine, settings=settings)
+    app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True, settings=settings)
     app.state.payment_provider = provider
     app.state.spend_cache = spend_cache
     app.state.rate_limits = RateLimits(

@@ -15,6 +15,7 @@ from billfold.notifications.models import (
 from billfold.outbox.models import OutboxMessage
 from billfold.payments.models import PaymentMethod, StripeEvent
 from billfold.pricing.models import PriceVersion
+from billfold.spend.models import TeamAlertState
 from billfold.teams.models import (
     BillingInfo,
     ManagementKey,
@@ -46,6 +47,7 @@ __all__ = [
     "StripeEvent",
     "Team",
     "TeamAlertSettings",
+    "TeamAlertState",
     "Topup",
     "UsageEvent",
     "UsageRollup",

@@ -52,7 +52,6 @@ def set_command(
         },
     )
     settings = get_settings()
-    auto_topup_service.configure(settings)
     with transaction(settings) as session:
         out = auto_topup_out(auto_topup_service.set(session, team, auto_topup_config(body)))
     show(out, as_json)
@@ -80,7 +79,7 @@ def charge_command(as_json: JsonOpt = False) -> None:
         fail("provider_misconfigured", str(exc), exit_code=2)
     engine = make_engine(settings.database_url, pool_size=2)
     try:
-        sessions = make_sessionmaker(engine)
+        sessions = make_sessionmaker(engine, settings=settings)
         topups = charge_due(sessions, sessions, provider, settings)
     finally:
         engine.dispose()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,10 +46,13 @@ from sqlalchemy.orm import Session
 from billfold.autotopup.models import AutoTopupSettings
 from billfold.config import Settings, get_settings
 from billfold.cycles.periods import month_end, month_of, month_start
+from billfold.figures.watch import CreditChange
 from billfold.kit.clock import utc_now
+from billfold.kit.db import SETTINGS_INFO
 from billfold.kit.errors import BadRequest, InvalidField
 from billfold.kit.money import Cents
 from billfold.ledger.schemas import AUTO_PURCHASE, SUCCEEDED, TO_CHARGE
+from billfold.ledger.service import ledger_service
 from billfold.outbox.events import AUTO_TOPUP_DISABLED
 from billfold.outbox.writer import enqueue
 from billfold.payments.service import payment_method_service
@@ -89,20 +93,13 @@ class AutoTopupView:
     pending: Topup | None
 
 
+def _settings(session: Session) -> Settings:
+    """The app's or the CLI's settings, carried by the session (the top-up bounds)."""
+    settings: Settings | None = session.info.get(SETTINGS_INFO)
+    return settings if settings is not None else get_settings()
+
+
 class AutoTopupService:
-    def __init__(self) -> None:
-        self._settings: Settings | None = None
-
-    def configure(self, settings: Settings) -> None:
-        """The top-up bounds come from the settings (the app and the CLI hand them in)."""
-        self._settings = settings
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = get_settings()
-        return self._settings
-
     # --- the operator's settings ----------------------------------------------------------
 
     def get(self, session: Session, team_id: uuid.UUID) -> AutoTopupView:
@@ -113,7 +110,7 @@ class AutoTopupService:
         """Replace the team's settings. On: every figure, one of amount and target, and a
         default payment method are needed. Turning it on (again) clears the failures in a row."""
         team = team_service.get(session, team_id, for_update=True)
-        self._validate(config)
+        self._validate(_settings(session), config)
         if config.enabled and payment_method_service.default_for(session, team) is None:
             raise BadRequest(
                 "auto top-up needs a default payment method to charge",
@@ -135,8 +132,9 @@ class AutoTopupService:
         session.flush()
         return self._view(session, team_id, row)
 
-    def _validate(self, config: AutoTopupConfig) -> None:
-        lowest, highest = self.settings.topup_min_cents, self.settings.topup_max_cents
+    @staticmethod
+    def _validate(settings: Settings, config: AutoTopupConfig) -> None:
+        lowest, highest = settings.topup_min_cents, settings.topup_max_cents
         for field, value in (
             ("thresholdCents", config.threshold),
             ("amountCents", config.amount),
@@ -172,25 +170,39 @@ class AutoTopupService:
 
     # --- the decision, in the transaction of the write ------------------------------------
 
+    def credit_lowered(self, session: Session, changes: Sequence[CreditChange]) -> None:
+        """``figures.watch.CreditListener``: before the commit of every write that lowered live
+        credit (an ingestion batch: once per batch), for each team whose credit fell."""
+        for change in changes:
+            self.on_live_credit(session, change.team_id, change.after)
+
     def on_live_credit(self, session: Session, team_id: uuid.UUID, live_credit: Cents) -> None:
         """Told, in the transaction of a write that lowered the team's live credit, the credit
         after it: enqueue one auto top-up when it is below the threshold and none is pending.
-        Costs a team without auto top-up one primary-key read."""
+        Costs a team without auto top-up one primary-key read.
+
+        Every lowering write that leaves the credit below the threshold while none is pending
+        enqueues one (the crossing itself, and the writes after a failure or after a top-up too
+        small to lift the credit above the threshold), until the cap, or three failures."""
         row = session.get(AutoTopupSettings, team_id)
         if row is None or not row.enabled or not self._below(row, live_credit):
             return
         row = self._lock(session, team_id)  # serializes the team's decisions (the cap, one pending)
-        if row is None or not row.enabled or not self._below(row, live_credit):
-            return
-        if self._pending(session, team_id) is not None:
-            return
-        amount = self._next_amount(row, live_credit)
-        if amount is None:
+        if row is None or not row.enabled:
             return
         now = utc_now()
+        # Re-read under the lock: a write of another transaction that committed meanwhile (and
+        # its auto top-up) is seen now.
+        live_credit = ledger_service.credit_position(session, team_id, now).credit_left
+        if not self._below(row, live_credit) or self._pending(session, team_id) is not None:
+            return
+        settings = _settings(session)
+        amount = self._next_amount(settings, row, live_credit)
+        if amount is None:
+            return
         left = Cents((row.monthly_limit_cents or 0) - self._month_to_date(session, team_id, now))
         amount = min(amount, left)
-        if amount < self.settings.topup_min_cents:
+        if amount < settings.topup_min_cents:
             log.info("auto top-up of team %s: the monthly limit is reached", team_id)
             return
         method = payment_method_service.default_for(session, team_service.get(session, team_id))
@@ -224,7 +236,10 @@ class AutoTopupService:
     def _below(row: AutoTopupSettings, live_credit: Cents) -> bool:
         return row.threshold_cents is not None and live_credit < row.threshold_cents
 
-    def _next_amount(self, row: AutoTopupSettings, live_credit: Cents) -> Cents | None:
+    @staticmethod
+    def _next_amount(
+        settings: Settings, row: AutoTopupSettings, live_credit: Cents
+    ) -> Cents | None:
         """The amount of the next auto top-up before the cap (None: none is needed)."""
         if row.amount_cents is not None:
             wanted = row.amount_cents
@@ -234,7 +249,7 @@ class AutoTopupService:
             wanted = Cents(row.target_cents - live_credit)
         else:
             return None
-        bounded = max(self.settings.topup_min_cents, min(wanted, self.settings.topup_max_cents))
+        bounded = max(settings.topup_min_cents, min(wanted, settings.topup_max_cents))
         return Cents(bounded)
 
     # --- what an outcome changes (topups.service.AutoTopupOutcomes) -----------------------

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.config import Settings
 from billfold.cycles.models import BillingCycle, ClosedPeriod
 from billfold.cycles.periods import lock_month_exclusive, month_end
+from billfold.figures.watch import watch
 from billfold.invoicing.charges import invoice_charges
 from billfold.invoicing.events import cycle_closed_event, invoice_event
 from billfold.invoicing.models import (
@@ -578,6 +579,7 @@ class InvoicingService:
             )
         cycle.closed_at = now
         cycle.invoice_id = invoice.id
+        watch.moved(session, team_id)  # its figures, in the new cycle (spend.unblocked)
         session.flush()
         self._documents_of(session, invoice)
         enqueue(session, INVOICE_FINALIZED, team_id, invoice_event(session, invoice.id))

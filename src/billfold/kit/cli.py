@@ -108,7 +108,7 @@ def transaction(settings: Settings | None = None) -> Iterator[Session]:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, pool_size=2)
     try:
-        with db_transaction(make_sessionmaker(engine)) as session:
+        with db_transaction(make_sessionmaker(engine, settings=settings)) as session:
             yield session
     except BillfoldError as exc:
         report(exc)

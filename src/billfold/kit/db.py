@@ -168,15 +168,24 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+# The key of ``Session.info`` holding the app's (or a CLI command's) settings, where a service
+# that is handed only a session needs one (the crossing detection's default hard limit).
+SETTINGS_INFO = "billfold.settings"
+
+
+def make_sessionmaker(
+    engine: Engine, *, read_only: bool = False, settings: Any = None
+) -> sessionmaker[Session]:
     """Sessions on ``engine``; ``read_only`` ones begin deferred on SQLite and READ ONLY on
-    PostgreSQL (see kit.http.read_only)."""
+    PostgreSQL (see kit.http.read_only). ``settings`` rides on each session's ``info``
+    (:data:`SETTINGS_INFO`)."""
     if read_only:
         options: dict[str, Any] = {READ_ONLY_OPTION: True}
         if engine.dialect.name == "postgresql":
             options["postgresql_readonly"] = True
         engine = engine.execution_options(**options)
-    return sessionmaker(engine, expire_on_commit=False, autoflush=True)
+    info = {SETTINGS_INFO: settings} if settings is not None else None
+    return sessionmaker(engine, expire_on_commit=False, autoflush=True, info=info)
 
 
 def is_postgres(session: Session) -> bool:

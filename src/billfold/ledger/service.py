@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from billfold.cycles.models import BillingCycle
 from billfold.cycles.periods import month_end, month_start
+from billfold.figures.watch import watch
 from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import dialect_insert
 from billfold.kit.errors import BadRequest, Conflict, InvalidField
@@ -223,6 +224,9 @@ class LedgerService:
         session.add(entry)
         account.balance_cents += credit_cents
         account.updated_at = now
+        # A cycle close's SPEND entry moves posted credit by what the closing cycle used of it:
+        # live credit is unchanged (the close notes the team itself).
+        watch.moved(session, account.team_id, credit_delta=0 if kind == "spend" else credit_cents)
         if expires_at is not None and (
             account.next_expiry_at is None or expires_at < account.next_expiry_at
         ):

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from sqlalchemy.orm import Session
 
 from billfold.config import Settings
 from billfold.cycles.periods import closed_months, lock_months_shared
+from billfold.figures.watch import watch
 from billfold.kit.clock import utc_now
 from billfold.kit.db import is_postgres
 from billfold.kit.errors import BadRequest
@@ -367,6 +369,17 @@ class MeteringService:
         # Every touched cycle is upserted, also with a zero delta: a cycle row exists once the
         # team has usage in that month.
         writer.add_to_cycles(session, sorted(spend.items(), key=itemgetter(0)))
+        # The figure watch hears of each cycle's spend delta (per cycle, not per event); the
+        # crossing events and the listeners of lowered credit run on them before the commit.
+        moved = [
+            (team, year, month, delta) for (team, year, month), delta in spend.items() if delta
+        ]
+        if moved:
+            team_ids = {team: uuid.UUID(team) for team, _, _, _ in moved}
+            watch.spend_added(
+                session,
+                [(team_ids[team], year, month, delta) for team, year, month, delta in moved],
+            )
 
 
 metering_service = MeteringService()

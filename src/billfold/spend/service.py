@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
 from billfold.cycles.periods import month_end, month_start
+from billfold.figures.watch import watch
 from billfold.kit.clock import utc_now
 from billfold.kit.db import (
     transaction,
@@ -73,6 +74,9 @@ class SpendService:
                 f"{limits.effective_hard} cents",
                 code="above_hard_limit",
             )
+        watch.moved(
+            session, team_id, limits_before=(team.soft_limit_cents, team.hard_limit_override_cents)
+        )
         team.soft_limit_cents = desired
         return desired
 
@@ -87,6 +91,9 @@ class SpendService:
         if amount is not None and amount < 0:
             raise InvalidField("amount", "must not be negative (null removes the override)")
         team = team_service.get(session, team_id, for_update=True)
+        watch.moved(
+            session, team_id, limits_before=(team.soft_limit_cents, team.hard_limit_override_cents)
+        )
         team.hard_limit_override_cents = amount
         return spending_limits(team, settings)
 

@@ -1,7 +1,7 @@
 """auto top-up: the settings per team, and auto top-ups as top-ups of their own origin
 
 Revision ID: 0020
-Revises: 0018
+Revises: 0019
 
 * ``auto_topup_settings``: per team, whether auto top-up is on, the threshold, a fixed amount or
   a target level, the monthly cap, the failures in a row and why it was turned off.
@@ -21,7 +21,7 @@ from alembic import op
 from billfold.kit.db import UTCDateTime
 
 revision: str = "0020"
-down_revision: str | Sequence[str] | None = "0018"
+down_revision: str | Sequence[str] | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
