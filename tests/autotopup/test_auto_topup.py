@@ -272,3 +272,16 @@ def test_three_failures_in_a_row_turn_it_off(api: Api) -> None:
         spend(api, team_id, sku, 100)
         statuses = sorted(t.status for t in settled(api, team_id, 4))
         assert statuses == ["FAILED_TO_CHARGE"] * 3 + ["SUCCEEDED"]
+
+
+def test_the_auto_top_up_events_have_e_mail_templates() -> None:
+    from billfold.notifications.email import render
+    from billfold.outbox.models import OutboxMessage
+
+    def subject(kind: str, **data: Any) -> str:
+        message = OutboxMessage(id="msg_x", type=kind, team_id=uuid.uuid4(), data=data)
+        return render(message)[0]
+
+    assert subject("auto_topup.succeeded", amount="5000") == "Auto top-up of $50.00 succeeded"
+    assert subject("auto_topup.failed", amount="5000") == "Auto top-up of $50.00 failed"
+    assert subject("auto_topup.disabled", consecutiveFailures=3) == "Auto top-up turned off"
