@@ -45,7 +45,7 @@ def auto_topups(api: Api, team_id: str) -> list[Topup]:
         )
 
 
-def settled(api: Api, team_id: str, count: int, timeout: float = 20.0) -> list[Topup]:
+def settled(api: Api, team_id: str, count: int, timeout: float = 30.0) -> list[Topup]:
     """The team's auto top-ups once there are ``count`` and none is pending (the app's charger
     charges them in the background)."""
     deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ AUTO_PURCHASE with a receipt, never two pending, the monthly cap, three failures
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,7 +198,13 @@ def test_never_two_pending_and_a_lost_answer_is_found_not_charged_again(api: Api
         (pending,) = auto_topups(api, team_id)
         assert pending.status == "TO_CHARGE"
         assert get_settings(api, team_id)["pendingTopupId"] == str(pending.id)
-        # Its lease runs out: a charger asks the provider, which made the charge: settled.
+        # The charger's attempt reached the provider (whose answer was lost) ...
+        deadline = time.monotonic() + 20
+        while not charges(api, team_id):
+            assert time.monotonic() < deadline, "the charger never tried"
+            time.sleep(0.05)
+        assert auto_topups(api, team_id)[0].status == "TO_CHARGE"
+        # ... and its lease runs out: a charger asks the provider, which made the charge: settled.
         _expire_leases(api, team_id)
         app_state = api.client.app.state  # type: ignore[attr-defined]
         settings: Settings = app_state.settings
