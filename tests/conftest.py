@@ -206,6 +206,7 @@ def _make_api(url: str, backend: str, *, deliver_webhooks: bool = True) -> Itera
         # Off for apps on databases a test migrates down while the app runs: a deliverer polling
         # the outbox would hold locks on the tables the downgrade drops.
         webhooks_deliver=deliver_webhooks,
+        auto_topup_poll_seconds=0.05,  # the auto top-up charger, within a test's patience
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:

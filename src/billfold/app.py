@@ -20,6 +20,8 @@ from billfold import (
     __version__,
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
+from billfold.autotopup import endpoints as autotopup
+from billfold.autotopup.charger import auto_topup_charging
 from billfold.config import Settings, get_settings
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
@@ -139,6 +141,7 @@ def create_app(
                 reconcile_tasks(app),
                 webhook_delivery(app),
                 retention_tasks(app),
+                auto_topup_charging(app),
             ):
                 yield
         finally:
@@ -201,6 +204,7 @@ def create_app(
         spend,
         invoicing,
         topups,
+        autotopup,
         documents,
         notifications,
     ):

@@ -18,6 +18,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from billfold import wiring  # noqa: F401 (hands lower domains what they need)
+from billfold.autotopup.cli import auto_topup_app
 from billfold.config import Settings, get_settings
 from billfold.documents import cli as documents_cli  # noqa: F401 (invoices backfill-documents)
 from billfold.invoicing.cli import cycle_app, invoices_app
@@ -58,6 +59,7 @@ app.add_typer(invoices_app, name="invoices")
 app.add_typer(card_app, name="card")
 app.add_typer(payments_app, name="payments")
 app.add_typer(billing_info_app, name="billing-info")
+app.add_typer(auto_topup_app, name="auto-top-up")
 app.command("spend-status")(spend_status)
 
 

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
             return f"BILLFOLD_PAYMENT_PROVIDER=stripe needs {' and '.join(missing)}"
         return None
 
+    auto_topup_charge: bool = True
+    """Run the auto top-up charger in this serving process (every process may run it)."""
+    auto_topup_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the charger looks for pending auto top-ups."""
+    auto_topup_lease_seconds: int = Field(default=60, ge=1)
+    """A claimed auto top-up is charged again (same idempotency key) by any process after this
+    long if it is still pending (its charger died, or the provider did not answer)."""
     webhooks_allow_http: bool = False
     """Accept ``http://`` webhook URLs (tests, loopback); otherwise only ``https://``."""
     webhooks_deliver: bool = True

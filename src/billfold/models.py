@@ -1,5 +1,6 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
+from billfold.autotopup.models import AutoTopupSettings
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
@@ -25,6 +26,7 @@ from billfold.teams.models import (
 from billfold.topups.models import Refund, Topup
 
 __all__ = [
+    "AutoTopupSettings",
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",

@@ -17,6 +17,7 @@ from billfold.ledger.models import CREDIT_KEY_PREFIX, LedgerEntry
 
 # changeOrigin
 PURCHASE = "PURCHASE"
+AUTO_PURCHASE = "AUTO_PURCHASE"  # a purchase made by auto top-up (autotopup/)
 SPEND = "SPEND"
 REFUND = "REFUND"
 MANUAL = "MANUAL"

@@ -152,6 +152,23 @@ def _lines(message: OutboxMessage) -> tuple[str, list[str]]:
             f"Your top-up of {format_cents(data.get('amount'))} could not be charged.",
             "No credit was added. Check the payment method and try again.",
         ]
+    if kind == "auto_topup.succeeded":
+        return f"Auto top-up of {format_cents(data.get('amount'))} succeeded", [
+            f"Your credit fell below your threshold: {format_cents(data.get('amount'))} was "
+            "charged and credited.",
+            f"Receipt: invoice {data.get('change', {}).get('invoiceNumber', '-')}.",
+        ]
+    if kind == "auto_topup.failed":
+        return f"Auto top-up of {format_cents(data.get('amount'))} failed", [
+            f"Your auto top-up of {format_cents(data.get('amount'))} could not be charged.",
+            "No credit was added. Check the payment method.",
+        ]
+    if kind == "auto_topup.disabled":
+        return "Auto top-up turned off", [
+            f"After {data.get('consecutiveFailures')} failed charges in a row, auto top-up was "
+            "turned off.",
+            "Check the payment method, then turn auto top-up on again.",
+        ]
     if kind.startswith("invoice."):
         invoice = data.get("invoice", {})
         number = invoice.get("invoiceNumber", "")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db import Base
 from billfold.kit.money import Cents
+from billfold.ledger.schemas import AUTO_PURCHASE, PURCHASE
 
 
 class Topup(Base):
@@ -24,6 +25,14 @@ class Topup(Base):
         UniqueConstraint("team_id", "idempotency_key"),
         Index("ix_topups_team_status", "team_id", "status"),
         Index("ix_topups_provider_charge_id", "provider_charge_id"),
+        # At most one pending auto top-up per team (autotopup/service.py enqueues them).
+        Index(
+            "uq_topups_one_pending_auto",
+            "team_id",
+            unique=True,
+            postgresql_where=text(f"status = 'TO_CHARGE' AND origin = '{AUTO_PURCHASE}'"),
+            sqlite_where=text(f"status = 'TO_CHARGE' AND origin = '{AUTO_PURCHASE}'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -42,6 +51,13 @@ class Topup(Base):
     invoice_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
     settled_at: Mapped[datetime | None]
+    # What asked for the purchase, the wire's changeOrigin: PURCHASE (a top-up through the API)
+    # or AUTO_PURCHASE (enqueued by a write that took the credit below the team's auto top-up
+    # threshold, charged by a serving process: autotopup/).
+    origin: Mapped[str] = mapped_column(String(16), server_default=PURCHASE, default=PURCHASE)
+    # An auto top-up claimed by a serving process's charger: no other claims it before then
+    # (wall clock). None: never claimed. Top-ups asked through the API never have one.
+    lease_until: Mapped[datetime | None]
 
 
 class Refund(Base):

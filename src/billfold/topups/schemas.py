@@ -8,7 +8,6 @@ from pydantic import StringConstraints
 
 from billfold.kit.schemas import Cent, Int64, WireModel, cent
 from billfold.ledger.schemas import (
-    PURCHASE,
     Change,
     PaymentProcessor,
 )
@@ -27,7 +26,7 @@ def topup_change(topup: Topup, invoice_number: str | None) -> Change:
     """A top-up on the wire, in whatever state it is; its time is when it was asked for."""
     return Change(
         team_id=str(topup.team_id),
-        change_origin=PURCHASE,
+        change_origin=topup.origin,  # PURCHASE, or AUTO_PURCHASE for an auto top-up
         topup_status=topup.status,
         amount=cent(-topup.amount_cents),
         invoice_id=topup.invoice_id,
@@ -52,7 +51,8 @@ class RefundRequest(WireModel):
 
 
 def topup_event(topup: Topup, invoice_number: str | None = None) -> dict[str, Any]:
-    """``data`` of ``topup.succeeded`` / ``topup.failed``: the top-up's id, its amount in cents
+    """``data`` of ``topup.succeeded`` / ``topup.failed`` (and ``auto_topup.succeeded`` /
+    ``auto_topup.failed``): the top-up's id, its amount in cents
     and the balance change as the prepaid balance lists it (``teamId`` is added by enqueue)."""
     change = topup_change(topup, invoice_number)
     return {

@@ -7,6 +7,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,14 +21,21 @@ from billfold.kit.db import transaction
 from billfold.kit.errors import BadRequest, Conflict, InvalidField
 from billfold.kit.money import Cents
 from billfold.ledger.schemas import (
+    AUTO_PURCHASE,
     FAILED_TO_CHARGE,
+    PURCHASE,
     SUCCEEDED,
     TO_CHARGE,
     Change,
     PrepaidBalance,
 )
 from billfold.ledger.service import ledger_service
-from billfold.outbox.events import TOPUP_FAILED, TOPUP_SUCCEEDED
+from billfold.outbox.events import (
+    AUTO_TOPUP_FAILED,
+    AUTO_TOPUP_SUCCEEDED,
+    TOPUP_FAILED,
+    TOPUP_SUCCEEDED,
+)
 from billfold.outbox.writer import enqueue
 from billfold.payments.faults import crash_point
 from billfold.payments.models import PaymentMethod
@@ -57,6 +65,15 @@ PENDING_RETRY_AFTER = timedelta(seconds=60)
 RESOLVE_BATCH = 20
 
 
+class AutoTopupOutcomes(Protocol):
+    """Told, in the transaction that settles it, how an auto top-up ended (SUCCEEDED or
+    FAILED_TO_CHARGE): the failures-in-a-row count and turning auto top-up off live above
+    (``autotopup.service.AutoTopupService``, handed in by wiring.py). Whoever settles an auto
+    top-up -- the charger, a webhook, reconciliation, the team's next call -- settles it here."""
+
+    def auto_topup_settled(self, session: Session, topup: Topup) -> None: ...
+
+
 @dataclass(frozen=True)
 class TopupOutcome:
     change: Change
@@ -82,7 +99,19 @@ class TopupService:
     the provider answers with the first charge: a top-up can never be charged twice.
 
     The methods take a ``sessionmaker`` and open their own transactions (kit.db.transaction).
+
+    Auto top-ups (``origin`` AUTO_PURCHASE) are top-ups whose phase 1 is done by the write that
+    took the credit below the team's threshold (autotopup/service.py), and whose phase 2 runs in
+    a serving process (autotopup/charger.py) through :meth:`resolve`; they settle here like any
+    other, with ``auto_topup.*`` events and the outcome handed to :class:`AutoTopupOutcomes`.
     """
+
+    def __init__(self) -> None:
+        self._auto: AutoTopupOutcomes | None = None
+
+    def use(self, outcomes: AutoTopupOutcomes | None) -> None:
+        """Who is told how auto top-ups end (wiring.py)."""
+        self._auto = outcomes
 
     def top_up(
         self,
@@ -226,7 +255,11 @@ class TopupService:
         else:
             pending = session.scalars(
                 select(Topup)
-                .where(Topup.team_id == team_id, Topup.status == TO_CHARGE)
+                .where(
+                    Topup.team_id == team_id,
+                    Topup.status == TO_CHARGE,
+                    Topup.origin == PURCHASE,  # a pending auto top-up is not this call's
+                )
                 .order_by(Topup.created_at, Topup.id)
                 .limit(1)
             ).first()
@@ -416,7 +449,11 @@ class TopupService:
                 topup.status = FAILED_TO_CHARGE
                 topup.failure_code = result.failure_code or "card_declined"
                 topup.failure_message = result.failure_message or "the card was declined"
-                enqueue(session, TOPUP_FAILED, topup.team_id, topup_event(topup))
+                auto = topup.origin == AUTO_PURCHASE
+                event = AUTO_TOPUP_FAILED if auto else TOPUP_FAILED
+                enqueue(session, event, topup.team_id, topup_event(topup))
+                if auto and self._auto is not None:
+                    self._auto.auto_topup_settled(session, topup)
                 return topup
             if result.amount != topup.amount_cents:
                 log.error(
@@ -441,7 +478,11 @@ class TopupService:
                 credit_cents=result.amount,
                 idempotency_key=f"topup:{topup.id}",
                 reference=result.charge_id,
-                description="prepaid credits top-up",
+                description=(
+                    "prepaid credits auto top-up"
+                    if topup.origin == AUTO_PURCHASE
+                    else "prepaid credits top-up"
+                ),
                 topup_id=topup.id,
                 invoice_id=invoice.id,
             )
@@ -449,7 +490,11 @@ class TopupService:
             topup.ledger_entry_id = entry.id
             topup.invoice_id = invoice.id
             session.flush()
-            enqueue(session, TOPUP_SUCCEEDED, topup.team_id, topup_event(topup, invoice.number))
+            auto = topup.origin == AUTO_PURCHASE
+            event = AUTO_TOPUP_SUCCEEDED if auto else TOPUP_SUCCEEDED
+            enqueue(session, event, topup.team_id, topup_event(topup, invoice.number))
+            if auto and self._auto is not None:
+                self._auto.auto_topup_settled(session, topup)
             return topup
 
 
