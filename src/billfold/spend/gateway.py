@@ -78,6 +78,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billfold.kit.clock import utc_now
 from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
 from billfold.kit.errors import RateLimited, ServiceUnavailable
+from billfold.kit.metrics import SPEND_CACHE_ANSWERS, SPEND_CACHE_LEASED, SPEND_CHECKS
 from billfold.kit.ratelimit import RateLimits, too_many
 from billfold.spend.limits import SpendDecision
 from billfold.spend.service import spend_service
@@ -118,17 +119,43 @@ def spend_status_json(decision: SpendDecision) -> bytes:
     )
 
 
+class SpendCheckCounter:
+    """Counts answered checks by reason and by where the answer came from (``app.state.
+    spend_checks``; None with BILLFOLD_METRICS=false): one counter increment per check."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[bytes, bool], Any] = {}
+
+    def count(self, body: bytes, cached: bool) -> None:
+        # The body is spend_status_json's: the reason follows the flag at a fixed offset
+        # (b'{"allowed":true,"reason":"' is 26 bytes, the false one 27), cheaper than keeping
+        # the reason beside every cached answer.
+        start = 26 if body[11] == 116 else 27  # t(rue) / f(alse)
+        key = (body[start : body.index(b'"', start)], cached)
+        child = self._children.get(key)
+        if child is None:
+            child = SPEND_CHECKS.labels(key[0].decode(), "true" if cached else "false")
+            self._children[key] = child
+        child.inc()
+
+
 def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
-    """The check's response body: from this process's cache, or read (and cached).
+    """The check's response body: from this process's cache, or read (and cached); counted.
 
     None when a grant's expiry is due: the ledger books it in a transaction first (the route
-    does that in the thread pool). Raises what the read raises (unknown team, database down).
+    does that in the thread pool, and counts it). Raises what the read raises (unknown team,
+    database down).
     """
     cache: SpendCache | None = state.spend_cache
+    checks: SpendCheckCounter | None = state.spend_checks
     key = str(team_id)
     if cache is not None:
         body = cache.get(key, utc_now())
         if body is not None:
+            if checks is not None:
+                checks.count(body, cached=True)
             return body
         epoch = cache.epoch
     snapshot = spend_service.spend_snapshot(state.engine, state.settings, team_id)
@@ -137,6 +164,8 @@ def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
     body = spend_status_json(snapshot.decision)
     if cache is not None:
         cache.put(key, body, snapshot.valid_from, snapshot.valid_until, epoch)
+    if checks is not None:
+        checks.count(body, cached=False)
     return body
 
 
@@ -495,6 +524,8 @@ class SpendCache:
         now = self._loop.time()
         for name in [n for n, heard in self._members.items() if now - heard >= _MEMBER_TTL]:
             del self._members[name]
+        SPEND_CACHE_LEASED.set(1 if self.ready else 0)  # /metrics (kit/metrics.py)
+        SPEND_CACHE_ANSWERS.set(len(self._answers))
         if self._conn is None:
             return
         if now - max(self._lease_from, self._connected_at) > _LOST_AFTER:
