@@ -28,7 +28,6 @@ from billfold.invoicing.models import PENDING as INVOICE_PENDING
 from billfold.invoicing.models import Invoice
 from billfold.kit.errors import Unauthorized
 from billfold.kit.http import credentials_failed, screened_bearer
-from billfold.ledger.schemas import TO_CHARGE
 from billfold.kit.metrics import (
     CONTENT_TYPE,
     RequestMetrics,
@@ -37,6 +36,7 @@ from billfold.kit.metrics import (
     sample_pool,
     scrape,
 )
+from billfold.ledger.schemas import TO_CHARGE
 from billfold.notifications.models import EmailDelivery, WebhookDelivery
 from billfold.outbox.models import OutboxMessage
 from billfold.spend.gateway import SpendCheckCounter

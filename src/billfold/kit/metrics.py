@@ -33,11 +33,11 @@ from typing import Any
 
 from prometheus_client import (
     REGISTRY,
-    disable_created_metrics,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client chose its kind of values when it was imported (just above): the same test.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
-disable_created_metrics()  # the `_created` series: not kept in multiprocess mode either
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` (nor in multiprocess mode)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds. The spend check answers in well under a millisecond; a cycle close can take seconds.
@@ -171,7 +171,7 @@ def process_stopped() -> None:
     PROCESSES.set(0)
     directory = os.environ.get(MULTIPROC_ENV)
     if MULTIPROCESS and directory:
-        multiprocess.mark_process_dead(os.getpid(), directory)
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
 # --- the scrape --------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def scrape(extra: Iterable[Collector] = ()) -> bytes:
     directory = os.environ.get(MULTIPROC_ENV)
     if MULTIPROCESS and directory:
         forget_dead_processes(directory)
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         registry.register(_Collect(REGISTRY.collect))
     for collector in extra:
@@ -211,7 +211,7 @@ def forget_dead_processes(directory: str) -> None:
         except ValueError:
             continue
         if not _alive(pid):
-            multiprocess.mark_process_dead(pid, directory)
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def _alive(pid: int) -> bool:
