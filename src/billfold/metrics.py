@@ -5,7 +5,9 @@ Pending charges and the outbox are facts of the database, shared by every proces
 by the scraping process in one statement (a handful of indexed counts and minimums) instead of
 being kept per process, so every scrape shows the same truth whichever worker answers it. The
 per-process gauges -- the pool's use, the spend cache's lease -- are set by each process (every
-second; the spend cache at each of its ticks) and summed by the scrape.
+second; the spend cache at each of its ticks) and summed by the scrape. Every second, too, each
+process adds its per-request tallies (kept in plain numbers on the hot path: kit/metrics.py) to
+the shared values; a scrape flushes its own process's first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from billfold.invoicing.models import PENDING as INVOICE_PENDING
 from billfold.invoicing.models import Invoice
@@ -40,6 +43,7 @@ from billfold.ledger.schemas import TO_CHARGE
 from billfold.notifications.models import EmailDelivery, WebhookDelivery
 from billfold.outbox.models import OutboxMessage
 from billfold.spend.gateway import SpendCheckCounter
+from billfold.spend.service import spend_service
 from billfold.topups.models import Refund, Topup
 from billfold.topups.refunds import PENDING as REFUND_PENDING
 
@@ -53,25 +57,35 @@ def install_metrics(app: FastAPI) -> RequestMetrics | None:
     if not settings.metrics:
         app.state.spend_checks = None
         return None
-    app.state.spend_checks = SpendCheckCounter()
+    request_metrics = app.state.request_metrics = RequestMetrics()
+    app.state.spend_checks = SpendCheckCounter(spend_service.reads_inline(app.state.engine))
     token = settings.metrics_token.encode() if settings.metrics_token else None
+    figures = DatabaseFigures(app.state.read_sessionmaker)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics(request: Request) -> Response:
+    async def metrics(request: Request) -> Response:
         if token is not None:
             given = screened_bearer(request)  # rate limits: a wrong token is a failed login
             if not hmac.compare_digest(given.encode(), token):
                 credentials_failed(request)
                 raise Unauthorized("wrong metrics token", code="invalid_metrics_token")
-        body = scrape([DatabaseFigures(request.app.state.read_sessionmaker)])
+        flush(request.app)  # on the loop, where the request path counts
+        body = await run_in_threadpool(scrape, [figures])  # reads files and the database
         return Response(body, media_type=CONTENT_TYPE)
 
-    return RequestMetrics()
+    return request_metrics
+
+
+def flush(app: FastAPI) -> None:
+    """This process's per-request tallies into the shared values (on the event loop)."""
+    app.state.request_metrics.flush()
+    app.state.spend_checks.flush()
 
 
 @asynccontextmanager
 async def process_metrics(app: FastAPI) -> AsyncIterator[None]:
-    """For the app's lifespan: this process's gauges (its pool, alive), sampled every second."""
+    """For the app's lifespan: every second, this process's per-request tallies flushed and its
+    gauges (its pool, alive) sampled; a last flush at exit."""
     if not app.state.settings.metrics:
         yield
         return
@@ -80,6 +94,7 @@ async def process_metrics(app: FastAPI) -> AsyncIterator[None]:
 
     async def sample() -> None:
         while True:
+            flush(app)
             sample_pool(pool)
             await asyncio.sleep(SAMPLE_EVERY)
 
@@ -88,6 +103,7 @@ async def process_metrics(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+        flush(app)
         process_stopped()
 
 

@@ -14,12 +14,18 @@ one worker the process's own values are the whole truth and no files are written
 worker that died stay in the sum (a counter never goes back); per-process gauges (``livesum``) of a
 dead worker are dropped at the next scrape (:func:`forget_dead_processes`).
 
-**Cost.** A request costs one histogram observation in :class:`RequestContext
-<billfold.kit.logs.RequestContext>` (no layer of its own): the label children are looked up once
-per (method, route template, status) and kept. The spend check adds one counter increment (its
-reason, and whether the answer came from memory). Routes are labelled by their TEMPLATE, never
-the raw path, and methods outside HTTP's usual ones are ``other``: a client cannot grow the number
-of series.
+**Cost.** The request path never touches the shared files: in multiprocess mode one increment of
+a prometheus-client value costs ~1-4 us (a lock, ``os.getpid()`` -- a system call -- and a write
+into the mapped file), several per histogram observation, which the spend check (tens of us)
+would feel. So the two per-request metrics -- a request's latency (:class:`RequestMetrics`, in
+:class:`RequestContext <billfold.kit.logs.RequestContext>`, no layer of its own) and the spend
+check's answer (``spend.gateway.SpendCheckCounter``) -- are kept in plain Python numbers on the
+event loop (a dictionary lookup and an addition) and added to the shared values once a second
+and before every scrape (``flush``). A scrape therefore shows the other workers' requests of the
+last second or less a moment later; nothing is lost (a clean exit flushes). Routes are labelled
+by their TEMPLATE, never the raw path, and methods outside HTTP's usual ones are ``other``: a
+client cannot grow the number of series. Counters that are not per request (usage events at
+commit) increment the shared values directly.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -106,24 +113,52 @@ _MAX_CHILDREN = 5_000  # (method, route, status) combinations kept; far above th
 
 
 class RequestMetrics:
-    """Records one request: called by the outermost layer (kit/logs.RequestContext)."""
+    """Records one request: called by the outermost layer (kit/logs.RequestContext), on the
+    event loop. Kept in plain Python numbers and added to the shared values by :meth:`flush`
+    (every second, and before a scrape): see the module docstring."""
 
-    __slots__ = ("_children",)
+    __slots__ = ("_series",)
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, str | None, int], Any] = {}
+        # (method, route, status) -> [histogram child, counts per bucket (+Inf last), sum]
+        self._series: dict[tuple[str, str | None, int], list[Any]] = {}
 
     def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        child = self._children.get(key)
-        if child is None:
-            if len(self._children) >= _MAX_CHILDREN:
-                self._children.clear()
-            label = method if method in _METHODS else "other"
-            child = REQUESTS.labels(label, route or _UNMATCHED, str(status))
-            if label == method:  # an unusual method is looked up every time, never kept
-                self._children[key] = child
-        child.observe(seconds)
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = self._add(method, route, status)
+        series[1][bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        series[2] += seconds
+
+    def _add(self, method: str, route: str | None, status: int) -> list[Any]:
+        if method not in _METHODS:  # kept once as "other", whatever clients send
+            method = "other"
+            series = self._series.get((method, route, status))
+            if series is not None:
+                return series
+        if len(self._series) >= _MAX_CHILDREN:
+            self.flush()
+            self._series.clear()
+        child = REQUESTS.labels(method, route or _UNMATCHED, str(status))
+        series = [child, [0] * (len(_LATENCY_BUCKETS) + 1), 0.0]
+        self._series[(method, route, status)] = series
+        return series
+
+    def flush(self) -> None:
+        """Add what was observed since the last flush to the shared values (on the loop)."""
+        for series in self._series.values():
+            counts = series[1]
+            if not any(counts):
+                continue
+            child = series[0]
+            # A histogram child's own parts (prometheus-client's Histogram: one value per
+            # bucket, not cumulative, +Inf last; and the sum): what its observe() increments.
+            for index, count in enumerate(counts):
+                if count:
+                    child._buckets[index].inc(count)
+                    counts[index] = 0
+            child._sum.inc(series[2])
+            series[2] = 0.0
 
 
 # --- counting what a transaction did, once it commits ----------------------------------------

@@ -80,7 +80,7 @@ from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
 from billfold.kit.errors import RateLimited, ServiceUnavailable
 from billfold.kit.metrics import SPEND_CACHE_ANSWERS, SPEND_CACHE_LEASED, SPEND_CHECKS
 from billfold.kit.ratelimit import RateLimits, too_many
-from billfold.spend.limits import SpendDecision
+from billfold.spend.limits import REASONS, SpendDecision
 from billfold.spend.service import spend_service
 
 log = logging.getLogger("billfold.spend_cache")
@@ -119,26 +119,49 @@ def spend_status_json(decision: SpendDecision) -> bytes:
     )
 
 
+if len({reason[0] for reason in REASONS}) != len(REASONS):
+    raise RuntimeError("SpendCheckCounter tells the spend check's reasons by their first letter")
+
+
 class SpendCheckCounter:
     """Counts answered checks by reason and by where the answer came from (``app.state.
-    spend_checks``; None with BILLFOLD_METRICS=false): one counter increment per check."""
+    spend_checks``; None with BILLFOLD_METRICS=false).
 
-    __slots__ = ("_children",)
+    On the event loop (PostgreSQL: the check runs there) a count is a dictionary lookup and an
+    addition, added to the shared counter by :meth:`flush` (every second and before a scrape,
+    on the loop too; kit/metrics.py says why). Where checks run in the thread pool (SQLite),
+    each increments the shared counter at once, which is thread-safe.
+    """
 
-    def __init__(self) -> None:
-        self._children: dict[tuple[bytes, bool], Any] = {}
+    __slots__ = ("_on_loop", "_tallies")
+
+    def __init__(self, on_loop: bool) -> None:
+        self._on_loop = on_loop
+        # (first letter of the reason, cached) -> [counter child, pending count]
+        self._tallies: dict[tuple[int, bool], list[Any]] = {
+            (reason.encode()[0], cached): [
+                SPEND_CHECKS.labels(reason, "true" if cached else "false"),
+                0,
+            ]
+            for reason in REASONS
+            for cached in (True, False)
+        }
 
     def count(self, body: bytes, cached: bool) -> None:
         # The body is spend_status_json's: the reason follows the flag at a fixed offset
-        # (b'{"allowed":true,"reason":"' is 26 bytes, the false one 27), cheaper than keeping
-        # the reason beside every cached answer.
-        start = 26 if body[11] == 116 else 27  # t(rue) / f(alse)
-        key = (body[start : body.index(b'"', start)], cached)
-        child = self._children.get(key)
-        if child is None:
-            child = SPEND_CHECKS.labels(key[0].decode(), "true" if cached else "false")
-            self._children[key] = child
-        child.inc()
+        # (b'{"allowed":true,"reason":"' is 26 bytes, the false one 27), and its first letter
+        # tells it (checked below, at import): cheaper than keeping it beside every answer.
+        tally = self._tallies[body[26] if body[11] == 116 else body[27], cached]  # t(rue)
+        if self._on_loop:
+            tally[1] += 1
+        else:
+            tally[0].inc()
+
+    def flush(self) -> None:
+        for tally in self._tallies.values():
+            if tally[1]:
+                tally[0].inc(tally[1])
+                tally[1] = 0
 
 
 def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
