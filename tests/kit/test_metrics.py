@@ -332,3 +332,50 @@ def test_metrics_after_traffic_on_two_workers_add_up(
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
     assert directory is not None and not os.path.exists(directory)  # removed at exit
+
+
+# --- per-process gauges of workers that died -----------------------------------------------------
+
+_WORKER = """
+import os, sys
+from billfold.kit.metrics import process_started, POOL_SIZE, SPEND_CHECKS
+process_started()
+POOL_SIZE.set(10)
+SPEND_CHECKS.labels("ok", "true").inc(3)
+print(os.getpid(), flush=True)
+if sys.argv[1] == "killed":
+    os._exit(0)  # as after kill -9: no cleanup
+from billfold.kit.metrics import process_stopped
+process_stopped()
+"""
+
+_SCRAPE = """
+import sys
+from billfold.kit.metrics import scrape
+sys.stdout.write(scrape().decode())
+"""
+
+
+def test_a_dead_workers_gauges_leave_the_sums_and_its_counts_stay(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+
+    def python(code: str, *argv: str) -> str:
+        import subprocess
+        import sys
+
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    killed = python(_WORKER, "killed").strip()
+    python(_WORKER, "stopped")
+    assert f"gauge_livesum_{killed}.db" in os.listdir(directory)  # no cleanup after kill -9
+    samples = parse(python(_SCRAPE))
+    assert value(samples, "billfold_serving_processes") == 0
+    assert value(samples, "billfold_db_pool_size") == 0
+    assert value(samples, "billfold_spend_checks_total", reason="ok", cached="true") == 6
+    assert f"gauge_livesum_{killed}.db" not in os.listdir(directory)
