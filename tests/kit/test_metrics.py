@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +243,13 @@ def test_metrics_after_traffic_on_two_workers_add_up(
     directory: str | None = None
     try:
         wait_healthy(base, process)
+        # Both workers serving (each says so when its app has started), before any traffic.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = parse(httpx.get(base + "/metrics", headers=scraper, timeout=10).text)
+            if value(ready, "billfold_serving_processes") == 2:
+                break
+            time.sleep(0.2)
         workers = _workers(process.pid)
         assert len(workers) == 2, workers
         environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
@@ -330,7 +339,11 @@ def test_metrics_after_traffic_on_two_workers_add_up(
         assert set(workers) <= pids, (workers, pids)
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
     assert directory is not None and not os.path.exists(directory)  # removed at exit
 
 
@@ -362,9 +375,6 @@ def test_a_dead_workers_gauges_leave_the_sums_and_its_counts_stay(tmp_path: Path
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
     def python(code: str, *argv: str) -> str:
-        import subprocess
-        import sys
-
         done = subprocess.run(
             [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True
         )
