@@ -48,14 +48,15 @@ def _request_id(scope: Scope) -> bytes:
 
 class RequestContext:
     """The outermost layer (around Starlette's error middleware, so a 500 carries the id too):
-    takes or makes the request id, returns it, and, with JSON logs, writes the access line."""
+    takes or makes the request id, returns it, records the request's metrics, and, with JSON
+    logs, writes the access line."""
 
     def __init__(
         self, app: ASGIApp, *, access: bool, metrics: RequestMetrics | None = None
     ) -> None:
         self.app = app
         self.access = access
-        self.metrics = metrics  # one histogram observation per request (kit/metrics.py)
+        self.metrics = metrics  # a tally per request, flushed every second (kit/metrics.py)
         self.timed = access or metrics is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -150,7 +150,7 @@ class SpendCheckCounter:
     def count(self, body: bytes, cached: bool) -> None:
         # The body is spend_status_json's: the reason follows the flag at a fixed offset
         # (b'{"allowed":true,"reason":"' is 26 bytes, the false one 27), and its first letter
-        # tells it (checked below, at import): cheaper than keeping it beside every answer.
+        # tells it (checked at import, above): cheaper than keeping it beside every answer.
         tally = self._tallies[body[26] if body[11] == 116 else body[27], cached]  # t(rue)
         if self._on_loop:
             tally[1] += 1
