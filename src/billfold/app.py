@@ -36,6 +36,7 @@ from billfold.kit.ratelimit import RateLimits
 from billfold.ledger import endpoints as ledger
 from billfold.metering import endpoints as metering
 from billfold.metering.scheduler import compaction_tasks
+from billfold.metrics import install_metrics, process_metrics
 from billfold.notifications import endpoints as notifications
 from billfold.notifications.delivery import webhook_delivery
 from billfold.notifications.retention import retention_tasks
@@ -142,6 +143,7 @@ def create_app(
                 webhook_delivery(app),
                 retention_tasks(app),
                 auto_topup_charging(app),
+                process_metrics(app),
             ):
                 yield
         finally:
@@ -178,9 +180,13 @@ def create_app(
 
     # Outermost of all, around Starlette's error middleware: every response -- a 500, a spend
     # check answered by GatewayMiddleware -- carries X-Request-Id (kit/logs.py).
+    # It records each request's metrics too (GET /metrics: billfold/metrics.py).
     build_stack = app.build_middleware_stack
     access = settings.log_format == "json"
-    app.build_middleware_stack = lambda: RequestContext(build_stack(), access=access)  # type: ignore[method-assign]
+    request_metrics = install_metrics(app)
+    app.build_middleware_stack = lambda: RequestContext(  # type: ignore[method-assign]
+        build_stack(), access=access, metrics=request_metrics
+    )
 
     health = DatabaseHealth(engine)
 

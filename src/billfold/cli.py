@@ -110,15 +110,20 @@ def serve(
         if settings.log_format == "json"
         else {}
     )
-    uvicorn.run(
-        "billfold.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        **logging,
-    )
+    from billfold.kit.metrics import multiprocess_dir
+
+    # /metrics sums every worker's values: with --workers N they write them to one directory,
+    # named before uvicorn spawns them (kit/metrics.py).
+    with multiprocess_dir(workers if settings.metrics else 1):
+        uvicorn.run(
+            "billfold.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level,
+            **logging,
+        )
 
 
 def _ensure_operator_token(settings: Settings, as_json: bool = False) -> None:

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object a line (kit/logs.py), with an access line per request."""
+    metrics: bool = True
+    """``GET /metrics`` in Prometheus's text format and the counting behind it (kit/metrics.py);
+    ``false``: no route and nothing counted on the request paths."""
+    metrics_token: str | None = None
+    """When set, ``/metrics`` asks for it as ``Authorization: Bearer <token>`` (else it is open)."""
     rate_limit: bool = True
     """Enforce the request budgets below (kit/ratelimit.py); ``false`` turns them all off."""
     rate_limit_key_per_minute: int = Field(default=600, ge=1)

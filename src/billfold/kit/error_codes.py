@@ -159,6 +159,7 @@ CODES: dict[str, ErrorCode] = _catalogue(
     _E("missing_credentials", "No `Authorization: Bearer ...` header.", 401),
     _E("invalid_api_key", "The management key is unknown or revoked.", 401),
     _E("invalid_operator_token", "The operator token is wrong.", 401),
+    _E("invalid_metrics_token", "The `/metrics` token (`BILLFOLD_METRICS_TOKEN`) is wrong.", 401),
     # --- 402: a declined payment ------------------------------------------------------------------
     _E("payment_failed", "The payment provider declined the charge (the generic code).", 402),
     _E("card_declined", "The card was declined (provider's code).", 402, failure=True),

@@ -6,6 +6,8 @@ log line is one JSON object (:class:`JsonFormatter`) with the request id of the 
 logged in, and :class:`RequestContext` logs one access line per request (logger
 ``billfold.access``): method, route template, status, duration, team id when known. Never a
 header, a body, a query string or a raw path: so never a key, a token, a card number or a secret.
+The same layer records each request's metrics (method, route template, status, duration:
+kit/metrics.py), so they cost no layer of their own.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billfold.kit.metrics import RequestMetrics
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("billfold_request_id", default=None)
 """The id of the request being served (None outside a request)."""
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F-]{32,36}")
 _SPEND_PREFIX, _SPEND_SUFFIX = "/admin/v1/teams/", "/spend-status"
+_SPEND_ROUTE = _SPEND_PREFIX + "{team_id}" + _SPEND_SUFFIX
 _FIELDS = ("method", "route", "status", "duration_ms", "team_id")
 
 access_log = logging.getLogger("billfold.access")
@@ -43,11 +48,16 @@ def _request_id(scope: Scope) -> bytes:
 
 class RequestContext:
     """The outermost layer (around Starlette's error middleware, so a 500 carries the id too):
-    takes or makes the request id, returns it, and, with JSON logs, writes the access line."""
+    takes or makes the request id, returns it, records the request's metrics, and, with JSON
+    logs, writes the access line."""
 
-    def __init__(self, app: ASGIApp, *, access: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, access: bool, metrics: RequestMetrics | None = None
+    ) -> None:
         self.app = app
         self.access = access
+        self.metrics = metrics  # a tally per request, flushed every second (kit/metrics.py)
+        self.timed = access or metrics is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,25 +75,38 @@ class RequestContext:
             await send(message)
 
         token = REQUEST_ID.set(rid.decode())
-        started = time.perf_counter() if self.access else 0.0
+        started = time.perf_counter() if self.timed else 0.0
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if self.access:
-                _log_access(scope, status, started, rid.decode())
+            if self.timed:
+                seconds = time.perf_counter() - started
+                route = route_of(scope)
+                if self.metrics is not None:
+                    self.metrics.observe(scope["method"], route, status, seconds)
+                if self.access:
+                    _log_access(scope, route, status, seconds, rid.decode())
             REQUEST_ID.reset(token)
 
 
-def _log_access(scope: Scope, status: int, started: float, rid: str) -> None:
-    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+def route_of(scope: Scope) -> str | None:
+    """The route TEMPLATE that answered (``/admin/v1/teams/{team_id}/limits``), never the raw
+    path; None when no route matched."""
     route = getattr(scope.get("route"), "path", None)
+    if route is None:
+        path: str = scope["path"]
+        if path.startswith(_SPEND_PREFIX) and path.endswith(_SPEND_SUFFIX):
+            # Answered by the spend check's middleware (spend/gateway.py), before any routing.
+            return _SPEND_ROUTE
+    return route
+
+
+def _log_access(scope: Scope, route: str | None, status: int, seconds: float, rid: str) -> None:
+    duration_ms = round(seconds * 1000, 3)
     team = team_of(scope)
-    path: str = scope["path"]
-    if route is None and path.startswith(_SPEND_PREFIX) and path.endswith(_SPEND_SUFFIX):
-        # Answered by the spend check's middleware (spend/gateway.py), before any routing.
-        route = _SPEND_PREFIX + "{team_id}" + _SPEND_SUFFIX
-        shaped = path[len(_SPEND_PREFIX) : -len(_SPEND_SUFFIX)]
-        team = team or (shaped if _UUID_SHAPE.fullmatch(shaped) else None)
+    if team is None and route == _SPEND_ROUTE:
+        shaped = scope["path"][len(_SPEND_PREFIX) : -len(_SPEND_SUFFIX)]
+        team = shaped if _UUID_SHAPE.fullmatch(shaped) else None
     access_log.info(
         "%s %s %d",
         scope["method"],

@@ -71,6 +71,7 @@ from billfold.figures.watch import watch
 from billfold.kit.clock import utc_now
 from billfold.kit.db import is_postgres
 from billfold.kit.errors import BadRequest
+from billfold.kit.metrics import USAGE_EVENTS, count_at_commit
 from billfold.kit.money import Pico, round_to_cents
 from billfold.metering.events import (
     MAX_EVENT_COST,
@@ -155,6 +156,11 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_ACCEPTED, _DUPLICATE, _REJECTED = (
+    USAGE_EVENTS.labels(outcome) for outcome in ("accepted", "duplicate", "rejected")
+)
+
+
 class MeteringService:
     def __init__(self, *, postgres_writer: bool = True) -> None:
         """``postgres_writer=False`` uses the generic writer on PostgreSQL too (the tests that
@@ -183,7 +189,12 @@ class MeteringService:
                 field="events",
             )
         with cyclic_gc_paused():
-            return self._ingest(session, settings, raw_events)
+            result = self._ingest(session, settings, raw_events)
+        # /metrics: counted when the batch commits (kit/metrics.py), never for a rolled-back one
+        count_at_commit(session, _ACCEPTED, result.accepted)
+        count_at_commit(session, _DUPLICATE, result.duplicates)
+        count_at_commit(session, _REJECTED, len(result.rejected))
+        return result
 
     def _ingest(
         self, session: Session, settings: Settings, raw_events: Sequence[Any]

@@ -145,6 +145,8 @@ async def spend_status(request: Request) -> Response:
             team_id,
         )
         body = spend_status_json(decision)
+        if state.spend_checks is not None:
+            state.spend_checks.count(body, cached=False)
     return Response(body, media_type="application/json")
 
 

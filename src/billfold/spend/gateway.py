@@ -78,8 +78,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billfold.kit.clock import utc_now
 from billfold.kit.db import LIBPQ_KEEPALIVES, watch_writes
 from billfold.kit.errors import RateLimited, ServiceUnavailable
+from billfold.kit.metrics import SPEND_CACHE_ANSWERS, SPEND_CACHE_LEASED, SPEND_CHECKS
 from billfold.kit.ratelimit import RateLimits, too_many
-from billfold.spend.limits import SpendDecision
+from billfold.spend.limits import REASONS, SpendDecision
 from billfold.spend.service import spend_service
 
 log = logging.getLogger("billfold.spend_cache")
@@ -118,17 +119,66 @@ def spend_status_json(decision: SpendDecision) -> bytes:
     )
 
 
+if len({reason[0] for reason in REASONS}) != len(REASONS):
+    raise RuntimeError("SpendCheckCounter tells the spend check's reasons by their first letter")
+
+
+class SpendCheckCounter:
+    """Counts answered checks by reason and by where the answer came from (``app.state.
+    spend_checks``; None with BILLFOLD_METRICS=false).
+
+    On the event loop (PostgreSQL: the check runs there) a count is a dictionary lookup and an
+    addition, added to the shared counter by :meth:`flush` (every second and before a scrape,
+    on the loop too; kit/metrics.py says why). Where checks run in the thread pool (SQLite),
+    each increments the shared counter at once, which is thread-safe.
+    """
+
+    __slots__ = ("_on_loop", "_tallies")
+
+    def __init__(self, on_loop: bool) -> None:
+        self._on_loop = on_loop
+        # (first letter of the reason, cached) -> [counter child, pending count]
+        self._tallies: dict[tuple[int, bool], list[Any]] = {
+            (reason.encode()[0], cached): [
+                SPEND_CHECKS.labels(reason, "true" if cached else "false"),
+                0,
+            ]
+            for reason in REASONS
+            for cached in (True, False)
+        }
+
+    def count(self, body: bytes, cached: bool) -> None:
+        # The body is spend_status_json's: the reason follows the flag at a fixed offset
+        # (b'{"allowed":true,"reason":"' is 26 bytes, the false one 27), and its first letter
+        # tells it (checked at import, above): cheaper than keeping it beside every answer.
+        tally = self._tallies[body[26] if body[11] == 116 else body[27], cached]  # t(rue)
+        if self._on_loop:
+            tally[1] += 1
+        else:
+            tally[0].inc()
+
+    def flush(self) -> None:
+        for tally in self._tallies.values():
+            if tally[1]:
+                tally[0].inc(tally[1])
+                tally[1] = 0
+
+
 def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
-    """The check's response body: from this process's cache, or read (and cached).
+    """The check's response body: from this process's cache, or read (and cached); counted.
 
     None when a grant's expiry is due: the ledger books it in a transaction first (the route
-    does that in the thread pool). Raises what the read raises (unknown team, database down).
+    does that in the thread pool, and counts it). Raises what the read raises (unknown team,
+    database down).
     """
     cache: SpendCache | None = state.spend_cache
+    checks: SpendCheckCounter | None = state.spend_checks
     key = str(team_id)
     if cache is not None:
         body = cache.get(key, utc_now())
         if body is not None:
+            if checks is not None:
+                checks.count(body, cached=True)
             return body
         epoch = cache.epoch
     snapshot = spend_service.spend_snapshot(state.engine, state.settings, team_id)
@@ -137,6 +187,8 @@ def spend_answer(state: State, team_id: uuid.UUID) -> bytes | None:
     body = spend_status_json(snapshot.decision)
     if cache is not None:
         cache.put(key, body, snapshot.valid_from, snapshot.valid_until, epoch)
+    if checks is not None:
+        checks.count(body, cached=False)
     return body
 
 
@@ -495,6 +547,8 @@ class SpendCache:
         now = self._loop.time()
         for name in [n for n, heard in self._members.items() if now - heard >= _MEMBER_TTL]:
             del self._members[name]
+        SPEND_CACHE_LEASED.set(1 if self.ready else 0)  # /metrics (kit/metrics.py)
+        SPEND_CACHE_ANSWERS.set(len(self._answers))
         if self._conn is None:
             return
         if now - max(self._lease_from, self._connected_at) > _LOST_AFTER:

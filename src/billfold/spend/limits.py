@@ -21,6 +21,7 @@ from billfold.teams.models import Team
 REASON_OK = "ok"
 REASON_PREPAID_EXHAUSTED = "prepaid_exhausted"
 REASON_LIMIT_REACHED = "spending_limit_reached"
+REASONS = (REASON_OK, REASON_PREPAID_EXHAUSTED, REASON_LIMIT_REACHED)
 
 
 @dataclass(frozen=True)
