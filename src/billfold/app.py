@@ -20,6 +20,7 @@ from billfold import (
     __version__,
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
+from billfold.audit import endpoints as audit
 from billfold.config import Settings, get_settings
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
@@ -201,6 +202,7 @@ def create_app(
         topups,
         documents,
         notifications,
+        audit,
     ):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])

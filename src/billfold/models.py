@@ -3,6 +3,7 @@
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
+from billfold.kit.audit import AuditEvent
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
 from billfold.notifications.models import (
@@ -24,6 +25,7 @@ from billfold.teams.models import (
 from billfold.topups.models import Refund, Topup
 
 __all__ = [
+    "AuditEvent",
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",
