@@ -11,13 +11,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from billfold.cli import app as cli_app
 from billfold.config import get_settings
+from billfold.kit.audit import CONTEXT
 from billfold.kit.db import make_engine
+from billfold.payments.sandbox import CARD_DECLINED
 from tests.conftest import Api, event, unique_sku
 
 EVENTS = "/admin/v1/audit-events"
@@ -214,3 +218,70 @@ def test_the_table_is_append_only(api: Api) -> None:
                 connection.execute(text("TRUNCATE audit_events"))
     finally:
         engine.dispose()
+
+
+def test_a_write_in_steps_is_recorded_once_with_its_first_committed_step(api: Api) -> None:
+    """A top-up commits its pending purchase, charges, then settles (kit.http.Steps): one row,
+    committed with the pending purchase; a declined card is a write too (the failed purchase
+    is kept), so it has its row; the 402 is in the access log under the same request id."""
+    team, headers = api.team_with_key()
+    top_up = f"/v1/billing/teams/{team}/prepaid/top-up"
+    api.add_card(team)
+    paid, declined = rid(), rid()
+    body = {"amount": {"val": "900"}}
+    response = api.client.post(top_up, headers={**headers, "X-Request-Id": paid}, json=body)
+    assert response.status_code == 200, response.text
+    api.add_card(team, CARD_DECLINED)
+    response = api.client.post(top_up, headers={**headers, "X-Request-Id": declined}, json=body)
+    assert response.status_code == 402, response.text
+    for request_id in (paid, declined):
+        rows = of_request(api, request_id)
+        assert len(rows) == 1, rows
+        assert rows[0]["action"] == "POST /v1/billing/teams/{team_id}/prepaid/top-up"
+        assert rows[0]["actorKind"] == "management_key" and rows[0]["teamId"] == team
+        assert "status" not in rows[0]  # known after the provider answered: not yet then
+    # Refused before any step committed: no row.
+    refused = rid()
+    bad = {"amount": {"val": "-1"}}
+    response = api.client.post(top_up, headers={**headers, "X-Request-Id": refused}, json=bad)
+    assert response.status_code == 400
+    assert of_request(api, refused) == []
+    # A read in steps (the balance settles pending purchases) is not a write of its caller.
+    balance = rid()
+    response = api.client.get(
+        f"/v1/billing/teams/{team}/prepaid/balance", headers={**headers, "X-Request-Id": balance}
+    )
+    assert response.status_code == 200
+    assert of_request(api, balance) == []
+
+
+def test_a_write_whose_commit_fails_leaves_neither_the_write_nor_its_row(api: Api) -> None:
+    """The row is in the write's transaction: a commit that fails after the row was added (a
+    listener that raises after the audit's, standing for a lost connection or a failed
+    constraint) keeps neither; the same write committed has both."""
+    doomed = rid()
+
+    def fail_commit(session: Session) -> None:
+        audit = session.info.get(CONTEXT)
+        if audit is not None and audit.request_id == doomed:
+            assert session.new, "the audit row is added before this listener runs"
+            raise RuntimeError("commit failed")
+
+    team_id = str(uuid.uuid4())
+    body = {"name": "doomed", "teamId": team_id}
+    sa_event.listen(Session, "before_commit", fail_commit)
+    try:
+        response = api.admin(
+            "POST", "/admin/v1/teams", json=body, headers={**api.operator, "X-Request-Id": doomed}
+        )
+    finally:
+        sa_event.remove(Session, "before_commit", fail_commit)
+    assert response.status_code == 500
+    assert of_request(api, doomed) == []
+    assert api.admin("GET", f"/admin/v1/teams/{team_id}").status_code == 404
+    kept = rid()
+    response = api.admin(
+        "POST", "/admin/v1/teams", json=body, headers={**api.operator, "X-Request-Id": kept}
+    )
+    assert response.status_code == 201
+    assert [r["teamId"] for r in of_request(api, kept)] == [team_id]
