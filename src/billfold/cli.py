@@ -22,6 +22,7 @@ from billfold.audit.cli import audit_app
 from billfold.config import Settings, get_settings
 from billfold.documents import cli as documents_cli  # noqa: F401 (invoices backfill-documents)
 from billfold.invoicing.cli import cycle_app, invoices_app
+from billfold.kit.audit import cli_run_suspended
 from billfold.kit.cli import (
     JsonOpt,
     audited_command,
@@ -115,15 +116,16 @@ def serve(
         if settings.log_format == "json"
         else {}
     )
-    uvicorn.run(
-        "billfold.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        **logging,
-    )
+    with cli_run_suspended():  # requests are audited as requests, not as this command
+        uvicorn.run(
+            "billfold.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level,
+            **logging,
+        )
 
 
 def _ensure_operator_token(settings: Settings, as_json: bool = False) -> None:

@@ -15,9 +15,9 @@ one never does. Where the listener learns what to record:
   sessions that carry it, and the row commits with the flow's first committed step. One row per
   request. The actor is what the auth dependencies (``teams/auth.py``) left in ``request.state``.
 * **CLI**: any transaction committed while a ``billfold`` command runs (the callback of the
-  command and of its groups, ``kit/cli.audited_command``, names it; ``serve`` is not a run)
-  that wrote (an INSERT, UPDATE or DELETE went to the database): one row per such transaction,
-  all with the command's run id as request id.
+  command and of its groups, ``kit/cli.audited_command``, names it; a server it starts runs
+  outside it: :func:`cli_run_suspended`) that wrote (an INSERT, UPDATE or DELETE went to the
+  database): one row per such transaction, all with the command's run id as request id.
 
 A domain may name what its write concerns with :func:`note` (the team, a target id): the
 request's path parameters are noted already.
@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +59,8 @@ _NOTES = "billfold_audit_notes"  # Session.info key: what the transaction's doma
 _CONNECTION = "billfold_audit_connection"  # Session.info key: the transaction's connection
 _WROTE = "billfold_audit_wrote"  # Connection.info key: a write statement went out (CLI)
 _DML = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
+# A CTE that writes (``WITH inserted AS (INSERT ...``); ``SELECT ... FOR UPDATE`` is no write.
+_CTE_DML = re.compile(r"\(\s*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
 class AuditEvent(Base):
@@ -135,6 +140,18 @@ def end_cli_run(token: Token[AuditContext | None]) -> None:
     _CLI_RUN.reset(token)
 
 
+@contextmanager
+def cli_run_suspended() -> Iterator[None]:
+    """A command that serves (``serve``, ``demo``): its server's requests are recorded as
+    requests, and its background jobs not at all, so the server runs outside the command's run
+    (asyncio copies this context into every task)."""
+    token = _CLI_RUN.set(None)
+    try:
+        yield
+    finally:
+        _CLI_RUN.reset(token)
+
+
 def _cli_context() -> AuditContext | None:
     return _CLI_RUN.get()
 
@@ -160,7 +177,8 @@ def _watch_statement(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
 ) -> None:
     """CLI engines only: notice a statement that writes."""
-    if statement.lstrip()[:6].upper().startswith(_DML):
+    head = statement.lstrip()[:6].upper()
+    if head.startswith(_DML) or (head.startswith("WITH") and _CTE_DML.search(statement)):
         conn.info[_WROTE] = True
 
 

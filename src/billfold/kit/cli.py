@@ -103,11 +103,6 @@ def validated(model: type[WireModel], data: dict[str, Any], fields: dict[str, st
         bad_input(message.removeprefix("Value error, "), field=fields.get(wire, wire))
 
 
-NOT_AUDITED_COMMANDS = frozenset({"serve"})
-"""Commands that are not a run of the audit trail: a server's requests are audited as requests
-(its process would otherwise record every background job's write as the command's)."""
-
-
 def audited_command(ctx: typer.Context) -> None:
     """The callback of the ``billfold`` command and of each of its groups: names the command being
     run for the audit trail (kit/audit.py), so each transaction of it that writes is recorded
@@ -117,7 +112,7 @@ def audited_command(ctx: typer.Context) -> None:
         return
     if ctx.parent is not None:
         name_cli_subcommand(name)
-    elif name not in NOT_AUDITED_COMMANDS:
+    else:
         token = start_cli_run(f"billfold {name}")
         ctx.call_on_close(lambda: end_cli_run(token))
 

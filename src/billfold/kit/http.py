@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import copy
 import types
 import typing
 import uuid
@@ -134,8 +135,12 @@ def end_request_transaction(request: Request, session: DbSession) -> sessionmake
     # step that commits (the pending state: the write), once per request (kit/audit.py). The
     # outcome status is not known yet then: the domain's own record and the access log have it.
     request.scope[_STEPS] = True
-    info = {**sessions.kw.get("info", {}), CONTEXT: audit_context(request)}
-    return sessionmaker(**{**sessions.kw, "info": info})
+    audited = copy.copy(sessions)  # a copy, not a new sessionmaker: that would make a new class
+    audited.kw = {
+        **sessions.kw,
+        "info": {**sessions.kw.get("info", {}), CONTEXT: audit_context(request)},
+    }
+    return audited
 
 
 Steps = Annotated[sessionmaker[Session], Depends(end_request_transaction, scope="function")]
