@@ -27,6 +27,7 @@ from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine, normalize_database_url
 from billfold.migrate import alembic_config, upgrade
 from billfold.payments.sandbox import SandboxProvider
+from tests.log_secrets import captured_logs, scan
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
@@ -36,6 +37,20 @@ POSTGRES_URL = os.environ.get(
 )
 OPERATOR_TOKEN = "test-operator-token"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every log line of the run (of this process: each xdist worker checks its own) is captured
+    and, when the session ends, scanned for secrets (tests/log_secrets.py): one fails the run."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    path = tmp_path_factory.getbasetemp() / f"logs-{worker}.jsonl"
+    with captured_logs(path):
+        yield
+    problems = scan(path, literals=(OPERATOR_TOKEN,))
+    if problems:
+        shown = "\n".join(problems[:20])
+        pytest.fail(f"a secret was logged ({len(problems)} lines of {path}):\n{shown}")
 
 
 def _postgres_admin_engine() -> Engine:
@@ -207,6 +222,8 @@ def _make_api(url: str, backend: str, *, deliver_webhooks: bool = True) -> Itera
         # the outbox would hold locks on the tables the downgrade drops.
         webhooks_deliver=deliver_webhooks,
         auto_topup_poll_seconds=0.05,  # the auto top-up charger, within a test's patience
+        # An access line a request, for the run's check that no log line holds a secret.
+        log_format="json",
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:

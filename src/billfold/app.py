@@ -22,6 +22,7 @@ from billfold import (
 )
 from billfold.autotopup import endpoints as autotopup
 from billfold.autotopup.charger import auto_topup_charging
+from billfold.audit import endpoints as audit
 from billfold.config import Settings, get_settings
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
@@ -213,6 +214,7 @@ def create_app(
         autotopup,
         documents,
         notifications,
+        audit,
     ):
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])

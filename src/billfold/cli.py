@@ -19,11 +19,14 @@ from sqlalchemy.engine import make_url
 
 from billfold import wiring  # noqa: F401 (hands lower domains what they need)
 from billfold.autotopup.cli import auto_topup_app
+from billfold.audit.cli import audit_app
 from billfold.config import Settings, get_settings
 from billfold.documents import cli as documents_cli  # noqa: F401 (invoices backfill-documents)
 from billfold.invoicing.cli import cycle_app, invoices_app
+from billfold.kit.audit import cli_run_suspended
 from billfold.kit.cli import (
     JsonOpt,
+    audited_command,
     console,
     fail,
     print_json,
@@ -44,22 +47,27 @@ from billfold.teams.schemas import KNOWN_ACLS
 # registers ``credits balance`` and ``credits resolve-pending`` on credits_app
 from billfold.topups import cli as topups_cli  # noqa: F401
 
-app = typer.Typer(no_args_is_help=True, help="Billfold: usage billing for API platforms.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Billfold: usage billing for API platforms.",
+    callback=audited_command,  # the audit trail's record of the command (kit/cli.py)
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
-app.add_typer(db_app, name="db")
-app.add_typer(team_app, name="team")
-app.add_typer(key_app, name="key")
-app.add_typer(token_app, name="operator-token")
-app.add_typer(price_app, name="price")
-app.add_typer(usage_app, name="usage")
-app.add_typer(credits_app, name="credits")
-app.add_typer(cycle_app, name="cycle")
-app.add_typer(limit_app, name="limit")
-app.add_typer(invoices_app, name="invoices")
-app.add_typer(card_app, name="card")
-app.add_typer(payments_app, name="payments")
-app.add_typer(billing_info_app, name="billing-info")
-app.add_typer(auto_topup_app, name="auto-top-up")
+app.add_typer(db_app, name="db", callback=audited_command)
+app.add_typer(team_app, name="team", callback=audited_command)
+app.add_typer(key_app, name="key", callback=audited_command)
+app.add_typer(token_app, name="operator-token", callback=audited_command)
+app.add_typer(price_app, name="price", callback=audited_command)
+app.add_typer(usage_app, name="usage", callback=audited_command)
+app.add_typer(credits_app, name="credits", callback=audited_command)
+app.add_typer(cycle_app, name="cycle", callback=audited_command)
+app.add_typer(limit_app, name="limit", callback=audited_command)
+app.add_typer(invoices_app, name="invoices", callback=audited_command)
+app.add_typer(card_app, name="card", callback=audited_command)
+app.add_typer(payments_app, name="payments", callback=audited_command)
+app.add_typer(billing_info_app, name="billing-info", callback=audited_command)
+app.add_typer(audit_app, name="audit", callback=audited_command)
+app.add_typer(auto_topup_app, name="auto-top-up", callback=audited_command)
 app.command("spend-status")(spend_status)
 
 
@@ -113,8 +121,9 @@ def serve(
     from billfold.kit.metrics import multiprocess_dir
 
     # /metrics sums every worker's values: with --workers N they write them to one directory,
-    # named before uvicorn spawns them (kit/metrics.py).
-    with multiprocess_dir(workers if settings.metrics else 1):
+    # named before uvicorn spawns them (kit/metrics.py). Requests are audited as requests, not
+    # as this command.
+    with multiprocess_dir(workers if settings.metrics else 1), cli_run_suspended():
         uvicorn.run(
             "billfold.app:create_app",
             factory=True,

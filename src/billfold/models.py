@@ -4,6 +4,7 @@ from billfold.autotopup.models import AutoTopupSettings
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
+from billfold.kit.audit import AuditEvent
 from billfold.ledger.models import CreditAccount, LedgerEntry
 from billfold.metering.models import UsageEvent, UsageRollup
 from billfold.notifications.models import (
@@ -27,6 +28,7 @@ from billfold.topups.models import Refund, Topup
 
 __all__ = [
     "AutoTopupSettings",
+    "AuditEvent",
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",

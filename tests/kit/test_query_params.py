@@ -69,6 +69,10 @@ def test_the_known_query_parameters_are_found(api: Api) -> None:
         ("/admin/v1/teams", "pageSize"): False,
         ("/admin/v1/teams", "pageToken"): False,
         ("/admin/v1/webhook-endpoints/{endpoint_id}/deliveries", "limit"): False,
+        ("/admin/v1/audit-events", "teamId"): False,
+        ("/admin/v1/audit-events", "since"): False,
+        ("/admin/v1/audit-events", "pageSize"): False,
+        ("/admin/v1/audit-events", "pageToken"): False,
     }
 
 

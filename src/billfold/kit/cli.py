@@ -23,6 +23,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings, get_settings
+from billfold.kit.audit import end_cli_run, name_cli_subcommand, start_cli_run
 from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.kit.db import transaction as db_transaction
 from billfold.kit.errors import BillfoldError
@@ -100,6 +101,20 @@ def validated(model: type[WireModel], data: dict[str, Any], fields: dict[str, st
         wire = ".".join(str(part) for part in error["loc"])
         message = "is required" if error["type"] == "missing" else error["msg"]
         bad_input(message.removeprefix("Value error, "), field=fields.get(wire, wire))
+
+
+def audited_command(ctx: typer.Context) -> None:
+    """The callback of the ``billfold`` command and of each of its groups: names the command being
+    run for the audit trail (kit/audit.py), so each transaction of it that writes is recorded
+    with the OS user and the command path (``billfold team create``)."""
+    name = ctx.invoked_subcommand
+    if name is None:
+        return
+    if ctx.parent is not None:
+        name_cli_subcommand(name)
+    else:
+        token = start_cli_run(f"billfold {name}")
+        ctx.call_on_close(lambda: end_cli_run(token))
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import copy
 import types
 import typing
 import uuid
@@ -16,12 +17,14 @@ from fastapi.routing import APIRoute
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from billfold.kit.audit import ACTOR_SYSTEM, CONTEXT, AuditContext
 from billfold.kit.db import transaction
 from billfold.kit.errors import (
     BadRequest,
     InvalidField,
     Unauthorized,
 )
+from billfold.kit.logs import REQUEST_ID, team_of
 from billfold.kit.ratelimit import RateLimits
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,18 +41,71 @@ def read_only(endpoint: F) -> F:
     return endpoint
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def get_session(request: Request, response: Response) -> Iterator[Session]:
     """The one place a request's transaction is opened, committed and rolled back.
 
     ``scope="function"`` makes FastAPI run the code after ``yield`` when the endpoint returns,
     before the response is sent, so a failed commit is answered as an error, never as a success
-    that did not persist.
+    that did not persist. A write (any method but GET/HEAD/OPTIONS on a route not ``@read_only``)
+    commits its audit row with it (kit/audit.py).
     """
     endpoint = request.scope.get("endpoint")
     read = getattr(endpoint, "__billfold_read_only__", False)
     state = request.app.state
     with transaction(state.read_sessionmaker if read else state.sessionmaker) as session:
         yield session
+        if not read and _audited(request):
+            audit = audit_context(request)
+            # The status the endpoint set (a replay's 200), else the route's own.
+            audit.status = response.status_code or _route_status(request)
+            session.info[CONTEXT] = audit
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_STEPS = "billfold_in_steps"
+
+
+def _audited(request: Request) -> bool:
+    return request.method not in _READS and not request.scope.get(_STEPS)
+
+
+def _route_status(request: Request) -> int:
+    route = request.scope.get("route")
+    return getattr(route, "status_code", None) or 200
+
+
+def audit_context(request: Request) -> AuditContext:
+    """Who wrote what in this request: the actor the auth dependencies left in
+    ``request.state.audit_actor`` (``teams/auth.py``), the route template, the path's ids."""
+    kind, actor = getattr(request.state, "audit_actor", (ACTOR_SYSTEM, "unauthenticated"))
+    route = request.scope.get("route")
+    template = getattr(route, "path", None) or "(no route)"
+    team = team_of(request.scope)
+    targets = {
+        _camel(name): value
+        for name, value in (request.scope.get("path_params") or {}).items()
+        if name != "team_id"
+    }
+    return AuditContext(
+        actor_kind=kind,
+        actor_id=actor,
+        action=f"{request.method} {template}",
+        request_id=REQUEST_ID.get(),
+        team_id=_uuid_or_none(team),
+        targets=targets,
+    )
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
@@ -73,7 +129,18 @@ def end_request_transaction(request: Request, session: DbSession) -> sessionmake
     session.commit()
     event.listen(session, "after_begin", _ended)  # any later use of the session raises
     sessions: sessionmaker[Session] = request.app.state.sessionmaker
-    return sessions
+    if not _audited(request):
+        return sessions
+    # The flow's sessions carry the request's audit context: its row commits with the first
+    # step that commits (the pending state: the write), once per request (kit/audit.py). The
+    # outcome status is not known yet then: the domain's own record and the access log have it.
+    request.scope[_STEPS] = True
+    audited = copy.copy(sessions)  # a copy, not a new sessionmaker: that would make a new class
+    audited.kw = {
+        **sessions.kw,
+        "info": {**sessions.kw.get("info", {}), CONTEXT: audit_context(request)},
+    }
+    return audited
 
 
 Steps = Annotated[sessionmaker[Session], Depends(end_request_transaction, scope="function")]

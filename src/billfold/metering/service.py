@@ -68,6 +68,7 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.cycles.periods import closed_months, lock_months_shared
 from billfold.figures.watch import watch
+from billfold.kit.audit import note
 from billfold.kit.clock import utc_now
 from billfold.kit.db import is_postgres
 from billfold.kit.errors import BadRequest
@@ -188,6 +189,7 @@ class MeteringService:
                 code="batch_too_large",
                 field="events",
             )
+        note(session, events=len(raw_events))  # the audit trail's summary of the batch: a count
         with cyclic_gc_paused():
             result = self._ingest(session, settings, raw_events)
         # /metrics: counted when the batch commits (kit/metrics.py), never for a rolled-back one

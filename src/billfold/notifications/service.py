@@ -18,6 +18,7 @@ from sqlalchemy import delete, exists, select, tuple_
 from sqlalchemy.orm import Session
 
 from billfold.config import Settings
+from billfold.kit.audit import note
 from billfold.kit.clock import rfc3339
 from billfold.kit.errors import InvalidField, ResourceNotFound
 from billfold.notifications.email import email_service
@@ -150,6 +151,7 @@ class WebhookService:
         )
         session.add(endpoint)
         session.flush()
+        note(session, endpointId=endpoint.id)  # the audit trail (kit/audit.py): never the secret
         return endpoint
 
     def endpoints(self, session: Session) -> Sequence[WebhookEndpoint]:

@@ -285,7 +285,7 @@ class SandboxProvider:
             assert found is not None
             return found
         if behaviour == "timeout":
-            raise ProviderUnavailable("the sandbox provider timed out (test card 4000000000000119)")
+            raise ProviderUnavailable("the sandbox provider timed out (test card ending 0119)")
         return self._result(row)
 
     def find_charge(self, idempotency_key: str) -> ChargeResult | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Header, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from billfold.kit.audit import ACTOR_SYSTEM
 from billfold.kit.errors import BadRequest, ResourceNotFound, ServiceUnavailable
 from billfold.kit.http import Steps
 from billfold.kit.openapi import error_responses
@@ -19,6 +20,11 @@ from billfold.teams.auth import AppSettings
 router = WireRouter()
 
 
+def stripe_actor(request: Request) -> None:
+    """The audit trail's actor (kit/audit.py): Stripe, authenticated by the event's signature."""
+    request.state.audit_actor = (ACTOR_SYSTEM, "stripe")
+
+
 # Not in the OpenAPI document (as /healthz): Stripe calls it, no client of the operator API does,
 # and it has no bearer scheme to declare (the signature is its authentication).
 @router.post(
@@ -28,6 +34,7 @@ router = WireRouter()
 )
 async def stripe_webhook(
     request: Request,
+    _actor: Annotated[None, Depends(stripe_actor)],
     steps: Steps,
     provider: Provider,
     settings: AppSettings,

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from billfold.config import Settings
+from billfold.kit.audit import ACTOR_MANAGEMENT_KEY, ACTOR_OPERATOR
 from billfold.kit.errors import Forbidden, Unauthorized
 from billfold.kit.http import (
     DbSession,
@@ -45,6 +46,7 @@ def authenticated_key(request: Request, session: DbSession, keys: Keys) -> Manag
         raise Unauthorized("unknown or revoked management key", code="invalid_api_key")
     credentials_accepted(request, token, "key", key.id)
     request.state.team_id = key.team_id  # for the access log (kit/logs.py)
+    request.state.audit_actor = (ACTOR_MANAGEMENT_KEY, str(key.id))  # kit/audit.py
     return key
 
 
@@ -87,6 +89,7 @@ def operator(request: Request, session: DbSession, settings: AppSettings) -> Non
         credentials_failed(request)
         raise Unauthorized("unknown operator token", code="invalid_operator_token")
     credentials_accepted(request, token, "operator", token)
+    request.state.audit_actor = (ACTOR_OPERATOR, "operator")  # kit/audit.py
 
 
 Operator = Depends(operator)

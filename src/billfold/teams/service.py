@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billfold.kit.audit import note
 from billfold.kit.clock import utc_now
 from billfold.kit.errors import Conflict, InvalidField, ResourceNotFound
 from billfold.teams.models import BillingInfo, ManagementKey, OperatorToken, Team
@@ -45,6 +46,7 @@ class TeamService:
                 session.flush()
         except IntegrityError:
             raise Conflict(f"team {team.id} already exists", code="team_exists") from None
+        note(session, team_id=team.id)  # the audit trail's team (kit/audit.py)
         return team
 
     def get(self, session: Session, team_id: uuid.UUID, *, for_update: bool = False) -> Team:
@@ -143,6 +145,7 @@ class KeyService:
         )
         session.add(key)
         session.flush()
+        note(session, team_id=team.id, keyId=key.id)  # the audit trail (kit/audit.py)
         return IssuedKey(key=key, plaintext=plaintext)
 
     def authenticate(self, session: Session, plaintext: str) -> ManagementKey | None:
@@ -170,6 +173,7 @@ class KeyService:
 
     def revoke(self, session: Session, key_id: uuid.UUID) -> ManagementKey:
         key = self.get(session, key_id)
+        note(session, team_id=key.team_id, keyId=key.id)  # the audit trail (kit/audit.py)
         if key.revoked_at is None:
             key.revoked_at = utc_now()
             key.modified_at = key.revoked_at
