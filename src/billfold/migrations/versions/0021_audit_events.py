@@ -1,7 +1,7 @@
 """audit trail: ``audit_events``, append-only, one row per write
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 
 * ``audit_events``: who (actor kind and id: a management key's id, ``operator``, the OS user of
   a CLI command, ``stripe``), what (the route template or command path, target ids), when, the
