@@ -1,0 +1,233 @@
+"""The console in a real browser: Debian's ``chromium`` driven by Playwright, against ``billfold
+serve`` (real uvicorn) on SQLite and on PostgreSQL.
+
+* One served app per database per test session (per xdist worker; the browser tests live in one
+  file, so ``--dist loadfile`` gives them to one worker), on the session's migrated databases;
+  the tests isolate themselves by creating their own teams through the served operator API.
+* One browser per session; each test gets a fresh context (its own cookies), so sessions never
+  leak from one test to the next. Every request to anything but the served app is aborted and
+  fails the test: the console ships every asset itself (docs/console.md).
+* Playwright never downloads a browser here: it launches the system's chromium
+  (``BILLFOLD_TEST_CHROMIUM``, default ``/usr/bin/chromium``). Without it the tests are skipped
+  locally, but under ``CI=true`` the run fails (``.ci/run`` installs it), as PostgreSQL does.
+* Screenshots of every page at 375 px and 1440 px go to ``.artifacts/screenshots/<db>/``
+  (git-ignored; ``BILLFOLD_TEST_ARTIFACTS`` moves the root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import IN_CI, OPERATOR_TOKEN
+from tests.served import start_serve, wait_healthy
+
+CHROMIUM = os.environ.get("BILLFOLD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(
+    os.environ.get("BILLFOLD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts")
+)
+WIDTHS = (375, 1440)
+
+
+def _chromium_or_skip() -> str:
+    path = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
+    if path:
+        return path
+    message = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: the browser tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the session (Playwright's sync API)."""
+    executable = _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Served:
+    """``billfold serve`` on one database, with the operator API's helpers over HTTP."""
+
+    backend: str  # "sqlite" | "postgres"
+    base: str
+    http: httpx.Client
+    output: list[str] = field(default_factory=list)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.request(method, path, **kwargs)
+
+    def create_team(self, name: str = "Acme") -> str:
+        response = self.admin("POST", "/admin/v1/teams", json={"name": name})
+        assert response.status_code == 201, response.text
+        return str(response.json()["teamId"])
+
+    def create_key(self, team_id: str, acls: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": "console"}
+        if acls is not None:
+            body["acls"] = acls
+        response = self.admin("POST", f"/admin/v1/teams/{team_id}/management-keys", json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def add_card(self, team_id: str, number: str = "4242424242424242") -> dict[str, Any]:
+        response = self.admin(
+            "POST",
+            f"/admin/v1/teams/{team_id}/payment-methods",
+            json={"cardNumber": number, "expMonth": 12, "expYear": 2035, "makeDefault": True},
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def customer(self, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The Billing Management API as the key's holder (the figures the pages must equal)."""
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
+
+
+def _serve(url: str, backend: str, tmp_path: Path) -> Iterator[Served]:
+    process, base = start_serve(url, 1, tmp_path, ADMIN_TOKEN=OPERATOR_TOKEN, RATE_LIMIT="false")
+    output: list[str] = []
+
+    def drain() -> None:  # a full stdout pipe would stall the server
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        wait_healthy(base, process)
+        headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            yield Served(backend, base, http, output)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def served_sqlite(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(sqlite_url, "sqlite", tmp_path_factory.mktemp("served-sqlite"))
+
+
+@pytest.fixture(scope="session")
+def served_postgres(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    yield from _serve(postgres_url, "postgres", tmp_path_factory.mktemp("served-postgres"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request: pytest.FixtureRequest) -> Served:
+    """The served app on each database in turn (started once per session)."""
+    fixture: Served = request.getfixturevalue(f"served_{request.param}")
+    return fixture
+
+
+@dataclass
+class Tab:
+    """One browser context (its own cookies) and its page, on one served app."""
+
+    served: Served
+    context: Any
+    page: Any
+    foreign: list[str]
+
+    def go(self, path: str) -> Any:
+        response = self.page.goto(self.served.base + path)
+        assert response is not None
+        return response
+
+    def path(self) -> str:
+        return urlsplit(self.page.url).path
+
+    def screenshots(self, name: str) -> None:
+        """The page at each width, full length, under .artifacts/screenshots/<db>/; and at the
+        narrow width nothing may be wider than the screen (readable at 375 px)."""
+        folder = ARTIFACTS / "screenshots" / self.served.backend
+        folder.mkdir(parents=True, exist_ok=True)
+        for width in WIDTHS:
+            self.page.set_viewport_size({"width": width, "height": 900})
+            self.page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
+            if width == min(WIDTHS):
+                overflow = self.page.evaluate(
+                    "document.documentElement.scrollWidth - window.innerWidth"
+                )
+                assert overflow <= 1, f"{name} is {overflow}px wider than a {width}px screen"
+        self.page.set_viewport_size({"width": 1440, "height": 900})
+
+
+@pytest.fixture
+def new_tab(browser: Any, served: Served) -> Iterator[Any]:
+    """A factory of fresh contexts on ``served``; each fails its test if the page asked for
+    anything beyond the served app (an asset from the network)."""
+    contexts: list[Tab] = []
+    origin = urlsplit(served.base).netloc
+
+    def make() -> Tab:
+        context = browser.new_context(
+            viewport={"width": 1440, "height": 900}, accept_downloads=True
+        )
+        foreign: list[str] = []
+
+        def guard(route: Any) -> None:
+            if urlsplit(route.request.url).netloc == origin:
+                route.continue_()
+            else:
+                foreign.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", guard)
+        context.set_default_timeout(10_000)
+        tab = Tab(served, context, context.new_page(), foreign)
+        contexts.append(tab)
+        return tab
+
+    yield make
+    for tab in contexts:
+        tab.context.close()
+    for tab in contexts:
+        assert not tab.foreign, f"the page asked the network for {tab.foreign}"
+
+
+@pytest.fixture
+def tab(new_tab: Any) -> Tab:
+    made: Tab = new_tab()
+    return made
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
