@@ -21,6 +21,7 @@ from billfold import (
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
 from billfold.config import Settings, get_settings
+from billfold.console.install import install_console
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
 from billfold.invoicing import endpoints as invoicing
@@ -205,6 +206,7 @@ def create_app(
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     app.include_router(settlement.router, tags=["webhooks"])
+    install_console(app)  # the team console under /console (after the API's error handlers)
     install_openapi(
         app,
         bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},
