@@ -34,6 +34,10 @@ NAV: list[tuple[str, str]] = [
     ("/console", "Overview"),
     ("/console/usage", "Usage"),
     ("/console/invoices", "Invoices"),
+    ("/console/credits", "Credits"),
+    ("/console/payment-methods", "Payment methods"),
+    ("/console/billing-info", "Billing info"),
+    ("/console/limits", "Limits"),
 ]
 
 # Scripts and styles come from the package only; a page may add sources (Stripe.js) through
