@@ -209,7 +209,15 @@ def create_app(
     install_console(app)  # the team console under /console (after the API's error handlers)
     install_openapi(
         app,
-        bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},
-        guards={billing_read: (Forbidden,), billing_write: (Forbidden,)},
+        bearers={
+            authenticated_key: MANAGEMENT_KEY,
+            documents.document_reader: MANAGEMENT_KEY,
+            operator: OPERATOR_TOKEN,
+        },
+        guards={
+            billing_read: (Forbidden,),
+            billing_write: (Forbidden,),
+            documents.document_reader: (Forbidden,),
+        },
     )
     return app

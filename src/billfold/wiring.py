@@ -11,8 +11,13 @@ handed in here, once, when the app or the CLI is imported:
 
 And finalizing an invoice renders and stores its documents in the same transaction: the documents
 package renders them (``invoicing.service.InvoiceDocuments``).
+
+Invoice documents download with a console session as with a key: the console knows its sessions
+(``documents.endpoints.ConsoleSessions``).
 """
 
+from billfold.console.auth import cookie_sessions
+from billfold.documents import endpoints as documents_endpoints
 from billfold.documents.service import document_service
 from billfold.invoicing.service import invoicing_service
 from billfold.ledger.service import ledger_service
@@ -23,3 +28,4 @@ from billfold.pricing.service import pricing_service
 pricing_service.use(rated_usage)
 cancellation_service.use(ledger_service)
 invoicing_service.use(document_service)
+documents_endpoints.readers.use(cookie_sessions)

@@ -24,7 +24,7 @@ WRITE = "team-token:endpoint:BillingWrite"
 
 def test_pages_redirect_to_sign_in_without_a_session(api: Api) -> None:
     client = browser(api)
-    for path in ("/console",):
+    for path in ("/console", "/console/invoices", "/console/invoices/inv_x"):
         response = client.get(path)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/console/login?next=")

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from billfold.console.service import Viewer, console_service, same_secret
@@ -87,3 +89,15 @@ def require_write(viewer: Viewer) -> None:
             "This change needs a management key with BillingWrite. You signed in with a key "
             "that has BillingRead only: sign in again with a key that has BillingWrite.",
         )
+
+
+class CookieSessions:
+    """``documents.endpoints.ConsoleSessions``: invoice documents download with the session."""
+
+    def team_of(self, session: Session, request: Request) -> uuid.UUID | None:
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        viewer = console_service.viewer(session, cookie, take_flash=False)
+        return None if viewer is None else viewer.team_id
+
+
+cookie_sessions = CookieSessions()

@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from starlette.datastructures import FormData
 
 from billfold.console import overview as overview_figures
-from billfold.console.auth import ConsoleForm, ConsoleViewer, posted_form
+from billfold.console.auth import ConsoleForm, ConsoleViewer, not_found, posted_form
+from billfold.console.invoices import invoice_view
 from billfold.console.service import SignInRefused, console_service, same_secret
 from billfold.console.web import (
     CSRF_FIELD,
@@ -28,6 +29,8 @@ from billfold.console.web import (
     safe_next,
     set_cookie,
 )
+from billfold.invoicing.service import InvoiceFilter, invoicing_service
+from billfold.kit.errors import ResourceNotFound
 from billfold.kit.http import DbSession, client_address
 from billfold.kit.ratelimit import RateLimits
 from billfold.teams.auth import AppSettings, Keys
@@ -159,3 +162,32 @@ def overview_page(
 ) -> Response:
     figures = overview_figures.overview(session, settings, viewer.team_id)
     return page(request, viewer, "overview.html", title="Overview", o=figures)
+
+
+# --- invoices ------------------------------------------------------------------------------------
+
+
+@router.get("/console/invoices")
+def invoices_page(request: Request, viewer: ConsoleViewer, session: DbSession) -> Response:
+    items = invoicing_service.list_invoices(session, viewer.team_id, InvoiceFilter())
+    return page(
+        request,
+        viewer,
+        "invoices.html",
+        title="Invoices",
+        invoices=[invoice_view(item) for item in items],
+    )
+
+
+@router.get("/console/invoices/{invoice_id}")
+def invoice_page(
+    request: Request, viewer: ConsoleViewer, session: DbSession, invoice_id: str
+) -> Response:
+    try:
+        item = invoicing_service.get_invoice(session, invoice_id)
+    except ResourceNotFound:
+        raise not_found("invoice") from None
+    if item.invoice.team_id != viewer.team_id:  # another team's invoice: as if it did not exist
+        raise not_found("invoice")
+    view = invoice_view(item)
+    return page(request, viewer, "invoice.html", title=f"Invoice {view.number}", inv=view)

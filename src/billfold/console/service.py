@@ -172,8 +172,9 @@ class ConsoleService:
 
     # --- every request ----------------------------------------------------------------------
 
-    def viewer(self, session: Session, secret: str) -> Viewer | None:
-        """The session's viewer, or None when there is no live session for this cookie."""
+    def viewer(self, session: Session, secret: str, *, take_flash: bool = True) -> Viewer | None:
+        """The session's viewer, or None when there is no live session for this cookie.
+        ``take_flash``: the page being answered shows (and so clears) the flash message."""
         if not secret:
             return None
         found = session.execute(
@@ -199,7 +200,7 @@ class ConsoleService:
             return None
         if now - row.last_seen_at >= TOUCH_EVERY:
             row.last_seen_at = now
-        flash = row.flash
+        flash = row.flash if take_flash else None
         if flash is not None:
             row.flash = None
         return Viewer(
