@@ -48,6 +48,14 @@ ARTIFACTS = Path(
     os.environ.get("BILLFOLD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts")
 )
 WIDTHS = (375, 1440)
+# The elements that reach beyond the screen's right edge (to say what to fix).
+WIDER_THAN_SCREEN = """
+[...document.querySelectorAll("body *")]
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .slice(-5)
+  .map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
+            (e.className && typeof e.className == "string" ? "." + e.className : ""))
+"""
 
 
 def _chromium_or_skip() -> str:
@@ -186,7 +194,8 @@ class Tab:
                 overflow = self.page.evaluate(
                     "document.documentElement.scrollWidth - window.innerWidth"
                 )
-                assert overflow <= 1, f"{name} is {overflow}px wider than a {width}px screen"
+                wide = self.page.evaluate(WIDER_THAN_SCREEN) if overflow > 1 else []
+                assert overflow <= 1, f"{name} is {overflow}px wider than {width}px: {wide}"
         self.page.set_viewport_size({"width": 1440, "height": 900})
 
 
