@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -79,3 +80,39 @@ def text_of(page: str, element_id: str) -> str:
     assert match, f"no element #{element_id}"
     inner = re.sub(r"<[^>]+>", " ", match.group(2))
     return " ".join(html.unescape(inner).split())
+
+
+class _Table(HTMLParser):
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id = table_id
+        self.depth = 0  # > 0 inside the table
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and (self.depth or dict(attrs).get("id") == self.table_id):
+            self.depth += 1
+        elif self.depth and tag == "tr":
+            self.rows.append([])
+        elif self.depth and tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table" and self.depth:
+            self.depth -= 1
+        elif self.depth and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def table_rows(page: str, table_id: str) -> list[list[str]]:
+    """The cells' text of the table with this id, row by row (header and footer included)."""
+    parser = _Table(table_id)
+    parser.feed(page)
+    assert parser.rows, f"no table #{table_id}"
+    return parser.rows

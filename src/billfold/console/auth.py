@@ -18,7 +18,6 @@ from starlette.datastructures import FormData
 
 from billfold.console.service import Viewer, console_service, same_secret
 from billfold.console.web import CSRF_FIELD, SESSION_COOKIE
-from billfold.kit.http import DbSession
 
 
 class LoginRequired(Exception):
@@ -44,12 +43,14 @@ def not_found(what: str = "page") -> ConsolePageError:
     return ConsolePageError(404, "Not found", f"There is no such {what} in this team.")
 
 
-def current_viewer(request: Request, session: DbSession) -> Viewer:
-    viewer = console_service.viewer(session, request.cookies.get(SESSION_COOKIE, ""))
+def current_viewer(request: Request) -> Viewer:
+    """The signed-in viewer, read in a transaction of its own (``ConsoleService.resolve``), so
+    the page's own transaction (``DbSession``) may be read-only."""
+    state = request.app.state
+    viewer = console_service.resolve(
+        state.read_sessionmaker, state.sessionmaker, request.cookies.get(SESSION_COOKIE, "")
+    )
     if viewer is None:
-        # A session found idle or with its key revoked was just marked ended: keep that, though
-        # the redirect below unwinds the request's transaction as an error.
-        session.commit()
         path = request.url.path
         query = request.url.query
         raise LoginRequired(path + (f"?{query}" if query else ""))

@@ -70,7 +70,7 @@ def _percent(part: int, whole: int) -> str:
     if whole <= 0:
         return "0"
     value = min(max(Decimal(part) * 100 / Decimal(whole), Decimal(0)), Decimal(100))
-    return str(value.quantize(Decimal("0.01"), rounding=ROUND_FLOOR).normalize())
+    return format(value.quantize(Decimal("0.01"), rounding=ROUND_FLOOR).normalize(), "f")
 
 
 def limit_bar(limits: SpendingLimits, postpaid: Cents) -> LimitBar:

@@ -11,12 +11,20 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
+from billfold.config import Settings
 from billfold.console import overview as overview_figures
-from billfold.console.auth import ConsoleForm, ConsoleViewer, not_found, posted_form
+from billfold.console import usage
+from billfold.console.auth import (
+    ConsoleForm,
+    ConsolePageError,
+    ConsoleViewer,
+    not_found,
+    posted_form,
+)
 from billfold.console.invoices import invoice_view
 from billfold.console.service import SignInRefused, console_service, same_secret
 from billfold.console.web import (
@@ -27,11 +35,12 @@ from billfold.console.web import (
     page,
     redirect,
     safe_next,
+    security_headers,
     set_cookie,
 )
 from billfold.invoicing.service import InvoiceFilter, invoicing_service
 from billfold.kit.errors import ResourceNotFound
-from billfold.kit.http import DbSession, client_address
+from billfold.kit.http import DbSession, client_address, read_only
 from billfold.kit.ratelimit import RateLimits
 from billfold.teams.auth import AppSettings, Keys
 
@@ -191,3 +200,79 @@ def invoice_page(
         raise not_found("invoice")
     view = invoice_view(item)
     return page(request, viewer, "invoice.html", title=f"Invoice {view.number}", inv=view)
+
+
+# --- usage ----------------------------------------------------------------------------------------
+
+
+def _usage_form(
+    settings: Settings,
+    range_: str | None,
+    start: str | None,
+    end: str | None,
+    unit: str | None,
+    by: str | None,
+    tz: str | None,
+) -> usage.UsageForm:
+    return usage.read_form(settings, range_, start, end, unit, by, tz)
+
+
+@router.get("/console/usage")
+@read_only
+def usage_page(
+    request: Request,
+    viewer: ConsoleViewer,
+    session: DbSession,
+    settings: AppSettings,
+    range_: Annotated[str | None, Query(alias="range")] = None,
+    start: str | None = None,
+    end: str | None = None,
+    unit: str | None = None,
+    by: str | None = None,
+    tz: str | None = None,
+) -> Response:
+    form = _usage_form(settings, range_, start, end, unit, by, tz)
+    table = usage.usage_table(session, settings, viewer.team_id, form)
+    return page(
+        request,
+        viewer,
+        "usage.html",
+        title="Usage",
+        form=form,
+        table=table,
+        ranges=usage.RANGES,
+        units=usage.UNITS,
+        groups=usage.groups_available(settings),
+        zones=usage.time_zones(),
+        status_code=400 if form.errors else 200,
+    )
+
+
+@router.get("/console/usage.csv")
+@read_only
+def usage_csv(
+    request: Request,
+    viewer: ConsoleViewer,
+    session: DbSession,
+    settings: AppSettings,
+    range_: Annotated[str | None, Query(alias="range")] = None,
+    start: str | None = None,
+    end: str | None = None,
+    unit: str | None = None,
+    by: str | None = None,
+    tz: str | None = None,
+) -> Response:
+    """The usage table of the same query string, as CSV."""
+    form = _usage_form(settings, range_, start, end, unit, by, tz)
+    table = usage.usage_table(session, settings, viewer.team_id, form)
+    if table is None:
+        raise ConsolePageError(400, "Cannot export", " ".join(form.errors.values()))
+    name = f"usage-{table.first.isoformat()}-{table.last.isoformat()}-by-{form.unit}.csv"
+    return Response(
+        table.csv(),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            **security_headers(),
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )

@@ -16,10 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.console.models import ConsoleLink, ConsoleSession
 from billfold.kit.clock import utc_now
+from billfold.kit.db import transaction
 from billfold.kit.errors import InvalidField
 from billfold.teams.models import ManagementKey, Team
 from billfold.teams.schemas import ACL_BILLING_READ, ACL_BILLING_WRITE
@@ -173,10 +174,38 @@ class ConsoleService:
     # --- every request ----------------------------------------------------------------------
 
     def viewer(self, session: Session, secret: str, *, take_flash: bool = True) -> Viewer | None:
-        """The session's viewer, or None when there is no live session for this cookie.
+        """The session's viewer, or None when there is no live session for this cookie; reads
+        and records (last seen, ended, flash shown) in ``session``.
         ``take_flash``: the page being answered shows (and so clears) the flash message."""
+        viewer, change = self._judge(session, secret, take_flash)
+        if change:
+            self._record(session, change)
+        return viewer
+
+    def resolve(
+        self,
+        reads: sessionmaker[Session],
+        writes: sessionmaker[Session],
+        secret: str,
+        *,
+        take_flash: bool = True,
+    ) -> Viewer | None:
+        """:meth:`viewer` in transactions of its own: a read (deferred on SQLite, READ ONLY on
+        PostgreSQL), and a short write only when there is something to record -- at most once
+        a minute per session, or when it ends. So a page view takes no write lock, and the page
+        may run in a read-only transaction."""
+        with transaction(reads) as session:
+            viewer, change = self._judge(session, secret, take_flash)
+        if change:
+            with transaction(writes) as session:
+                self._record(session, change)
+        return viewer
+
+    def _judge(
+        self, session: Session, secret: str, take_flash: bool
+    ) -> tuple[Viewer | None, dict[str, Any]]:
         if not secret:
-            return None
+            return None, {}
         found = session.execute(
             select(ConsoleSession, ManagementKey, Team.name)
             .join(Team, Team.id == ConsoleSession.team_id)
@@ -184,26 +213,28 @@ class ConsoleService:
             .where(ConsoleSession.token_hash == hash_secret(secret))
         ).one_or_none()
         if found is None:
-            return None
+            return None, {}
         row, key, team_name = found
         now = utc_now()
         if row.ended_at is not None:
-            return None
-        if now - row.last_seen_at >= IDLE or (
-            row.key_id is not None and (key is None or key.revoked_at is not None)
-        ):
-            row.ended_at = now
-            return None
+            return None, {}
+        ended = {"id": row.id, "ended_at": now}
+        if now - row.last_seen_at >= IDLE:
+            return None, ended
+        if row.key_id is not None and (key is None or key.revoked_at is not None):
+            return None, ended
         acls = tuple(key.acls if key is not None else row.acls)
         if ACL_BILLING_READ not in acls:
-            row.ended_at = now
-            return None
+            return None, ended
+        change: dict[str, Any] = {}
         if now - row.last_seen_at >= TOUCH_EVERY:
-            row.last_seen_at = now
+            change["last_seen_at"] = now
         flash = row.flash if take_flash else None
         if flash is not None:
-            row.flash = None
-        return Viewer(
+            change["flash"] = None
+        if change:
+            change["id"] = row.id
+        viewer = Viewer(
             session_id=row.id,
             team_id=row.team_id,
             team_name=team_name,
@@ -211,6 +242,13 @@ class ConsoleService:
             csrf_token=row.csrf_token,
             signed_in_with=key.redacted if key is not None else "one-time link",
             flash=flash,
+        )
+        return viewer, change
+
+    def _record(self, session: Session, change: dict[str, Any]) -> None:
+        values = {name: value for name, value in change.items() if name != "id"}
+        session.execute(
+            update(ConsoleSession).where(ConsoleSession.id == change["id"]).values(**values)
         )
 
     def set_flash(self, session: Session, viewer: Viewer, kind: str, text: str) -> None:
