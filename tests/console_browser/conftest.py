@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +33,13 @@ import httpx
 import pytest
 
 from tests.conftest import IN_CI, OPERATOR_TOKEN
-from tests.served import start_serve, wait_healthy
+from tests.served import free_port, start_serve, wait_healthy
+from tests.stripe_provider.conftest import (
+    PUBLISHABLE_KEY,
+    SECRET_KEY,
+    SERVER,
+    WEBHOOK_SECRET,
+)
 
 CHROMIUM = os.environ.get("BILLFOLD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -122,8 +130,10 @@ class Served:
         return httpx.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
 
 
-def _serve(url: str, backend: str, tmp_path: Path) -> Iterator[Served]:
-    process, base = start_serve(url, 1, tmp_path, ADMIN_TOKEN=OPERATOR_TOKEN, RATE_LIMIT="false")
+def _serve(url: str, backend: str, tmp_path: Path, **settings: str) -> Iterator[Served]:
+    process, base = start_serve(
+        url, 1, tmp_path, ADMIN_TOKEN=OPERATOR_TOKEN, RATE_LIMIT="false", **settings
+    )
     output: list[str] = []
 
     def drain() -> None:  # a full stdout pipe would stall the server
@@ -156,6 +166,50 @@ def served_postgres(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     yield from _serve(postgres_url, "postgres", tmp_path_factory.mktemp("served-postgres"))
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[str]:
+    """A fresh localstripe (tests/localstripe_server.py), as tests/stripe_provider starts it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", str(port), "--from-scratch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "localstripe exited on start"
+            try:
+                auth = {"Authorization": f"Bearer {SECRET_KEY}"}
+                if httpx.get(base + "/v1/customers", headers=auth, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "localstripe did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served_stripe(localstripe: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The app with Stripe (localstripe) as its provider, on a SQLite file of its own."""
+    folder = tmp_path_factory.mktemp("served-stripe")
+    yield from _serve(
+        f"sqlite:///{folder / 'billfold.db'}",
+        "stripe",
+        folder,
+        PAYMENT_PROVIDER="stripe",
+        STRIPE_SECRET_KEY=SECRET_KEY,
+        STRIPE_PUBLISHABLE_KEY=PUBLISHABLE_KEY,
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        STRIPE_API_BASE=localstripe,
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -203,8 +257,13 @@ class Tab:
 def new_tab(browser: Any, served: Served) -> Iterator[Any]:
     """A factory of fresh contexts on ``served``; each fails its test if the page asked for
     anything beyond the served app (an asset from the network)."""
+    yield from _tabs(browser, served)
+
+
+def _tabs(browser: Any, served: Served, *allowed: str) -> Iterator[Any]:
+    """Contexts on ``served`` that may reach only it and the ``allowed`` bases."""
     contexts: list[Tab] = []
-    origin = urlsplit(served.base).netloc
+    origins = {urlsplit(base).netloc for base in (served.base, *allowed)}
 
     def make() -> Tab:
         context = browser.new_context(
@@ -213,7 +272,7 @@ def new_tab(browser: Any, served: Served) -> Iterator[Any]:
         foreign: list[str] = []
 
         def guard(route: Any) -> None:
-            if urlsplit(route.request.url).netloc == origin:
+            if urlsplit(route.request.url).netloc in origins:
                 route.continue_()
             else:
                 foreign.append(route.request.url)
@@ -230,6 +289,16 @@ def new_tab(browser: Any, served: Served) -> Iterator[Any]:
         tab.context.close()
     for tab in contexts:
         assert not tab.foreign, f"the page asked the network for {tab.foreign}"
+
+
+@pytest.fixture
+def stripe_tab(browser: Any, served_stripe: Served, localstripe: str) -> Iterator[Tab]:
+    """A tab on the Stripe-backed app, which may also reach localstripe (its Stripe.js and API:
+    what js.stripe.com and api.stripe.com are in production)."""
+    tabs = _tabs(browser, served_stripe, localstripe)
+    make = next(tabs)
+    yield make()
+    next(tabs, None)
 
 
 @pytest.fixture

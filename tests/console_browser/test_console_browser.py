@@ -104,7 +104,7 @@ def test_every_page_signed_in_with_a_key(served: Served, tab: Tab) -> None:
         "payment-methods": "/console/payment-methods",
         "billing-info": "/console/billing-info",
         "limits": "/console/limits",
-        # "usage": "/console/usage",  # TODO(console-browser): once branch console serves it
+        "usage": "/console/usage",
         "invoices": "/console/invoices",
         "invoice": f"/console/invoices/{invoice}",
     }
@@ -393,3 +393,45 @@ def test_second_team_never_sees_the_first(served: Served, new_tab: Any) -> None:
     # Still the first team's, in its own session.
     first.go("/console")
     assert text(first, "#credits-remaining") == "$77.00"
+
+
+# --- Stripe: the card element --------------------------------------------------------------------
+
+
+def test_stripe_card_element_adds_a_card(served_stripe: Served, stripe_tab: Tab) -> None:
+    """With Stripe, the page loads Stripe.js (here localstripe's, from its own address: the only
+    origin besides the app the page may reach) and its card element; submitting makes a
+    SetupIntent, confirms it in the browser and attaches the PaymentMethod -- no card number is
+    ever posted to Billfold."""
+    tab = stripe_tab
+    team, _, key = team_with_key(served_stripe)
+    sign_in(tab, key)
+    posted: list[str] = []
+    tab.page.on(
+        "request",
+        lambda request: (
+            posted.append(request.post_data or "")
+            if request.url.startswith(served_stripe.base) and request.method == "POST"
+            else None
+        ),
+    )
+    response = tab.go("/console/payment-methods")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self' http://127.0.0.1" in policy
+    assert tab.page.locator("#f-cardNumber").count() == 0, "no raw card form with Stripe"
+    card = tab.page.locator("#card-element input")
+    card.first.wait_for()
+    for placeholder, value in (
+        ("number", "4242424242424242"),
+        ("exp_month", "12"),
+        ("exp_year", "34"),
+        ("cvc", "123"),
+        ("postal_code", "10001"),
+    ):
+        tab.page.fill(f"#card-element input[placeholder={placeholder}]", value)
+    with tab.page.expect_navigation(url=re.compile(r"/console/payment-methods$")):
+        tab.page.click("#stripe-card-form button[type=submit]")
+    assert "ending 4242" in flash(tab)
+    listed = api(served_stripe, key, "/payment-method", team)["paymentMethods"]
+    assert [m["cardDetails"]["last4"] for m in listed] == ["4242"]
+    assert not any("4242424242424242" in body for body in posted)
