@@ -6,6 +6,9 @@ same way the API is asked -- an ``AnalyticsRequest`` read by ``parse_query`` and
 * per bucket (the Total column): the same request without a group, not a sum of rounded cells;
 * the range's total: the same request with ``TIME_UNIT_NONE``.
 
+No total per series: the API's would cost a fourth query over the rollups with properties (the
+dearest read when split by model), and a sum of the shown cells would be a second formula.
+
 The table and the CSV show each dollar value to the cent (the API's number rounded half up, see
 ``web.usd``); the chart draws the API's numbers as they are.
 """
@@ -154,7 +157,6 @@ class UsageTable:
     zone: str
     unit: str
     series: list[str]  # labels, in the API's order (largest spend first)
-    series_totals: list[float]  # each series over the whole range (the API's, not a sum here)
     rows: list[UsageRow]
     grand_total: float
     limit_reached: bool
@@ -182,9 +184,7 @@ class UsageTable:
                     plain(row.total),
                 ]
             )
-        writer.writerow(
-            ["total", *(plain(total) for total in self.series_totals), plain(self.grand_total)]
-        )
+        writer.writerow(["total", *("" for _ in self.series), plain(self.grand_total)])
         return out.getvalue()
 
 
@@ -237,9 +237,6 @@ def usage_table(
         whole = _run(
             session, settings, team_id, _request(form, first, last, "TIME_UNIT_NONE", False)
         )
-        per_series = _run(
-            session, settings, team_id, _request(form, first, last, "TIME_UNIT_NONE", True)
-        )
     except BadRequest as exc:  # a range analytics refuses (too many buckets, ...)
         form.errors["range"] = exc.message
         return None
@@ -262,16 +259,12 @@ def usage_table(
             )
         )
     grand = float(whole.series[0].points[0][1][0]) if whole.series else 0.0
-    over_range = {
-        tuple(series.group): float(series.points[0][1][0]) for series in per_series.series
-    }
     return UsageTable(
         first=first,
         last=last,
         zone=form.tz,
         unit=form.unit,
         series=labels,
-        series_totals=[over_range.get(tuple(series.group), 0.0) for series in grouped.series],
         rows=rows,
         grand_total=grand,
         limit_reached=grouped.limit_reached,
