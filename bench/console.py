@@ -16,8 +16,10 @@ What it does, in one run:
    the goal (< 100 ms);
 5. drops the database (``--keep-database`` keeps it).
 
-The time is measured by the client on loopback: the server's time plus well under a millisecond
-of client and socket. Client, server and PostgreSQL share the machine's cores.
+Two times per request: the server's own (``duration_ms`` of its JSON access line, from the
+outermost ASGI layer in to the last byte out; each timed request carries an ``X-Request-Id`` that
+finds its line) -- the goal's figure -- and the client's on loopback (the server's plus the client
+and the socket). Client, server and PostgreSQL share the machine's cores.
 
     .venv/bin/python bench/console.py                      # the goal's size (1,000,000 events)
     .venv/bin/python bench/console.py --events 20000       # a quick smoke run
@@ -39,6 +41,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 
 from ingest import (  # bench/ingest.py
@@ -123,13 +126,15 @@ def prepare_team(http: httpx.Client, team: str, key: str) -> str:
 
 def time_pages(
     clients: dict[str, httpx.Client], invoices: dict[str, str], runs: int, warmup: int
-) -> list[tuple[str, str, list[float]]]:
+) -> list[tuple[str, str, list[float], list[str]]]:
+    """Per page and team: the client's times (ms) and the request ids of the timed requests."""
     reads = [
         (label, team, path.format(invoice=invoices[team]))
         for team in clients
         for label, path in PAGES
     ]
     samples: dict[int, list[float]] = {i: [] for i in range(len(reads))}
+    ids: dict[int, list[str]] = {i: [] for i in range(len(reads))}
     for _, team, path in reads:  # each page answers at all before the clock starts
         response = clients[team].get(path)
         if response.status_code != 200:
@@ -140,13 +145,36 @@ def time_pages(
         shuffle(order)
         for i in order:
             _, team, path = reads[i]
+            request_id = f"bench-console-{i}-{round_}"
             started = time.perf_counter()
-            response = clients[team].get(path)
+            response = clients[team].get(path, headers={"X-Request-Id": request_id})
             elapsed = (time.perf_counter() - started) * 1000
             response.raise_for_status()
             if round_ >= warmup:
                 samples[i].append(elapsed)
-    return [(label, team, samples[i]) for i, (label, team, _) in enumerate(reads)]
+                ids[i].append(request_id)
+    return [(label, team, samples[i], ids[i]) for i, (label, team, _) in enumerate(reads)]
+
+
+def server_times(log: Path) -> dict[str, float]:
+    """request id -> duration_ms, from the server's JSON access lines."""
+    times = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"duration_ms"' not in line:
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if str(entry.get("request_id", "")).startswith("bench-console-"):
+            times[entry["request_id"]] = float(entry["duration_ms"])
+    return times
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(len(ordered) * 0.95) - 1)]
+    return statistics.median(ordered), p95, ordered[-1]
 
 
 def main() -> None:
@@ -182,6 +210,9 @@ def main() -> None:
                 "BILLFOLD_DATABASE_URL": db,
                 "BILLFOLD_ADMIN_TOKEN": token,
                 "BILLFOLD_RATE_LIMIT": "false",
+                # the access line of every request (duration_ms: the server's time)
+                "BILLFOLD_LOG_LEVEL": "info",
+                "BILLFOLD_LOG_FORMAT": "json",
             },
         )
         print(f"machine:  {machine()}; PostgreSQL {pg_version}")
@@ -224,20 +255,25 @@ def main() -> None:
             f"pages (GET, signed in; {args.runs} timed requests each after {args.warmup} "
             "warm-up rounds):"
         )
+        logged = server_times(server.log)
         worst = 0.0
-        for label, team, ms in results:
-            ordered = sorted(ms)
-            p50 = statistics.median(ordered)
-            p95 = ordered[min(len(ordered) - 1, round(len(ordered) * 0.95) - 1)]
-            worst = max(worst, p95)
-            flag = "" if p95 < GOAL_MS else "   OVER the goal"
+        for label, team, ms, request_ids in results:
+            c50, c95, _ = percentiles(ms)
+            served_ms = [logged[r] for r in request_ids if r in logged]
+            if len(served_ms) != len(request_ids):
+                sys.exit(f"{label}: {len(request_ids) - len(served_ms)} access lines missing")
+            s50, s95, smax = percentiles(served_ms)
+            worst = max(worst, s95)
+            flag = "" if s95 < GOAL_MS else "   OVER the goal"
             print(
-                f"  {label:<16} team with {labels[team]}: p50 {p50:6.1f} ms   p95 {p95:6.1f} ms"
-                f"   max {ordered[-1]:6.1f} ms{flag}"
+                f"  {label:<16} team with {labels[team]}: server p50 {s50:6.1f} ms  "
+                f"p95 {s95:6.1f} ms  max {smax:6.1f} ms   (client p50 {c50:6.1f}, "
+                f"p95 {c95:6.1f}){flag}"
             )
         verdict = "met" if worst < GOAL_MS else "NOT met"
         print(
-            f"goal:     every page < {GOAL_MS:.0f} ms (p95): {verdict} (worst p95 {worst:.1f} ms)"
+            f"goal:     every page < {GOAL_MS:.0f} ms of server time (p95): {verdict} "
+            f"(worst p95 {worst:.1f} ms)"
         )
         print()
         print("reproduce: .venv/bin/python bench/console.py " + " ".join(sys.argv[1:]))
