@@ -41,7 +41,7 @@ def install_error_pages(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, login_required)  # type: ignore[arg-type]
     app.add_exception_handler(ConsolePageError, page_error)  # type: ignore[arg-type]
 
-    for kind in (BillfoldError, StarletteHTTPException, RequestValidationError):
+    for kind in (BillfoldError, StarletteHTTPException, RequestValidationError, Exception):
         api_handler: Handler | None = app.exception_handlers.get(kind)
         if api_handler is not None:
             app.add_exception_handler(kind, _console_or(api_handler))
@@ -57,9 +57,19 @@ def _console_or(api_handler: Handler) -> Callable[[Request, Exception], Awaitabl
         elif isinstance(exc, StarletteHTTPException):
             status = exc.status_code
             message = "There is no such page." if status == 404 else str(exc.detail)
-        else:
+        elif isinstance(exc, RequestValidationError):
             status, message = 400, "The form or the address is not valid."
-        titles = {404: "Not found", 403: "Not allowed", 429: "Too many requests"}
+        else:
+            answer = api_handler(request, exc)  # logs it
+            if not isinstance(answer, Response):
+                await answer
+            status, message = 500, "Something went wrong on our side; nothing was changed."
+        titles = {
+            404: "Not found",
+            403: "Not allowed",
+            429: "Too many requests",
+            503: "Try again",
+        }
         return error_page(request, status, titles.get(status, "Something went wrong"), message)
 
     return handler
