@@ -95,5 +95,7 @@ def _sentence(message: str) -> str:
     message = message.strip()
     if not message:
         return message
-    message = message[0].upper() + message[1:]
+    first = message.split(" ", 1)[0]
+    if first.islower():  # a word, not an API name such as "taxIdType"
+        message = message[0].upper() + message[1:]
     return message if message.endswith((".", "!", "?")) else message + "."
