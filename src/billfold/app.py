@@ -24,6 +24,7 @@ from billfold.autotopup import endpoints as autotopup
 from billfold.autotopup.charger import auto_topup_charging
 from billfold.audit import endpoints as audit
 from billfold.config import Settings, get_settings
+from billfold.console.install import install_console
 from billfold.documents import endpoints as documents
 from billfold.documents.service import document_service
 from billfold.invoicing import endpoints as invoicing
@@ -219,9 +220,18 @@ def create_app(
         app.include_router(module.billing_router, tags=["billing"])
         app.include_router(module.admin_router, tags=["operator"])
     app.include_router(settlement.router, tags=["webhooks"])
+    install_console(app)  # the team console under /console (after the API's error handlers)
     install_openapi(
         app,
-        bearers={authenticated_key: MANAGEMENT_KEY, operator: OPERATOR_TOKEN},
-        guards={billing_read: (Forbidden,), billing_write: (Forbidden,)},
+        bearers={
+            authenticated_key: MANAGEMENT_KEY,
+            documents.document_reader: MANAGEMENT_KEY,
+            operator: OPERATOR_TOKEN,
+        },
+        guards={
+            billing_read: (Forbidden,),
+            billing_write: (Forbidden,),
+            documents.document_reader: (Forbidden,),
+        },
     )
     return app

@@ -19,9 +19,14 @@ in the same transaction: the documents package renders them
 (``invoicing.service.InvoiceDocuments``); settling an auto top-up counts the team's failures in a
 row and may turn auto top-up off (``topups.service.AutoTopupOutcomes``, implemented by
 ``autotopup.service.AutoTopupService``).
+
+Invoice documents download with a console session as with a key: the console knows its sessions
+(``documents.endpoints.ConsoleSessions``).
 """
 
 from billfold.autotopup.service import auto_topup_service
+from billfold.console.auth import cookie_sessions
+from billfold.documents import endpoints as documents_endpoints
 from billfold.documents.service import document_service
 from billfold.figures.watch import watch
 from billfold.invoicing.service import invoicing_service
@@ -38,3 +43,4 @@ invoicing_service.use(document_service)
 watch.use(crossing_detector)
 watch.listen(auto_topup_service)
 topup_service.use(auto_topup_service)
+documents_endpoints.readers.use(cookie_sessions)

@@ -13,6 +13,20 @@ MAX_BODY_BYTES = 32 * 1024 * 1024  # a full batch of 10,000 events is a few MB
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
+
+
+def _console_form(scope: Scope) -> bool:
+    """A browser's form posted to the team console (/console/...) keeps its Content-Type."""
+    path: str = scope.get("path", "")
+    if not path.startswith("/console/"):
+        return False
+    return any(
+        name == b"content-type" and value.split(b";")[0].strip().lower() in _FORM_TYPES
+        for name, value in scope.get("headers", ())
+    )
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -23,7 +37,8 @@ class BodySizeLimit:
     * 413 before reading a body whose declared length is too large, and stop reading one that
       grows past the limit without declaring it: no request makes a process hold an unbounded body.
     * Every body is JSON, whatever its Content-Type says: the upstream gateway (grpc-gateway) reads
-      any content type as JSON, and browsers' ``fetch`` sends ``text/plain`` by default.
+      any content type as JSON, and browsers' ``fetch`` sends ``text/plain`` by default. The one
+      exception is an HTML form posted to the team console (``/console/...``).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
@@ -38,6 +53,7 @@ class BodySizeLimit:
         if (
             scope.get("method") in _BODY_METHODS
             and (b"content-type", b"application/json") not in headers
+            and not _console_form(scope)
         ):
             scope = dict(scope)
             scope["headers"] = [(n, v) for n, v in headers if n != b"content-type"] + [

@@ -1,0 +1,2 @@
+"""The team web console: server-rendered pages under ``/console`` for a team's people
+(docs/console.md)."""
