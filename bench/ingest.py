@@ -603,7 +603,7 @@ def volume_copy(db: str, workload: Workload) -> float:
         events.append((team, "ref_" + event_id, ts, sku, quantity, version_ids[sku], set_id))
     events.sort(key=lambda e: (e[1], e[0]))
     keys = event_key_rows(events)  # type: ignore[arg-type]
-    teams = {team: uuid.UUID(team).bytes for team in workload.total_quantity}
+    teams = {team: uuid.UUID(team).bytes for team in {e[0] for e in events}}
     now = datetime.now(UTC)
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
@@ -611,11 +611,11 @@ def volume_copy(db: str, workload: Workload) -> float:
         started = time.perf_counter()
         cursor = conn.cursor()
         with cursor.copy(
-            "COPY usage_event_keys (event_id, team_id, month, ts) FROM STDIN (FORMAT BINARY)"
+            "COPY usage_event_keys (id_digest, month, ts) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(("text", "bytea", "date", "timestamptz"))
-            for _, event_id, team, month, ts in keys:
-                copy.write_row((event_id, teams[team], month, ts))
+            copy.set_types(("bytea", "date", "timestamptz"))
+            for digest, month, ts, _ in keys:
+                copy.write_row((digest, month, ts))
         with cursor.copy(
             f"COPY usage_events ({STORED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
@@ -702,8 +702,9 @@ def retention_month(db: str, rows: int) -> str:
                 [rows],
             )
             conn.execute(
-                "INSERT INTO usage_event_keys (event_id, team_id, month, ts)"
-                " SELECT event_id, team_id, '2001-01-01', ts FROM usage_events_p200101"
+                "INSERT INTO usage_event_keys (id_digest, month, ts)"
+                " SELECT md5(uuid_send(team_id) || convert_to(event_id, 'UTF8'))::uuid,"
+                " '2001-01-01', ts FROM usage_events_p200101"
             )
             conn.commit()
             conn.execute("ANALYZE usage_events_p200101")

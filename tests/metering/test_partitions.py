@@ -173,8 +173,8 @@ def test_a_month_without_partitions_is_created_at_ingestion(postgres_api: Api) -
         # the month, and the next one for the shadow key
         assert partitions.missing_partitions(connection, [month, (2072, 8)]) == []
         keys = connection.execute(
-            text("SELECT tableoid::regclass::text FROM usage_event_keys WHERE team_id = :t"),
-            {"t": uuid.UUID(team_id)},
+            text("SELECT tableoid::regclass::text FROM usage_event_keys WHERE id_digest = :d"),
+            {"d": uuid.UUID(bytes=partitions.id_digest(uuid.UUID(team_id).bytes, "new"))},
         )
         assert sorted(k for (k,) in keys) == [
             "usage_event_keys_p207207",
@@ -217,10 +217,11 @@ def test_retention_drops_whole_months_and_ids_of_dropped_months(
             with engine.connect() as connection:
                 assert partitions.missing_partitions(connection, [(2071, 3)]) == [(2071, 3)]
                 keys = connection.execute(
-                    text("SELECT event_id, month FROM usage_event_keys ORDER BY 1, 2")
+                    text("SELECT id_digest, month FROM usage_event_keys ORDER BY 1, 2")
                 ).all()
             # April's event and its shadow in March: the shadow left with March
-            assert [k[0] for k in keys] == ["april"]
+            april = uuid.UUID(bytes=partitions.id_digest(uuid.UUID(team_id).bytes, "april"))
+            assert [(k[0], k[1].month) for k in keys] == [(april, 4)]
             assert _counted(api, team_id) == 8  # billing keeps every rollup
             with frozen(late):
                 old = api.ingest([batch[0]])
@@ -251,8 +252,9 @@ def test_retention_of_a_month_is_quick_whatever_its_rows(fresh_postgres_url: str
             )
             connection.execute(
                 text(
-                    "INSERT INTO usage_event_keys (event_id, team_id, month, ts)"
-                    " SELECT event_id, team_id, '2072-01-01', ts FROM usage_events"
+                    "INSERT INTO usage_event_keys (id_digest, month, ts)"
+                    " SELECT md5(uuid_send(team_id) || convert_to(event_id, 'UTF8'))::uuid,"
+                    " '2072-01-01', ts FROM usage_events"
                 )
             )
             connection.execute(text("ANALYZE usage_events_p207201"))
@@ -275,7 +277,8 @@ def test_migration_0023_keeps_every_event_and_its_key(fresh_postgres_url: str) -
     try:
         upgrade(engine, "0018")
         team = uuid.uuid4()
-        rows = [("a", "2072-03-31 23:30Z"), ("b", "2072-03-15Z"), ("c", "2072-05-01 00:10Z")]
+        # "b" in characters UTF-8 writes in 2 and 4 bytes: the SQL digest must be Python's
+        rows = [("a", "2072-03-31 23:30Z"), ("bé𝄞", "2072-03-15Z"), ("c", "2072-05-01 00:10Z")]
         with engine.begin() as connection:
             for event_id, ts in rows:
                 connection.execute(
@@ -288,13 +291,16 @@ def test_migration_0023_keeps_every_event_and_its_key(fresh_postgres_url: str) -
                 )
         upgrade(engine)
         with engine.connect() as connection:
+            digests = {
+                uuid.UUID(bytes=partitions.id_digest(team.bytes, e)): e for e in ("a", "bé𝄞", "c")
+            }
             keys = connection.execute(
-                text("SELECT event_id, month::text FROM usage_event_keys ORDER BY 1, 2")
+                text("SELECT id_digest, month::text FROM usage_event_keys")
             ).all()
-            assert [tuple(k) for k in keys] == [
+            assert sorted((digests[k[0]], k[1]) for k in keys) == [
                 ("a", "2072-03-01"),
                 ("a", "2072-04-01"),
-                ("b", "2072-03-01"),
+                ("bé𝄞", "2072-03-01"),
                 ("c", "2072-04-01"),
                 ("c", "2072-05-01"),
             ]
@@ -303,7 +309,7 @@ def test_migration_0023_keeps_every_event_and_its_key(fresh_postgres_url: str) -
             ).all()
             assert [tuple(p) for p in placed] == [
                 ("a", "usage_events_p207203"),
-                ("b", "usage_events_p207203"),
+                ("bé𝄞", "usage_events_p207203"),
                 ("c", "usage_events_p207205"),
             ]
         downgrade(engine, "0018")

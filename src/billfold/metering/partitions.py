@@ -1,8 +1,9 @@
 """Month partitions of the usage tables on PostgreSQL (migration 0023; the design: docs/scale.md).
 
 * ``usage_events`` is range-partitioned by ``ts``, with no unique key (index ``(team_id, ts)``);
-* ``usage_event_keys`` -- the de-duplication key ``(event_id, team_id, month)`` and the event's
-  ``ts`` -- by ``month`` (the first day of the event's UTC month);
+* ``usage_event_keys`` -- the de-duplication key ``(id_digest, month)`` (:func:`id_digest` of
+  the team and event id) and the event's ``ts`` -- by ``month`` (the first day of the event's UTC
+  month);
 * the six rollup tables by ``bucket_start`` (their keys unchanged).
 
 A month's partitions of all eight tables are created together (:func:`create_months`), ahead of
@@ -23,6 +24,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from hashlib import md5
 
 from sqlalchemy import (
     Column,
@@ -30,7 +32,6 @@ from sqlalchemy import (
     Engine,
     MetaData,
     PrimaryKeyConstraint,
-    String,
     Table,
     Uuid,
     delete,
@@ -75,16 +76,28 @@ _NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<year>\d{4})(?P<month>\d{2})$")
 _LOCK = {"space": 0x42F2, "key": 1}
 
 # Not in Base.metadata: PostgreSQL only (SQLite has no such table, and the model check compares
-# Base.metadata with both databases).
+# Base.metadata with both databases). ``id_digest``: :func:`id_digest` of the team and event id.
 usage_event_keys = Table(
     KEYS,
     MetaData(),
-    Column("event_id", String(200, collation="C"), nullable=False),
-    Column("team_id", Uuid(), nullable=False),
+    Column("id_digest", Uuid(), nullable=False),
     Column("month", Date(), nullable=False),
     Column("ts", UTCDateTime(), nullable=False),
-    PrimaryKeyConstraint("event_id", "team_id", "month", name="usage_event_keys_pkey"),
+    PrimaryKeyConstraint("id_digest", "month", name="usage_event_keys_pkey"),
 )
+
+
+def id_digest(team_id: bytes, event_id: str) -> bytes:
+    """The key of an event id: MD5 of the team id's 16 bytes and the id's UTF-8, 16 bytes
+    (PostgreSQL: ``md5(uuid_send(team_id) || convert_to(event_id, 'UTF8'))::uuid``).
+
+    Why not the id's text and the team: an index entry of ~36 bytes instead of ~70 with
+    36-character ids, so twice the keys of a month fit in the same memory (the key tree's pages
+    are ingestion's working set: docs/scale.md). Two different (team, id) pairs with the same
+    digest would make the second a duplicate: at 128 bits, with 10^11 keys in a month, the odds
+    are ~10^-17 -- not a design concern, as for random UUIDs (MD5's weakness is crafted
+    collisions: a team could only make its own events collide with its own)."""
+    return md5(team_id + event_id.encode(), usedforsecurity=False).digest()
 
 
 def is_partition(name: str) -> bool:
@@ -136,16 +149,17 @@ def key_months(ts: datetime) -> tuple[Month, ...]:
     return (own,)
 
 
-def event_key_rows(events: Sequence[RatedEvent]) -> list[tuple[int, str, str, date, datetime]]:
-    """(position in ``events``, event id, team key, month, ts) of every key of the events
-    (:func:`key_months`), in key order (event id, team, month: the lock order) when the events
-    are in key order. Once per event: the month's bounds are computed once per month."""
-    rows: list[tuple[int, str, str, date, datetime]] = []
+def event_key_rows(events: Sequence[RatedEvent]) -> list[tuple[bytes, date, datetime, int]]:
+    """(id digest, month, ts, position in ``events``) of every key of the events
+    (:func:`key_months`), sorted: the lock order, the same in every batch."""
+    rows: list[tuple[bytes, date, datetime, int]] = []
     append = rows.append
+    teams = {team: uuid.UUID(team).bytes for team in {e[0] for e in events}}
     # (year, month) -> (its first day, the previous month's, the next's, and the times within
     # RESEND_SPAN of its start and of its end)
     bounds: dict[Month, tuple[date, date, date, datetime, datetime]] = {}
     for position, (team, event_id, ts, *_) in enumerate(events):
+        digest = md5(teams[team] + event_id.encode(), usedforsecurity=False).digest()
         month = (ts.year, ts.month)
         b = bounds.get(month)
         if b is None:
@@ -157,14 +171,12 @@ def event_key_rows(events: Sequence[RatedEvent]) -> list[tuple[int, str, str, da
                 start + RESEND_SPAN,
                 end - RESEND_SPAN,
             )
+        append((digest, b[0], ts, position))
         if ts < b[3]:
-            append((position, event_id, team, b[1], ts))
-            append((position, event_id, team, b[0], ts))
+            append((digest, b[1], ts, position))
         elif ts > b[4]:
-            append((position, event_id, team, b[0], ts))
-            append((position, event_id, team, b[2], ts))
-        else:
-            append((position, event_id, team, b[0], ts))
+            append((digest, b[2], ts, position))
+    rows.sort()
     return rows
 
 
@@ -173,39 +185,30 @@ def insert_keys(session: Session, events: Sequence[RatedEvent]) -> set[int]:
     of the events NOT accepted (one of their keys was stored). The keys this statement inserted
     for such an event are deleted again, so a rejected event leaves nothing behind."""
     rows = event_key_rows(events)
-    team_ids = {team: uuid.UUID(team) for team in {row[2] for row in rows}}
+    c = usage_event_keys.c
     stmt = (
         pg_insert(usage_event_keys)
-        .on_conflict_do_nothing(index_elements=["event_id", "team_id", "month"])
-        .returning(
-            usage_event_keys.c.event_id, usage_event_keys.c.team_id, usage_event_keys.c.month
-        )
+        .on_conflict_do_nothing(index_elements=["id_digest", "month"])
+        .returning(c.id_digest, c.month)
     )
     inserted = {
-        (event_id, str(team_id), month)
-        for event_id, team_id, month in session.execute(
+        (digest.bytes, month)
+        for digest, month in session.execute(
             stmt,
             [
-                {"event_id": event_id, "team_id": team_ids[team], "month": month, "ts": ts}
-                for _, event_id, team, month, ts in rows
+                {"id_digest": uuid.UUID(bytes=digest), "month": month, "ts": ts}
+                for digest, month, ts, _ in rows
             ],
         )
     }
-    rejected = {
-        position
-        for position, event_id, team, month, _ in rows
-        if (event_id, team, month) not in inserted
-    }
+    rejected = {position for digest, month, _, position in rows if (digest, month) not in inserted}
     undo = [
-        (event_id, team_ids[team], month)
-        for position, event_id, team, month, _ in rows
-        if position in rejected and (event_id, team, month) in inserted
+        (uuid.UUID(bytes=digest), month)
+        for digest, month, _, position in rows
+        if position in rejected and (digest, month) in inserted
     ]
     if undo:
-        c = usage_event_keys.c
-        session.execute(
-            delete(usage_event_keys).where(tuple_(c.event_id, c.team_id, c.month).in_(undo))
-        )
+        session.execute(delete(usage_event_keys).where(tuple_(c.id_digest, c.month).in_(undo)))
     return rejected
 
 
@@ -213,9 +216,8 @@ def event_times(session: Session, team_id: uuid.UUID, ids: Sequence[str]) -> lis
     """The timestamps of a team's stored events with these ids (from their keys), so a lookup by
     id reads ``usage_events`` by its index ``(team_id, ts)``."""
     c = usage_event_keys.c
-    return sorted(
-        set(session.scalars(select(c.ts).where(c.team_id == team_id, c.event_id.in_(ids))))
-    )
+    digests = [uuid.UUID(bytes=id_digest(team_id.bytes, event_id)) for event_id in ids]
+    return sorted(set(session.scalars(select(c.ts).where(c.id_digest.in_(digests)))))
 
 
 # --- creating and dropping months ----------------------------------------------------------------

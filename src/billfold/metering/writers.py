@@ -372,8 +372,8 @@ class PostgresWriter:
 
     # The keys first (usage_event_keys, migration 0023: the de-duplication key, partitioned by
     # month like the events; metering/partitions.py), then the accepted events.
-    COPY_KEYS = "COPY usage_event_keys (event_id, team_id, month, ts) FROM STDIN (FORMAT BINARY)"
-    KEY_TYPES = ("text", "bytea", "date", "timestamptz")
+    COPY_KEYS = "COPY usage_event_keys (id_digest, month, ts) FROM STDIN (FORMAT BINARY)"
+    KEY_TYPES = ("bytea", "date", "timestamptz")
     COPY_EVENTS = (
         "COPY usage_events (team_id, event_id, ts, quantity, price_version_id, property_set_id,"
         " ingested_at) FROM STDIN (FORMAT BINARY)"
@@ -450,8 +450,9 @@ class PostgresWriter:
     def insert_events(
         self, session: Session, events: Sequence[RatedEvent], now: datetime
     ) -> set[int]:
-        """A binary ``COPY`` of the batch's keys (usage_event_keys: each event's month, and the
-        neighbouring one within a day of a month boundary) inside a savepoint; if any key is
+        """A binary ``COPY`` of the batch's keys (usage_event_keys: the digest of team and id, in
+        each event's month, and the neighbouring one within a day of a month boundary; sorted,
+        the lock order) inside a savepoint; if any key is
         stored already (a retry, or a concurrent batch that committed it first: the unique key
         makes the COPY wait for that batch, then fail), the savepoint is rolled back and
         :func:`partitions.insert_keys` sorts the batch out event by event. Then a binary ``COPY``
@@ -480,8 +481,8 @@ class PostgresWriter:
                     with cursor.copy(self.COPY_KEYS) as copy:
                         copy.set_types(self.KEY_TYPES)
                         write_row = copy.write_row
-                        for _, id_, team, month, ts in event_key_rows(events):
-                            write_row((id_, team_ids[team], month, ts))
+                        for digest, month, ts, _ in event_key_rows(events):
+                            write_row((digest, month, ts))
         except UniqueViolation:
             rejected = insert_keys(session, events)
             if len(rejected) == len(events):

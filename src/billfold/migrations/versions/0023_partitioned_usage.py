@@ -7,8 +7,8 @@ PostgreSQL only (SQLite: nothing changes). The design: docs/scale.md.
 
 * ``usage_events``: range-partitioned by ``ts`` (UTC months), without its primary key
   ``(event_id, team_id)``; index ``(team_id, ts)`` as before;
-* ``usage_event_keys`` (new): ``(event_id, team_id, month)`` primary key and the event's ``ts``,
-  range-partitioned by ``month``; an event within a day of a month boundary has a shadow key in
+* ``usage_event_keys`` (new): ``(id_digest, month)`` primary key -- the MD5 of the team id's
+  bytes and the event id, as a uuid -- and the event's ``ts``, range-partitioned by ``month``; an event within a day of a month boundary has a shadow key in
   the neighbouring month too;
 * the six rollup tables: range-partitioned by ``bucket_start``, keys, indexes and foreign keys
   as before.
@@ -158,8 +158,8 @@ def _columns(c: Connection, table: str) -> str:
 
 
 KEY_MONTHS = """
-    INSERT INTO usage_event_keys (event_id, team_id, month, ts)
-    SELECT e.event_id, e.team_id, k.month, e.ts
+    INSERT INTO usage_event_keys (id_digest, month, ts)
+    SELECT md5(uuid_send(e.team_id) || convert_to(e.event_id, 'UTF8'))::uuid, k.month, e.ts
     FROM usage_events e,
          LATERAL (SELECT date_trunc('month', e.ts AT TIME ZONE 'UTC') AS start) s,
          LATERAL (
@@ -194,11 +194,10 @@ def upgrade() -> None:
             c.execute(
                 text(
                     "CREATE TABLE usage_event_keys ("
-                    ' event_id VARCHAR(200) COLLATE "C" NOT NULL,'
-                    " team_id UUID NOT NULL,"
+                    " id_digest UUID NOT NULL,"
                     " month DATE NOT NULL,"
                     " ts TIMESTAMP WITH TIME ZONE NOT NULL,"
-                    " CONSTRAINT usage_event_keys_pkey PRIMARY KEY (event_id, team_id, month)"
+                    " CONSTRAINT usage_event_keys_pkey PRIMARY KEY (id_digest, month)"
                     ") PARTITION BY RANGE (month)"
                 )
             )
