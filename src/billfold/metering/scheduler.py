@@ -1,4 +1,6 @@
-"""Automatic compaction of raw usage events (``BILLFOLD_AUTO_COMPACT_EVENTS=true``).
+"""Automatic compaction of raw usage events (``BILLFOLD_AUTO_COMPACT_EVENTS=true``), and on
+PostgreSQL the month partitions of the usage tables created ahead (every hour, every process:
+idempotent, under an advisory lock; metering/partitions.py).
 
 Every serving process then runs :func:`compact_now` once an hour: the same deletions as
 ``billfold usage compact`` (metering/retention.py), one transaction per batch. On PostgreSQL one
@@ -22,11 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.config import Settings
 from billfold.kit.background import periodic
 from billfold.kit.clock import utc_now
-from billfold.metering import retention
+from billfold.metering import partitions, retention
 
 log = logging.getLogger("billfold.scheduler")
 
 COMPACT_INTERVAL_SECONDS = 3600.0
+# PostgreSQL: the month partitions of the usage tables for this month and the next two are
+# created ahead (metering/partitions.py; ingestion creates a missing one too).
+PARTITIONS_INTERVAL_SECONDS = 3600.0
 # An advisory lock of its own (the period locks use 0x42F0).
 _LOCK = {"space": 0x42F1, "key": 1}
 
@@ -70,8 +75,17 @@ async def compaction_tasks(app: FastAPI) -> AsyncIterator[None]:
     def compact(stop: threading.Event) -> None:
         compact_now(app.state.sessionmaker, settings, stop)
 
+    def create_ahead(stop: threading.Event) -> None:
+        made = partitions.ensure_ahead(app.state.sessionmaker.kw["bind"], utc_now())
+        if made:
+            log.info("created usage partitions for %s", ", ".join(f"{y}-{m:02d}" for y, m in made))
+
     enabled = settings.auto_compact_events
-    async with periodic(
-        app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log, enabled=enabled
+    postgres = app.state.sessionmaker.kw["bind"].dialect.name == "postgresql"
+    async with (
+        periodic(
+            app, "partitions", PARTITIONS_INTERVAL_SECONDS, create_ahead, log, enabled=postgres
+        ),
+        periodic(app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log, enabled=enabled),
     ):
         yield
