@@ -1,7 +1,7 @@
 """partitioned usage storage on PostgreSQL: month partitions, the usage_event_keys key table
 
 Revision ID: 0023
-Revises: 0018
+Revises: 0022
 
 PostgreSQL only (SQLite: nothing changes). The design: docs/scale.md.
 
@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 revision: str = "0023"
-down_revision: str | Sequence[str] | None = "0018"
+down_revision: str | Sequence[str] | None = "0022"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
