@@ -55,6 +55,27 @@ def get_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def get_replica_session(request: Request, session: DbSession) -> Iterator[Session]:
+    """A read-only session on the read replica (``BILLFOLD_READ_DATABASE_URL``), else the
+    request's own session.
+
+    For reads that may lag the primary by the replica's replay delay: usage analytics, console
+    charts. NEVER for anything that decides money (a spend check, a preview, a balance, an
+    invoice, the ledger) nor for authentication: those read the request's session on the
+    primary (the endpoint's other dependencies use ``DbSession``, which this depends on).
+    """
+    replica: sessionmaker[Session] | None = request.app.state.replica_sessionmaker
+    if replica is None:
+        yield session
+        return
+    with transaction(replica) as read:
+        yield read
+
+
+ReplicaSession = Annotated[Session, Depends(get_replica_session, scope="function")]
+"""See :func:`get_replica_session`: analytics only."""
+
+
 class RequestTransactionEnded(RuntimeError):
     """The request's session was used after :data:`Steps` ended its transaction (a bug)."""
 
