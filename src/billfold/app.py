@@ -134,7 +134,9 @@ def create_app(
     # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py),
     # which it LISTENs for on a session connection of its own (BILLFOLD_LISTEN_DATABASE_URL).
     spend_cache = (
-        SpendCache(libpq_conninfo(settings.listen_url(), LISTENER_LIMITS), settings.spend_cache_size)
+        SpendCache(
+            libpq_conninfo(settings.listen_url(), LISTENER_LIMITS), settings.spend_cache_size
+        )
         if settings.spend_cache and engine.dialect.name == "postgresql"
         else None
     )

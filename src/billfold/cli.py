@@ -68,9 +68,7 @@ def main() -> None:
 def migrate(settings: Settings) -> None:
     from billfold.migrate import upgrade
 
-    engine = make_engine(
-        settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode
-    )
+    engine = make_engine(settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode)
     try:
         upgrade(engine)
     finally:
@@ -272,7 +270,9 @@ def _demo_setup(settings: Settings, path: Path) -> DemoSetup:
                     }
                 ),
             )
-            provider = SandboxProvider.for_database(settings.database_url, settings.database_pool_mode)
+            provider = SandboxProvider.for_database(
+                settings.database_url, settings.database_pool_mode
+            )
             try:
                 provider.install()
                 payment_method_service.add_card(

@@ -41,9 +41,7 @@ def cycle_close(
     from billfold.payments.sandbox import SandboxProvider
 
     settings = get_settings()
-    engine = make_engine(
-        settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode
-    )
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     provider = SandboxProvider.for_database(settings.database_url, settings.database_pool_mode)
     provider.install()
     try:

@@ -106,9 +106,7 @@ def validated(model: type[WireModel], data: dict[str, Any], fields: dict[str, st
 def transaction(settings: Settings | None = None) -> Iterator[Session]:
     """One transaction for one CLI command, like one request of the API."""
     settings = settings or get_settings()
-    engine = make_engine(
-        settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode
-    )
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     try:
         with db_transaction(make_sessionmaker(engine)) as session:
             yield session
