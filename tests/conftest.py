@@ -65,21 +65,26 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     # Every Settings of the run (apps, CLIs, tests' own) and every engine a test makes itself.
     os.environ["BILLFOLD_DATABASE_POOL_MODE"] = "transaction"
-    assert make_engine.__kwdefaults__ is not None
-    make_engine.__kwdefaults__["pool_mode"] = "transaction"
+    for made in (make_engine, SandboxProvider.for_database.__func__):  # type: ignore[attr-defined]
+        assert made.__kwdefaults__ is not None
+        made.__kwdefaults__["pool_mode"] = "transaction"
     listen_url = Settings.listen_url
 
     def direct_listen_url(self: Settings) -> str:
         # The spend cache LISTENs on a session connection: the server itself.
-        url = listen_url(self)
-        if _VIA_PGBOUNCER and not self.listen_database_url:
-            bouncer = f":{_VIA_PGBOUNCER[0].port}/"
-            url = url.replace(bouncer, f":{_SERVER.port or 5432}/")
-        return url
+        return listen_url(self) if self.listen_database_url else direct_url(listen_url(self))
 
     Settings.listen_url = direct_listen_url  # type: ignore[method-assign]
     # Settings refuse a transaction pool mode without a listen URL: tests build their own.
     Settings.database_problem = lambda self: None  # type: ignore[method-assign]
+
+
+def direct_url(url: str) -> str:
+    """``url``, a database on the test server, not through the --pgbouncer run's PgBouncer (a
+    session connection: for the spend cache's LISTEN)."""
+    if _VIA_PGBOUNCER:
+        return url.replace(f":{_VIA_PGBOUNCER[0].port}/", f":{_SERVER.port or 5432}/")
+    return url
 
 
 def _uses_postgres(item: pytest.Item) -> bool:

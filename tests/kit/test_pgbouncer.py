@@ -112,7 +112,7 @@ def test_the_spend_reader_without_the_pool_mode_fails_through_pgbouncer(
     parameter, which PgBouncer refuses; in transaction mode the reader sets them per
     transaction instead."""
     pooled, _ = urls
-    session_engine = make_engine(pooled)  # pool_mode="session", the default
+    session_engine = make_engine(pooled, pool_mode="session")  # the default
     pooled_engine = make_engine(pooled, pool_mode="transaction")
     try:
         with pytest.raises(Exception, match="unsupported startup parameter"):

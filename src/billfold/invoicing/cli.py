@@ -42,7 +42,9 @@ def cycle_close(
 
     settings = get_settings()
     engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
-    provider = SandboxProvider.for_database(settings.database_url, settings.database_pool_mode)
+    provider = SandboxProvider.for_database(
+        settings.database_url, pool_mode=settings.database_pool_mode
+    )
     provider.install()
     try:
         summary = invoicing_service.close_cycle(

@@ -147,7 +147,7 @@ class SandboxProvider:
         self.engine = engine
 
     @classmethod
-    def for_database(cls, main_url: str, pool_mode: PoolMode = "session") -> SandboxProvider:
+    def for_database(cls, main_url: str, *, pool_mode: PoolMode = "session") -> SandboxProvider:
         return cls(make_engine(sandbox_database_url(main_url), pool_size=5, pool_mode=pool_mode))
 
     def install(self) -> None:
