@@ -271,7 +271,7 @@ def _demo_setup(settings: Settings, path: Path) -> DemoSetup:
                 ),
             )
             provider = SandboxProvider.for_database(
-                settings.database_url, settings.database_pool_mode
+                settings.database_url, pool_mode=settings.database_pool_mode
             )
             try:
                 provider.install()
