@@ -116,6 +116,8 @@ pool_mode = transaction
 max_client_conn = 1000
 default_pool_size = 20
 reserve_pool_size = 5
+; give idle server connections back soon: the test server is shared with other suites
+server_idle_timeout = 5
 logfile = {log}
 log_connections = 0
 log_disconnections = 0
