@@ -55,7 +55,7 @@ def get_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_replica_session(request: Request, session: DbSession) -> Iterator[Session]:
+def read_session(request: Request, session: DbSession) -> Iterator[Session]:
     """A read-only session on the read replica (``BILLFOLD_READ_DATABASE_URL``), else the
     request's own session.
 
@@ -72,8 +72,8 @@ def get_replica_session(request: Request, session: DbSession) -> Iterator[Sessio
         yield read
 
 
-ReplicaSession = Annotated[Session, Depends(get_replica_session, scope="function")]
-"""See :func:`get_replica_session`: analytics only."""
+ReplicaSession = Annotated[Session, Depends(read_session, scope="function")]
+"""See :func:`read_session`: analytics only."""
 
 
 class RequestTransactionEnded(RuntimeError):
