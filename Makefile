@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint format docs bench clean
+.PHONY: install demo serve test test-pgbouncer lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: $(STAMP)
 ## Install and run the whole test suite (SQLite and PostgreSQL).
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
+
+## The tests that use PostgreSQL, again, through a private PgBouncer in transaction mode (CI).
+test-pgbouncer: $(STAMP)
+	$(BIN)/pytest -n 2 --dist loadfile --pgbouncer
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

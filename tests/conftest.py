@@ -4,6 +4,13 @@ Each test session migrates one fresh SQLite file and one fresh PostgreSQL databa
 dropped at the end); tests isolate themselves by creating their own teams. PostgreSQL's URL comes
 from ``BILLFOLD_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
 When PostgreSQL is unreachable its tests are skipped locally, but under ``CI=true`` the run fails.
+
+``pytest --pgbouncer`` runs only the tests that use PostgreSQL, and runs them through a private
+PgBouncer in transaction mode (tests/pg_servers.py): the PostgreSQL URLs the fixtures hand out
+(``postgres_url``, ``fresh_postgres_url``, ``fresh_url``'s PostgreSQL variant, the ``api``
+fixture's) go through it, every app and engine is made for it
+(``BILLFOLD_DATABASE_POOL_MODE=transaction``), and the spend cache LISTENs on the server itself
+(the URL with PgBouncer's port swapped back). .ci/run does that pass once after the full suite.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from billfold.app import create_app
 from billfold.config import Settings
@@ -28,6 +35,7 @@ from billfold.kit.db import make_engine, normalize_database_url
 from billfold.migrate import alembic_config, upgrade
 from billfold.payments.sandbox import SandboxProvider
 from tests.log_secrets import captured_logs, scan
+from tests.pg_servers import Missing, PgBouncer, start_pgbouncer
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
@@ -37,6 +45,91 @@ POSTGRES_URL = os.environ.get(
 )
 OPERATOR_TOKEN = "test-operator-token"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_SERVER = make_url(normalize_database_url(POSTGRES_URL))
+_VIA_PGBOUNCER: list[PgBouncer] = []  # the --pgbouncer run's PgBouncer, once started
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pgbouncer",
+        action="store_true",
+        help="run only the PostgreSQL tests, through a private PgBouncer in transaction mode",
+    )
+
+
+def _via_pgbouncer(config: pytest.Config) -> bool:
+    return bool(config.getoption("--pgbouncer", default=False))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _via_pgbouncer(config):
+        return
+    # Every Settings of the run (apps, CLIs, tests' own) and every engine a test makes itself.
+    os.environ["BILLFOLD_DATABASE_POOL_MODE"] = "transaction"
+    for made in (make_engine, SandboxProvider.for_database.__func__):  # type: ignore[attr-defined]
+        assert made.__kwdefaults__ is not None
+        made.__kwdefaults__["pool_mode"] = "transaction"
+    listen_url = Settings.listen_url
+
+    def direct_listen_url(self: Settings) -> str:
+        # The spend cache LISTENs on a session connection: the server itself.
+        return listen_url(self) if self.listen_database_url else direct_url(listen_url(self))
+
+    Settings.listen_url = direct_listen_url  # type: ignore[method-assign]
+    # Settings refuse a transaction pool mode without a listen URL: tests build their own.
+    Settings.database_problem = lambda self: None  # type: ignore[method-assign]
+
+
+def direct_url(url: str) -> str:
+    """``url``, a database on the test server, not through the --pgbouncer run's PgBouncer (a
+    session connection: for the spend cache's LISTEN)."""
+    if _VIA_PGBOUNCER:
+        return url.replace(f":{_VIA_PGBOUNCER[0].port}/", f":{_SERVER.port or 5432}/")
+    return url
+
+
+def _uses_postgres(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & {"postgres_url", "fresh_postgres_url", "postgres_api", "pgbouncer"}:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "postgres" in callspec.params.values()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _via_pgbouncer(config):
+        return
+    keep = [item for item in items if _uses_postgres(item)]
+    config.hook.pytest_deselected(items=[item for item in items if not _uses_postgres(item)])
+    items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A private PgBouncer in transaction mode in front of the test server (tests/pg_servers.py).
+    Without the program: skipped locally, a failure under CI=true."""
+    try:
+        bouncer = start_pgbouncer(
+            _SERVER.host or "127.0.0.1", _SERVER.port or 5432, _SERVER.username or "postgres"
+        )
+    except Missing as missing:
+        if IN_CI:
+            pytest.fail(f"{missing} (CI=true: PgBouncer tests must run)", pytrace=False)
+        pytest.skip(str(missing))
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+def _routed(request: pytest.FixtureRequest, url: str) -> str:
+    """``url`` through the run's PgBouncer under --pgbouncer, else as it is."""
+    if not _via_pgbouncer(request.config):
+        return url
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    if not _VIA_PGBOUNCER:
+        _VIA_PGBOUNCER.append(bouncer)
+    return bouncer.url(url)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +151,7 @@ def _postgres_admin_engine() -> Engine:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
     admin = _postgres_admin_engine()
     try:
@@ -71,6 +164,7 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(message + " (CI=true: PostgreSQL tests must run)", pytrace=False)
         pytest.skip(message)
     with _scratch_database(admin, "billfold_test") as url:
+        url = _routed(request, url)
         engine = make_engine(url)
         upgrade(engine)
         engine.dispose()
@@ -111,19 +205,19 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     admin = _postgres_admin_engine()
     try:
         with _scratch_database(admin, "billfold_test_migration") as url:
-            yield url
+            yield _routed(request, url)
     finally:
         admin.dispose()
 
 
 @pytest.fixture
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+def fresh_postgres_url(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
     """An empty PostgreSQL database of its own, not migrated (for PostgreSQL-only tests: they
     run, never skip, in CI)."""
     admin = _postgres_admin_engine()
     try:
         with _scratch_database(admin, "billfold_test_pg") as url:
-            yield url
+            yield _routed(request, url)
     finally:
         admin.dispose()
 

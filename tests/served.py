@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import direct_url
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,6 +28,14 @@ def start_serve(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
     env |= {"BILLFOLD_DATABASE_URL": url, "BILLFOLD_LOG_LEVEL": "warning"}
+    if os.environ.get("BILLFOLD_DATABASE_POOL_MODE") == "transaction" and url.startswith(
+        "postgres"
+    ):
+        # pytest --pgbouncer: `url` is PgBouncer's; the spend cache listens on the server.
+        env |= {
+            "BILLFOLD_DATABASE_POOL_MODE": "transaction",
+            "BILLFOLD_LISTEN_DATABASE_URL": direct_url(url),
+        }
     env |= {f"BILLFOLD_{name}": value for name, value in settings.items()}
     process = subprocess.Popen(
         [sys.executable, "-m", "billfold", "serve", "--port", str(port), "--workers", str(workers)],

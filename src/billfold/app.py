@@ -67,6 +67,10 @@ OPERATOR_TOKEN = Bearer(
 )
 
 
+class DatabaseMisconfigured(Exception):
+    """The database settings cannot work together (Settings.database_problem; one line)."""
+
+
 class DatabaseHealth:
     """Whether this process reaches its database, for ``/healthz``.
 
@@ -115,10 +119,30 @@ def create_app(
 ) -> FastAPI:
     """Build the app. The schema must already be migrated (``billfold serve`` does it first)."""
     settings = settings or get_settings()
-    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py).
+    problem = settings.database_problem()
+    if problem is not None:
+        raise DatabaseMisconfigured(problem)
+    engine = engine or make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_mode=settings.database_pool_mode,
+    )
+    # A read replica for analytics only (kit.http.ReplicaSession): nothing that decides money.
+    replica = (
+        make_engine(
+            settings.read_database_url,
+            pool_size=settings.db_pool_size,
+            pool_mode=settings.database_pool_mode,
+        )
+        if settings.read_database_url
+        else None
+    )
+    # PostgreSQL: spend-check answers kept per process, dropped by notifications (gateway.py),
+    # which it LISTENs for on a session connection of its own (BILLFOLD_LISTEN_DATABASE_URL).
     spend_cache = (
-        SpendCache(libpq_conninfo(engine, LISTENER_LIMITS), settings.spend_cache_size)
+        SpendCache(
+            libpq_conninfo(settings.listen_url(), LISTENER_LIMITS), settings.spend_cache_size
+        )
         if settings.spend_cache and engine.dialect.name == "postgresql"
         else None
     )
@@ -152,6 +176,8 @@ def create_app(
             if spend_cache is not None:
                 spend_cache.stop()
             engine.dispose()
+            if replica is not None:
+                replica.dispose()
 
     app = FastAPI(
         title="Billfold",
@@ -166,6 +192,11 @@ def create_app(
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine, settings=settings)
     app.state.read_sessionmaker = make_sessionmaker(engine, read_only=True, settings=settings)
+    app.state.replica_sessionmaker = (
+        make_sessionmaker(replica, read_only=True, settings=settings)
+        if replica is not None
+        else None
+    )
     app.state.payment_provider = provider
     app.state.spend_cache = spend_cache
     app.state.rate_limits = RateLimits(

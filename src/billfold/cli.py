@@ -78,7 +78,7 @@ def main() -> None:
 def migrate(settings: Settings) -> None:
     from billfold.migrate import upgrade
 
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode)
     try:
         upgrade(engine)
     finally:
@@ -106,6 +106,9 @@ def serve(
     problem = settings.provider_problem()
     if problem is not None:
         fail("provider_misconfigured", problem, exit_code=2)
+    problem = settings.database_problem()
+    if problem is not None:
+        fail("database_misconfigured", problem, exit_code=2)
     if migrate_first:
         migrate(settings)
     _ensure_operator_token(settings, as_json)
@@ -283,7 +286,9 @@ def _demo_setup(settings: Settings, path: Path) -> DemoSetup:
                     }
                 ),
             )
-            provider = SandboxProvider.for_database(settings.database_url)
+            provider = SandboxProvider.for_database(
+                settings.database_url, pool_mode=settings.database_pool_mode
+            )
             try:
                 provider.install()
                 payment_method_service.add_card(

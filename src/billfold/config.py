@@ -16,6 +16,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLFOLD_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    database_pool_mode: Literal["session", "transaction"] = "session"
+    """``transaction`` when ``database_url`` goes through a pooler in transaction mode
+    (PgBouncer's ``pool_mode = transaction``): no server-side prepared statements, no session
+    settings (docs/deployment.md). Needs ``listen_database_url`` for the spend cache."""
+    listen_database_url: str | None = None
+    """PostgreSQL: the session connection each process LISTENs on for the spend cache
+    (spend/gateway.py): the server itself or a session-mode pool. Default: ``database_url``."""
+    read_database_url: str | None = None
+    """PostgreSQL: a read replica for usage analytics (never for anything that decides money:
+    spend checks, previews, balances, invoices, the ledger). Default: none, all reads go to
+    ``database_url``."""
     admin_token: str | None = None
     key_prefix: str = "xai-"
     default_hard_limit_cents: int = Field(default=100_000, ge=0)
@@ -78,6 +89,29 @@ class Settings(BaseSettings):
     """The seller's address on invoice documents; lines separated by newlines or ``;``."""
     seller_tax_id: str = ""
     """The seller's tax id (e.g. a VAT number) on invoice documents; left out when empty."""
+
+    def listen_url(self) -> str:
+        """Where the spend cache LISTENs: ``listen_database_url``, else ``database_url``."""
+        return self.listen_database_url or self.database_url
+
+    def database_problem(self) -> str | None:
+        """Why the database settings cannot work together (one line), or None."""
+        if (
+            self.database_pool_mode == "transaction"
+            and self.spend_cache
+            and not self.listen_database_url
+            and not self.database_url.startswith("sqlite")
+        ):
+            # LISTEN through a transaction pooler is accepted and then silently deaf: the
+            # notifications go to whichever server connection ran it.
+            return (
+                "BILLFOLD_DATABASE_POOL_MODE=transaction needs BILLFOLD_LISTEN_DATABASE_URL "
+                "(a direct or session-mode connection) for the spend cache, or "
+                "BILLFOLD_SPEND_CACHE=false"
+            )
+        if self.read_database_url and self.read_database_url.startswith("sqlite"):
+            return "BILLFOLD_READ_DATABASE_URL is for a PostgreSQL read replica"
+        return None
 
     def provider_problem(self) -> str | None:
         """Why the payment provider cannot be used as configured (one line), or None."""

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, make_url, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
@@ -51,7 +51,7 @@ from billfold.metering.models import (
 )
 from billfold.metering.schemas import AnalyticsRequest
 from billfold.migrate import upgrade
-from tests.conftest import Api, _make_api, downgrade, event, unique_sku
+from tests.conftest import Api, _make_api, _postgres_admin_engine, downgrade, event, unique_sku
 from tests.metering.test_analytics import NOW, post_usage, record_partitions, request_body
 
 BY_VERSION = UsageAnalytics()
@@ -555,8 +555,15 @@ def summed_rollups(engine: Engine) -> list[tuple[Any, ...]]:
 def test_migration_backfills_what_ingestion_writes(fresh_url: str) -> None:
     if not fresh_url.startswith("sqlite"):
         # A server whose TimeZone is not UTC, and not a whole number of hours from it: the
-        # backfill must still sum per UTC hour.
-        fresh_url += "?options=-ctimezone%3DAsia/Kolkata"
+        # backfill must still sum per UTC hour. (The database's default, not a startup option:
+        # PgBouncer refuses those, and `pytest --pgbouncer` runs this through it.)
+        admin = _postgres_admin_engine()
+        try:
+            with admin.connect() as connection:
+                name = make_url(fresh_url).database
+                connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'"))
+        finally:
+            admin.dispose()
     engine = make_engine(fresh_url)
     try:
         upgrade(engine)

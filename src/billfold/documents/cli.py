@@ -17,7 +17,7 @@ def backfill_documents(as_json: JsonOpt = False) -> None:
     The buyer shown is the team's billing info now (the one at finalization was not kept).
     """
     settings = get_settings()
-    engine = make_engine(settings.database_url, pool_size=2)
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     try:
         rendered = document_service.backfill(make_sessionmaker(engine))
     finally:

@@ -41,8 +41,10 @@ def cycle_close(
     from billfold.payments.sandbox import SandboxProvider
 
     settings = get_settings()
-    engine = make_engine(settings.database_url, pool_size=2)
-    provider = SandboxProvider.for_database(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
+    provider = SandboxProvider.for_database(
+        settings.database_url, pool_mode=settings.database_pool_mode
+    )
     provider.install()
     try:
         summary = invoicing_service.close_cycle(

@@ -121,7 +121,7 @@ def audited_command(ctx: typer.Context) -> None:
 def transaction(settings: Settings | None = None) -> Iterator[Session]:
     """One transaction for one CLI command, like one request of the API."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url, pool_size=2)
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     try:
         with db_transaction(make_sessionmaker(engine, settings=settings)) as session:
             yield session

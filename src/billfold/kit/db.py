@@ -13,11 +13,12 @@ SQLite is run so that its traps do not bite:
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Uuid, create_engine, event
@@ -108,19 +109,42 @@ class Base(DeclarativeBase):
     }
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+PoolMode = Literal["session", "transaction"]
+
+
+# The engines whose connections go through a pooler in transaction mode (make_engine's
+# ``pool_mode``): the spend check's reader asks (is_transaction_pooled).
+_TRANSACTION_POOLED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def make_engine(url: str, *, pool_size: int = 10, pool_mode: PoolMode = "session") -> Engine:
+    """The process's engine. ``pool_mode="transaction"``: ``url`` is a pooler in transaction
+    mode (PgBouncer's ``pool_mode = transaction``), where consecutive transactions of one client
+    connection may run on different server connections -- so psycopg must not prepare
+    statements server-side (it would after 5 executions of one text; PgBouncer before 1.21
+    cannot follow them)."""
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(
+    pooled = pool_mode == "transaction"
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        connect_args={"prepare_threshold": None} if pooled else {},
     )
+    if pooled:
+        _TRANSACTION_POOLED.add(engine)
+    return engine
+
+
+def is_transaction_pooled(engine: Engine) -> bool:
+    """Whether ``engine`` was made with ``pool_mode="transaction"``."""
+    return engine in _TRANSACTION_POOLED
 
 
 # For libpq connections kept open on an event loop: a peer gone silent is noticed in ~25 s
@@ -133,11 +157,14 @@ LIBPQ_KEEPALIVES = {
 }
 
 
-def libpq_conninfo(engine: Engine, defaults: dict[str, str] | None = None) -> bytes:
-    """The connection string of a PostgreSQL engine's URL, for connections made with libpq itself
-    (the spend check's reads and its cache's listener): host, port, user, password, sslmode, ...
-    The dialect's other entries are psycopg.connect() arguments, not libpq's. ``defaults`` fill
-    what the URL leaves out; an ``options`` default is appended to the URL's own options."""
+def libpq_conninfo(engine: Engine | str, defaults: dict[str, str] | None = None) -> bytes:
+    """The connection string of a PostgreSQL engine's URL (or of a URL), for connections made
+    with libpq itself (the spend check's reads and its cache's listener): host, port, user,
+    password, sslmode, ... The dialect's other entries are psycopg.connect() arguments, not
+    libpq's. ``defaults`` fill what the URL leaves out; an ``options`` default is appended to the
+    URL's own options."""
+    if isinstance(engine, str):
+        engine = create_engine(normalize_database_url(engine))  # connects to nothing
     _, params = engine.dialect.create_connect_args(engine.url)
     given = {k: str(v) for k, v in params.items() if isinstance(v, (str, int))}
     for key, value in (defaults or {}).items():

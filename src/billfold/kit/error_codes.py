@@ -309,6 +309,12 @@ CODES: dict[str, ErrorCode] = _catalogue(
         "`billfold serve`/`payments reconcile`: a required payment provider setting is missing.",
         cli=True,
     ),
+    _E(
+        "database_misconfigured",
+        "`billfold serve`: the database settings cannot work together (a transaction pooler "
+        "without `BILLFOLD_LISTEN_DATABASE_URL`, a replica that is not PostgreSQL).",
+        cli=True,
+    ),
     _E("not_stripe", "`billfold payments reconcile --check` needs the Stripe provider.", cli=True),
     _E("file_unreadable", "`billfold usage ingest`: the file cannot be read.", cli=True),
     _E(

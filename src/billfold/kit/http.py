@@ -111,6 +111,27 @@ def _uuid_or_none(value: str | None) -> uuid.UUID | None:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def read_session(request: Request, session: DbSession) -> Iterator[Session]:
+    """A read-only session on the read replica (``BILLFOLD_READ_DATABASE_URL``), else the
+    request's own session.
+
+    For reads that may lag the primary by the replica's replay delay: usage analytics, console
+    charts. NEVER for anything that decides money (a spend check, a preview, a balance, an
+    invoice, the ledger) nor for authentication: those read the request's session on the
+    primary (the endpoint's other dependencies use ``DbSession``, which this depends on).
+    """
+    replica: sessionmaker[Session] | None = request.app.state.replica_sessionmaker
+    if replica is None:
+        yield session
+        return
+    with transaction(replica) as read:
+        yield read
+
+
+ReplicaSession = Annotated[Session, Depends(read_session, scope="function")]
+"""See :func:`read_session`: analytics only."""
+
+
 class RequestTransactionEnded(RuntimeError):
     """The request's session was used after :data:`Steps` ended its transaction (a bug)."""
 

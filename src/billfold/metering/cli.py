@@ -223,7 +223,7 @@ def compact_events(
     """
     settings = get_settings()
     older_than = retention.cutoff(settings, utc_now())
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode)
     sessions = make_sessionmaker(engine)
     deleted = 0
     try:
@@ -346,7 +346,7 @@ def rebuild_rollups(
     default_end = (now + timedelta(minutes=settings.future_tolerance_minutes)).date()
     end_day = _utc_day(end, "--to") or default_end + timedelta(days=1)
     team_id = parse_team_id(team) if team is not None else None
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode)
     if check and engine.dialect.name == "postgresql":
         # the events and the rows compared in one snapshot, without the month's lock
         engine = engine.execution_options(isolation_level="REPEATABLE READ")

@@ -13,7 +13,7 @@ from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 
 from billfold.kit.errors import BadRequest, Conflict
-from billfold.kit.http import DbSession, read_only
+from billfold.kit.http import DbSession, ReplicaSession, read_only
 from billfold.kit.openapi import error_responses, request_body
 from billfold.kit.ratelimit import budget
 from billfold.kit.schemas import WireRouter
@@ -180,10 +180,12 @@ def cancel_usage(body: CancelRequest, session: DbSession, settings: AppSettings)
 def usage_analytics_endpoint(
     body: UsageAnalyticsRequest,
     scope: BillingRead,
-    session: DbSession,
+    session: ReplicaSession,
     settings: AppSettings,
 ) -> Response:
-    """Analytics over the team's rated usage (billing-api §13)."""
+    """Analytics over the team's rated usage (billing-api §13), read on the read replica when
+    one is configured (``BILLFOLD_READ_DATABASE_URL``): they may lag the primary by its replay
+    delay; the key and the team are checked on the primary."""
     query = parse_query(body.analytics_request, settings, scope.team_id)
     result = usage_analytics.run(session, settings, query)
     return Response(analytics_json(result), media_type="application/json")

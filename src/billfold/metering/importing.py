@@ -326,7 +326,9 @@ class DirectSink:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url, pool_size=1)
+        self.engine = make_engine(
+            settings.database_url, pool_size=1, pool_mode=settings.database_pool_mode
+        )
         self.sessions = make_sessionmaker(self.engine)
 
     def __call__(self, events: list[Any]) -> IngestResult:

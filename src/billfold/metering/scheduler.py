@@ -4,10 +4,12 @@ idempotent, under an advisory lock; metering/partitions.py).
 
 Every serving process then runs :func:`compact_now` once an hour: the same deletions as
 ``billfold usage compact`` (metering/retention.py), one transaction per batch. On PostgreSQL one
-process at a time does it (a session-level advisory lock, tried, not waited for: the others skip
-that round; behind a connection pooler in transaction mode, such as PgBouncer's, a session lock
-does not hold, and several may run); two running at once are safe anyway, only wasteful -- a
-batch skips the rows another deleted. When the server stops, a round ends after its batch.
+process at a time does it (a transaction-level advisory lock, tried, not waited for: the others
+skip that round). The lock's transaction stays open on a connection of its own for the round --
+it holds no snapshot and no transaction id, so it holds back no vacuum -- because a session-level
+lock does not hold behind a pooler in transaction mode (PgBouncer's): the next statement may run
+on another server connection. Two running at once would be safe anyway, only wasteful -- a batch
+skips the rows another deleted. When the server stops, a round ends after its batch.
 """
 
 from __future__ import annotations
@@ -44,18 +46,18 @@ def compact_now(
     engine: Engine = sessions.kw["bind"]
     if engine.dialect.name != "postgresql":
         return _compact(sessions, settings, stop)
-    # A connection of its own holds the lock (a session would hand its connection back to the
-    # pool at commit, lock and all); no transaction stays open on it meanwhile.
+    # A connection of its own holds the lock in a transaction that only holds it (the batches
+    # commit in transactions of their own); the rollback at the end releases it.
     with engine.connect() as holder:
-        locked = holder.execute(text("SELECT pg_try_advisory_lock(:space, :key)"), _LOCK).scalar()
-        holder.commit()
-        if not locked:
-            return None
         try:
+            locked = holder.execute(
+                text("SELECT pg_try_advisory_xact_lock(:space, :key)"), _LOCK
+            ).scalar()
+            if not locked:
+                return None
             return _compact(sessions, settings, stop)
         finally:
-            holder.execute(text("SELECT pg_advisory_unlock(:space, :key)"), _LOCK)
-            holder.commit()
+            holder.rollback()
 
 
 def _compact(

@@ -47,7 +47,9 @@ def card_add(
         {"cardNumber": "--number", "expMonth": "--exp-month", "expYear": "--exp-year"},
     )
     settings = get_settings()
-    provider = SandboxProvider.for_database(settings.database_url)
+    provider = SandboxProvider.for_database(
+        settings.database_url, pool_mode=settings.database_pool_mode
+    )
     try:
         provider.install()
         with transaction(settings) as session:

@@ -24,7 +24,9 @@ def make_provider(settings: Settings) -> PaymentProvider:
             publishable_key=settings.stripe_publishable_key,
             api_base=settings.stripe_api_base,
         )
-    sandbox = SandboxProvider.for_database(settings.database_url)
+    sandbox = SandboxProvider.for_database(
+        settings.database_url, pool_mode=settings.database_pool_mode
+    )
     sandbox.install()
     return sandbox
 

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from billfold.kit.clock import utc_now
-from billfold.kit.db import make_engine, normalize_database_url
+from billfold.kit.db import PoolMode, make_engine, normalize_database_url
 from billfold.kit.money import Cents
 from billfold.payments.provider import (
     CardInput,
@@ -147,8 +147,8 @@ class SandboxProvider:
         self.engine = engine
 
     @classmethod
-    def for_database(cls, main_url: str) -> SandboxProvider:
-        return cls(make_engine(sandbox_database_url(main_url), pool_size=5))
+    def for_database(cls, main_url: str, *, pool_mode: PoolMode = "session") -> SandboxProvider:
+        return cls(make_engine(sandbox_database_url(main_url), pool_size=5, pool_mode=pool_mode))
 
     def install(self) -> None:
         """Create the sandbox's own tables (idempotent)."""

@@ -48,7 +48,7 @@ def reconcile_command(
     except ProviderMisconfigured as exc:
         fail("provider_misconfigured", str(exc), exit_code=2)
     seconds = settings.stripe_pending_after_seconds if older_than is None else older_than
-    engine = make_engine(settings.database_url, pool_size=2)
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     try:
         sessions = make_sessionmaker(engine)
         report = reconcile(sessions, provider, timedelta(seconds=seconds))

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from billfold.kit.db import (
     LIBPQ_KEEPALIVES,
     UTCDateTime,
+    is_transaction_pooled,
     libpq_conninfo,
 )
 from billfold.kit.errors import (
@@ -79,6 +80,21 @@ _SPEND_CHECK_LIBPQ = _SPEND_CHECK_SQL.format(
 ).encode()
 
 
+# Through a pooler in transaction mode (make_engine's pool_mode, BILLFOLD_DATABASE_POOL_MODE)
+# nothing may outlive a transaction: neither a prepared statement nor the timeouts set at
+# connection. There the check is one simple query of three statements -- one implicit
+# transaction, one round trip -- whose timeouts are the transaction's own (SET LOCAL), with the
+# id and the time inlined (a UUID and an ISO timestamp we format: nothing from the caller).
+_SPEND_CHECK_POOLED = (
+    "SET LOCAL lock_timeout = 100; SET LOCAL statement_timeout = 1000; "
+    + _SPEND_CHECK_SQL.format(
+        now="'{now}'::timestamptz",
+        team_id="'{team_id}'::uuid",
+        next_expiry="floor(extract(epoch FROM ca.next_expiry_at) * 1000000)::bigint",
+    )
+)
+
+
 _SPEND_CHECK_NAME = b"billfold_spend_check"
 
 
@@ -93,6 +109,9 @@ _READER_LIMITS = {
     "connect_timeout": "2",
     "options": "-c lock_timeout=100 -c statement_timeout=1000",
 }
+
+# PgBouncer refuses the ``options`` startup parameter ("unsupported startup parameter").
+_POOLED_READER_LIMITS = {**LIBPQ_KEEPALIVES, "connect_timeout": "2"}
 
 
 _READER_BACKOFF = 1.0  # after a failed connection, checks answer 503 at once for this long
@@ -159,7 +178,10 @@ class _SpendReader:
         # ALTER TABLE queued behind a long transaction), a slow statement, a connection attempt
         # or a peer gone silent would stall every request of the process. Hence the timeouts
         # (a lock or statement timeout answers 503 like an unreachable database) and keepalives.
-        self.conninfo = libpq_conninfo(engine, _READER_LIMITS)
+        self.pooled = is_transaction_pooled(engine)
+        self.conninfo = libpq_conninfo(
+            engine, _POOLED_READER_LIMITS if self.pooled else _READER_LIMITS
+        )
         self._idle: list[PGconn] = []  # list.pop/append are atomic: safe across threads
         self._down_until = 0.0
 
@@ -214,6 +236,8 @@ class _SpendReader:
 
     def _execute(self, connection: PGconn, params: list[bytes]) -> PGresult | None:
         """The prepared statement's result; None when libpq could not even send it."""
+        if self.pooled:
+            return self._execute_pooled(connection, params)
         try:
             result = connection.exec_prepared(_SPEND_CHECK_NAME, params)
             if result.error_field(pq.DiagnosticField.SQLSTATE) == _UNDEFINED_STATEMENT:
@@ -226,12 +250,28 @@ class _SpendReader:
         except psycopg.OperationalError:
             return None
 
+    def _execute_pooled(self, connection: PGconn, params: list[bytes]) -> PGresult | None:
+        """The simple query's last result (the SELECT's, or the first error: the statements
+        after it do not run); None when libpq could not even send it."""
+        team_id, now = (param.decode() for param in params)
+        sql = _SPEND_CHECK_POOLED.format(team_id=team_id, now=now).encode()
+        try:
+            connection.send_query(sql)
+            last = None
+            while (result := connection.get_result()) is not None:
+                last = result
+            return last
+        except psycopg.OperationalError:
+            return None
+
     def _connect(self) -> PGconn:
         connection = pq.PGconn.connect(self.conninfo)
         if connection.status != pq.ConnStatus.OK:
             message = _libpq_error(connection)
             connection.finish()
             raise _ConnectionLost(message)
+        if self.pooled:
+            return connection  # nothing to prepare: nothing outlives a transaction there
         prepared = connection.prepare(_SPEND_CHECK_NAME, _SPEND_CHECK_LIBPQ)
         if prepared.status != pq.ExecStatus.COMMAND_OK:
             message = _libpq_error(prepared)

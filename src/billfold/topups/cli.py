@@ -76,9 +76,11 @@ def resolve_pending(
 
     settings = get_settings()
     team = parse_team_id(team_id) if team_id is not None else None
-    provider = SandboxProvider.for_database(settings.database_url)
+    provider = SandboxProvider.for_database(
+        settings.database_url, pool_mode=settings.database_pool_mode
+    )
     provider.install()
-    engine = make_engine(settings.database_url, pool_size=2)
+    engine = make_engine(settings.database_url, pool_size=2, pool_mode=settings.database_pool_mode)
     try:
         topups = topup_service.resolve_pending(
             make_sessionmaker(engine), provider, team, limit=limit
