@@ -20,9 +20,9 @@ from billfold import (
     __version__,
     wiring,  # noqa: F401 (hands lower domains what they need)
 )
+from billfold.audit import endpoints as audit
 from billfold.autotopup import endpoints as autotopup
 from billfold.autotopup.charger import auto_topup_charging
-from billfold.audit import endpoints as audit
 from billfold.config import Settings, get_settings
 from billfold.console.install import install_console
 from billfold.documents import endpoints as documents

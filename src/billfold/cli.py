@@ -18,8 +18,8 @@ import typer
 from sqlalchemy.engine import make_url
 
 from billfold import wiring  # noqa: F401 (hands lower domains what they need)
-from billfold.autotopup.cli import auto_topup_app
 from billfold.audit.cli import audit_app
+from billfold.autotopup.cli import auto_topup_app
 from billfold.config import Settings, get_settings
 from billfold.documents import cli as documents_cli  # noqa: F401 (invoices backfill-documents)
 from billfold.invoicing.cli import cycle_app, invoices_app

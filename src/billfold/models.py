@@ -27,8 +27,8 @@ from billfold.teams.models import (
 from billfold.topups.models import Refund, Topup
 
 __all__ = [
-    "AutoTopupSettings",
     "AuditEvent",
+    "AutoTopupSettings",
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",
