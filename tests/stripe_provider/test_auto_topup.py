@@ -22,7 +22,7 @@ def test_an_auto_top_up_through_stripe(stripe_api: StripeApi) -> None:
         enable(api, team_id, thresholdCents="1000", amountCents="2500", monthlyLimitCents="10000")
         api.ingest([event(team_id, sku, 1500, "2064-02-10T11:00:00Z")])  # 500 left
         (topup,) = settled(api, team_id, 1)
-        assert topup.status == "SUCCEEDED"
+        assert topup.status == "SUCCEEDED", (topup.failure_code, topup.failure_message)
         (intent,) = api.intents(customer)
         assert (intent.status, intent.amount, intent.id) == (
             "succeeded",

@@ -49,22 +49,27 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _due(now: datetime) -> ColumnElement[bool]:
+def _due(now: datetime, provider: str) -> ColumnElement[bool]:
+    """Pending auto top-ups of this provider (a method of another provider -- a deployment that
+    moved from the sandbox to Stripe -- is not this process's to charge), not leased."""
     return and_(
         Topup.origin == AUTO_PURCHASE,
+        Topup.provider == provider,
         Topup.status == TO_CHARGE,
         or_(Topup.lease_until.is_(None), Topup.lease_until <= now),
     )
 
 
-def claim(sessions: sessionmaker[Session], lease: timedelta, limit: int) -> list[Topup]:
+def claim(
+    sessions: sessionmaker[Session], provider: str, lease: timedelta, limit: int
+) -> list[Topup]:
     """Step 2: lease due pending auto top-ups to this process, in a short transaction."""
     now = wall_clock()
     with transaction(sessions) as session:
         claimed = list(
             session.scalars(
                 select(Topup)
-                .where(_due(now))
+                .where(_due(now, provider))
                 .order_by(Topup.created_at, Topup.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -85,11 +90,14 @@ def charge_due(
     """One round: claim due pending auto top-ups and charge each; returns them as they end
     (SUCCEEDED, FAILED_TO_CHARGE, or still TO_CHARGE when the provider has not decided)."""
     with transaction(read_sessions) as session:
-        if session.scalar(select(Topup.id).where(_due(wall_clock())).limit(1)) is None:
+        if (
+            session.scalar(select(Topup.id).where(_due(wall_clock(), provider.name)).limit(1))
+            is None
+        ):
             return []
     lease = timedelta(seconds=settings.auto_topup_lease_seconds)
     done = []
-    for topup in claim(sessions, lease, CHARGE_BATCH):
+    for topup in claim(sessions, provider.name, lease, CHARGE_BATCH):
         if stopping is not None and stopping.is_set():
             break  # the rest stay leased and are charged after the lease by any process
         ended = topup_service.resolve(sessions, provider, topup)
