@@ -1,5 +1,6 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
+from billfold.console.models import ConsoleLink, ConsoleSession
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
@@ -27,6 +28,8 @@ __all__ = [
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",
+    "ConsoleLink",
+    "ConsoleSession",
     "CreditAccount",
     "CycleLine",
     "EmailDelivery",
