@@ -1,6 +1,7 @@
 """Imports every domain's models so that ``Base.metadata`` knows every table."""
 
 from billfold.autotopup.models import AutoTopupSettings
+from billfold.console.models import ConsoleLink, ConsoleSession
 from billfold.cycles.models import BillingCycle, ClosedPeriod, CycleLine
 from billfold.documents.models import InvoiceDocument
 from billfold.invoicing.models import Invoice, InvoiceCounter, InvoiceLine
@@ -32,6 +33,8 @@ __all__ = [
     "BillingCycle",
     "BillingInfo",
     "ClosedPeriod",
+    "ConsoleLink",
+    "ConsoleSession",
     "CreditAccount",
     "CycleLine",
     "EmailDelivery",
