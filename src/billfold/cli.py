@@ -133,6 +133,9 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            # uvicorn restarts a worker that has not answered its supervisor within this many
+            # seconds; its 5 s default restarted slow-starting workers in a loop on a loaded host.
+            timeout_worker_healthcheck=30,
             log_level=settings.log_level,
             **logging,
         )
