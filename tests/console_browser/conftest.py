@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +56,6 @@ ARTIFACTS = Path(
     os.environ.get("BILLFOLD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts")
 )
 WIDTHS = (375, 1440)
-# Pages of branch `console` known to be wider than 375 px, with the fix asked for: reported as a
-# warning instead of failing this branch's tests (remove the line once the fix has landed).
-KNOWN_TOO_WIDE = {
-    "invoices": "console.css: `.table-wrap { position: relative }` keeps the table's absolute "
-    "`.visually-hidden` span inside its scroller (/work/notes/console-browser-findings.md)",
-}
 # The elements that reach beyond the screen's right edge (to say what to fix).
 WIDER_THAN_SCREEN = """
 [...document.querySelectorAll("body *")]
@@ -257,10 +250,7 @@ class Tab:
                 )
                 wide = self.page.evaluate(WIDER_THAN_SCREEN) if overflow > 1 else []
                 message = f"{name} is {overflow}px wider than {width}px: {wide}"
-                if overflow > 1 and name in KNOWN_TOO_WIDE:
-                    warnings.warn(f"{message} (known: {KNOWN_TOO_WIDE[name]})", stacklevel=2)
-                else:
-                    assert overflow <= 1, message
+                assert overflow <= 1, message
         self.page.set_viewport_size({"width": 1440, "height": 900})
 
 

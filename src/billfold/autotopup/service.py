@@ -56,6 +56,7 @@ from billfold.ledger.service import ledger_service
 from billfold.outbox.events import AUTO_TOPUP_DISABLED
 from billfold.outbox.writer import enqueue
 from billfold.payments.service import payment_method_service
+from billfold.spend.crossings import lock_current_cycles
 from billfold.teams.service import team_service
 from billfold.topups.models import Topup
 
@@ -256,7 +257,11 @@ class AutoTopupService:
 
     def auto_topup_settled(self, session: Session, topup: Topup) -> None:
         """In the transaction that settled ``topup``: count the failures in a row, and turn
-        auto top-up off at the third (``auto_topup.disabled``)."""
+        auto top-up off at the third (``auto_topup.disabled``). Locks in the order an ingestion
+        batch takes them (its cycle row, then, through its credit listener, this settings row):
+        the team's current cycle row first, else the two deadlock."""
+        now = utc_now()
+        lock_current_cycles(session, [topup.team_id], (now.year, now.month))
         row = self._lock(session, topup.team_id)
         if row is None:
             return

@@ -238,6 +238,25 @@ _READ_PG = """
 """
 
 
+def lock_current_cycles(session: Session, team_ids: Sequence[uuid.UUID], current: Cycle) -> None:
+    """Lock the teams' ``current`` cycle rows (PostgreSQL; rows that do not exist yet are not
+    waited for). A write that is not a batch takes them before the rows of its own that a batch's
+    credit listeners lock (auto top-up's settings row), in the order batches take them: cycle row
+    first. The detector takes them again at commit (held already: free)."""
+    if not team_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        select(BillingCycle.team_id)
+        .where(
+            BillingCycle.team_id.in_(sorted(team_ids)),
+            BillingCycle.year == current[0],
+            BillingCycle.month == current[1],
+        )
+        .order_by(BillingCycle.team_id)
+        .with_for_update()
+    ).all()
+
+
 class CrossingDetector:
     """The figure watch's detector (``wiring.py``: ``watch.use(crossing_detector)``)."""
 
@@ -287,18 +306,7 @@ class CrossingDetector:
         PostgreSQL (SQLite's writers are serialized already); rows that do not exist yet (the
         team's first batch of the month) are not waited for."""
         others = [t for t in team_ids if current not in moves[t].spend_deltas]
-        if not others or session.get_bind().dialect.name != "postgresql":
-            return
-        session.execute(
-            select(BillingCycle.team_id)
-            .where(
-                BillingCycle.team_id.in_(others),
-                BillingCycle.year == current[0],
-                BillingCycle.month == current[1],
-            )
-            .order_by(BillingCycle.team_id)
-            .with_for_update()
-        ).all()
+        lock_current_cycles(session, others, current)
 
     @staticmethod
     def _before_after(
