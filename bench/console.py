@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -44,15 +41,9 @@ import httpx
 import orjson
 import psycopg
 
-from ingest import (  # bench/ingest.py
-    DEFAULT_URL,
-    build_workload,
-    database_url,
-    send_all,
-    setup,
-)
-from procfs import libpq_url, machine  # bench/procfs.py
-from served import start_server  # bench/served.py
+from ingest import build_workload, send_all, setup  # bench/ingest.py
+from procfs import machine  # bench/procfs.py
+from served import create_database, drop_database, start_server, upgrade_database  # bench/served.py
 
 GOAL_MS = 100.0
 PAGES = [
@@ -189,21 +180,12 @@ def main() -> None:
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
-    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
-    name = f"billfold_bench_console_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        pg_version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-    db = database_url(base, name)
+    database = create_database("billfold_bench_console_")
+    name, db, pg_version = database.name, database.url, database.pg_version
     token = "bench-" + secrets.token_hex(16)
     server = None
     try:
-        subprocess.run(
-            [str(Path(sys.executable).with_name("billfold")), "db", "upgrade"],
-            env={**os.environ, "BILLFOLD_DATABASE_URL": db},
-            check=True,
-            capture_output=True,
-        )
+        upgrade_database(db)
         server, command = start_server(
             args.workers,
             {
@@ -220,7 +202,7 @@ def main() -> None:
         with httpx.Client(
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300
         ) as http:
-            big, small, keys = setup(http)
+            big, small, keys = setup(http, db)
             workload = build_workload(big, small, args.events, args.small_events, args.batch_size)
             load = asyncio.run(
                 send_all(
@@ -281,8 +263,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         if not args.keep_database:
-            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(database)
         else:
             print(f"kept database {name}")
 

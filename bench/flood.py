@@ -45,18 +45,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
-from procfs import libpq_url, machine  # bench/procfs.py
-from served import Server, start_server  # bench/served.py
+from procfs import machine  # bench/procfs.py
+from served import Server, create_database, drop_database, start_server  # bench/served.py
 from spend_check import (  # bench/spend_check.py
-    DEFAULT_URL,
     TOKEN,
     Accounting,
     Load,
@@ -278,11 +275,8 @@ def main() -> None:
     wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
     if args.client == "wrk" and wrk is None:
         sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
-    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
-    name = f"billfold_bench_flood_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = libpq_url(base).rsplit("/", 1)[0] + "/" + name
+    database = create_database("billfold_bench_flood_")
+    name, db_url = database.name, database.url
     workdir = Path(tempfile.mkdtemp(prefix="billfold-flood-bench-"))
     servers: list[Server] = []
     common = {
@@ -397,8 +391,7 @@ def main() -> None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep_database:
-            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(database)
 
 
 if __name__ == "__main__":

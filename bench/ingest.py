@@ -42,7 +42,6 @@ import random
 import secrets
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -57,10 +56,9 @@ import orjson
 import psycopg
 
 from billfold.metering.events import property_set_id
-from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
-from served import start_server  # bench/served.py
+from procfs import RssSampler, machine  # bench/procfs.py
+from served import create_database, drop_database, start_server, upgrade_database  # bench/served.py
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 API_KEYS = [f"key-{i}" for i in range(5)]
@@ -155,10 +153,6 @@ def cpu_by_kind(
     for pid, (kind, seconds) in after.items():
         kinds[kind] += seconds - before.get(pid, (kind, 0.0))[1]
     return kinds
-
-
-def database_url(base: str, name: str) -> str:
-    return libpq_url(base).rsplit("/", 1)[0] + "/" + name
 
 
 # --- the workload -----------------------------------------------------------------------------
@@ -789,24 +783,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
-    name = args.database or f"billfold_bench_{uuid.uuid4().hex[:10]}"
     keep = args.keep_database or args.database is not None
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        pg_version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-    db = database_url(base, name)
+    database = create_database("billfold_bench_", args.database)
+    base, name, db, pg_version = database.base, database.name, database.url, database.pg_version
     token = "bench-" + secrets.token_hex(16)
     server = None
     try:
-        subprocess.run(
-            [str(Path(sys.executable).with_name("billfold")), "db", "upgrade"],
-            env={**os.environ, "BILLFOLD_DATABASE_URL": db},
-            check=True,
-            capture_output=True,
-        )
+        upgrade_database(db)
         server, command = start_server(
             args.workers,
             {"BILLFOLD_DATABASE_URL": db, "BILLFOLD_ADMIN_TOKEN": token},
@@ -985,8 +968,7 @@ def main() -> None:
             server.stop()
             server.log.unlink(missing_ok=True)
         if not keep:
-            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(database)
 
 
 if __name__ == "__main__":

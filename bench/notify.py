@@ -38,27 +38,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import secrets
 import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import orjson
 import psycopg
 
-from ingest import DEFAULT_URL, database_url, send_all  # bench/ingest.py
-from procfs import free_port, libpq_url, machine  # bench/procfs.py
-from served import start_server  # bench/served.py
+from ingest import send_all  # bench/ingest.py
+from procfs import free_port, machine  # bench/procfs.py
+from served import create_database, drop_database, start_server, upgrade_database  # bench/served.py
 
 SKU = "bench-cents"  # one cent per unit: an event's quantity is its cost in cents
 THRESHOLDS = (50, 80, 100)  # the default thresholds (the crossing group keeps them)
@@ -357,22 +354,13 @@ def main() -> None:
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
-    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
-    name = f"billfold_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        pg_version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-    db = database_url(base, name)
+    database = create_database("billfold_bench_")
+    name, db, pg_version = database.name, database.url, database.pg_version
     token = "bench-" + secrets.token_hex(16)
     server = None
     problems: list[str] = []
     try:
-        subprocess.run(
-            [str(Path(sys.executable).with_name("billfold")), "db", "upgrade"],
-            env={**os.environ, "BILLFOLD_DATABASE_URL": db},
-            check=True,
-            capture_output=True,
-        )
+        upgrade_database(db)
         server, command = start_server(
             args.workers,
             {
@@ -422,8 +410,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         if not args.keep_database:
-            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(database)
     print()
     print("reproduce: " + shlex.join([".venv/bin/python", "bench/notify.py", *sys.argv[1:]]))
     if problems:

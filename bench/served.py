@@ -1,4 +1,5 @@
-"""``billfold serve`` as both benchmarks run it: a subprocess on a free port, logged to a file."""
+"""What the served benchmarks share: a scratch PostgreSQL database (created, migrated, dropped)
+and ``billfold serve`` as a subprocess on a free port, logged to a file."""
 
 from __future__ import annotations
 
@@ -9,12 +10,56 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 
-from procfs import free_port  # bench/procfs.py
+from procfs import free_port, libpq_url  # bench/procfs.py
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def database_url(base: str, name: str) -> str:
+    return libpq_url(base).rsplit("/", 1)[0] + "/" + name
+
+
+@dataclass
+class Database:
+    base: str  # BILLFOLD_BENCH_POSTGRES_URL: the server the scratch database lives on
+    name: str
+    url: str
+    pg_version: str
+
+
+def create_database(prefix: str, name: str | None = None) -> Database:
+    """A database on BILLFOLD_BENCH_POSTGRES_URL named ``prefix`` + a random suffix (or ``name``,
+    created only if missing); ``drop_database`` ends it."""
+    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
+    name = name or f"{prefix}{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        pg_version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    return Database(base, name, database_url(base, name), pg_version)
+
+
+def drop_database(database: Database) -> None:
+    with psycopg.connect(libpq_url(database.base), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
+
+
+def upgrade_database(url: str) -> None:
+    """``billfold db upgrade`` on it, as an operator runs it."""
+    subprocess.run(
+        [str(Path(sys.executable).with_name("billfold")), "db", "upgrade"],
+        env={**os.environ, "BILLFOLD_DATABASE_URL": url},
+        check=True,
+        capture_output=True,
+    )
 
 
 @dataclass

@@ -70,10 +70,9 @@ import httpx
 import orjson
 import psycopg
 
-from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
-from served import Server, start_server  # bench/served.py
+from procfs import RssSampler, machine  # bench/procfs.py
+from served import Server, create_database, drop_database, start_server  # bench/served.py
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-operator-token"
 SKU = "bench-sku"
 
@@ -788,11 +787,8 @@ def main() -> None:
     wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
     if args.client == "wrk" and wrk is None:
         sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
-    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
-    name = f"billfold_bench_spend_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = libpq_url(base).rsplit("/", 1)[0] + "/" + name
+    database = create_database("billfold_bench_spend_")
+    name, db_url = database.name, database.url
     server: Server | None = None
     stop = multiprocessing.Event()
     ingested = multiprocessing.Value("q", 0)
@@ -952,8 +948,7 @@ def main() -> None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep_database:
-            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(database)
 
 
 if __name__ == "__main__":
