@@ -57,6 +57,8 @@ from spend_check import (  # bench/spend_check.py
     TOKEN,
     Accounting,
     Load,
+    add_client_arguments,
+    chosen_wrk,
     create_teams,
     report,
     server_processes,
@@ -261,20 +263,12 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=16, help="connections for the spend check's rate"
     )
-    parser.add_argument(
-        "--client",
-        choices=["auto", "wrk", "python"],
-        default="auto",
-        help="the rate's load generator: wrk when it is on PATH (auto), else Python",
-    )
-    parser.add_argument("--wrk-threads", type=int, default=2)
+    add_client_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2, help="on/off rate runs, alternated")
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
-    if args.client == "wrk" and wrk is None:
-        sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
+    wrk = chosen_wrk(args)
     database = create_database("billfold_bench_flood_")
     name, db_url = database.name, database.url
     workdir = Path(tempfile.mkdtemp(prefix="billfold-flood-bench-"))

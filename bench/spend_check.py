@@ -741,6 +741,25 @@ class FreshnessProbe:
         )
 
 
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """--client and --wrk-threads: the load generator of the request rates (``chosen_wrk``)."""
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="the rate's load generator: wrk when it is on PATH (auto), else the Python one",
+    )
+    parser.add_argument("--wrk-threads", type=int, default=2)
+
+
+def chosen_wrk(args: argparse.Namespace) -> str | None:
+    """wrk's path when --client lets it run (exits when --client wrk and it is missing)."""
+    wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
+    if args.client == "wrk" and wrk is None:
+        sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
+    return wrk
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teams", type=int, default=10_000)
@@ -754,13 +773,7 @@ def main() -> None:
     parser.add_argument(
         "--ingest-interval", type=float, default=0.2, help="seconds between batches"
     )
-    parser.add_argument(
-        "--client",
-        choices=["auto", "wrk", "python"],
-        default="auto",
-        help="load generator: wrk when it is on PATH (auto), else the Python one",
-    )
-    parser.add_argument("--wrk-threads", type=int, default=2)
+    add_client_arguments(parser)
     parser.add_argument(
         "--paced-rate",
         type=int,
@@ -784,9 +797,7 @@ def main() -> None:
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
-    if args.client == "wrk" and wrk is None:
-        sys.exit("--client wrk: wrk is not on PATH (apt-get install wrk)")
+    wrk = chosen_wrk(args)
     database = create_database("billfold_bench_spend_")
     name, db_url = database.name, database.url
     server: Server | None = None
