@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from billfold.config import Settings
 from billfold.console import overview as overview_figures
 from billfold.console import usage
 from billfold.console.auth import (
@@ -206,15 +205,19 @@ def invoice_page(
 
 
 def _usage_form(
-    settings: Settings,
-    range_: str | None,
-    start: str | None,
-    end: str | None,
-    unit: str | None,
-    by: str | None,
-    tz: str | None,
+    settings: AppSettings,
+    range_: Annotated[str | None, Query(alias="range")] = None,
+    start: str | None = None,
+    end: str | None = None,
+    unit: str | None = None,
+    by: str | None = None,
+    tz: str | None = None,
 ) -> usage.UsageForm:
+    """The usage page's query string (the page and its CSV read the same one)."""
     return usage.read_form(settings, range_, start, end, unit, by, tz)
+
+
+UsageQuery = Annotated[usage.UsageForm, Depends(_usage_form)]
 
 
 @router.get("/console/usage")
@@ -224,14 +227,8 @@ def usage_page(
     viewer: ConsoleViewer,
     session: DbSession,
     settings: AppSettings,
-    range_: Annotated[str | None, Query(alias="range")] = None,
-    start: str | None = None,
-    end: str | None = None,
-    unit: str | None = None,
-    by: str | None = None,
-    tz: str | None = None,
+    form: UsageQuery,
 ) -> Response:
-    form = _usage_form(settings, range_, start, end, unit, by, tz)
     table = usage.usage_table(session, settings, viewer.team_id, form)
     return page(
         request,
@@ -255,15 +252,9 @@ def usage_csv(
     viewer: ConsoleViewer,
     session: DbSession,
     settings: AppSettings,
-    range_: Annotated[str | None, Query(alias="range")] = None,
-    start: str | None = None,
-    end: str | None = None,
-    unit: str | None = None,
-    by: str | None = None,
-    tz: str | None = None,
+    form: UsageQuery,
 ) -> Response:
     """The usage table of the same query string, as CSV."""
-    form = _usage_form(settings, range_, start, end, unit, by, tz)
     table = usage.usage_table(session, settings, viewer.team_id, form)
     if table is None:
         raise ConsolePageError(400, "Cannot export", " ".join(form.errors.values()))
