@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,12 +31,12 @@ import httpx
 import pytest
 
 from tests.conftest import IN_CI, OPERATOR_TOKEN
-from tests.served import free_port, start_serve, wait_healthy
+from tests.served import start_serve, wait_healthy
 from tests.stripe_provider.conftest import (
     PUBLISHABLE_KEY,
     SECRET_KEY,
-    SERVER,
     WEBHOOK_SECRET,
+    run_localstripe,
 )
 
 CHROMIUM = os.environ.get("BILLFOLD_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -171,29 +169,7 @@ def served_postgres(
 @pytest.fixture(scope="session")
 def localstripe() -> Iterator[str]:
     """A fresh localstripe (tests/localstripe_server.py), as tests/stripe_provider starts it."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", str(port), "--from-scratch"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "localstripe exited on start"
-            try:
-                auth = {"Authorization": f"Bearer {SECRET_KEY}"}
-                if httpx.get(base + "/v1/customers", headers=auth, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "localstripe did not start"
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    yield from run_localstripe()
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,9 @@ INSUFFICIENT_ON_ATTACH = "4000000000009995"
 NEEDS_AUTHENTICATION = "4000002500003155"
 
 
-@pytest.fixture(scope="session")
-def localstripe() -> Iterator[str]:
-    """The base URL of a fresh localstripe."""
+def run_localstripe() -> Iterator[str]:
+    """The base URL of a fresh localstripe, stopped when the generator ends (the fixtures of
+    this package and of tests/console_browser yield from it)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(SERVER), "--port", str(port), "--from-scratch"],
@@ -64,6 +64,12 @@ def localstripe() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[str]:
+    """The base URL of a fresh localstripe."""
+    yield from run_localstripe()
 
 
 class StripeApi(Api):
