@@ -358,6 +358,21 @@ def unique_sku(prefix: str = "sku") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def put_cent_price(client: TestClient, sku: str) -> None:
+    """Price ``sku`` at 1 cent a unit from 2026 on, as the operator (a client of the app)."""
+    response = client.put(
+        f"/admin/v1/prices/{sku}",
+        json={
+            "description": "chat",
+            "unitType": "Prompt text tokens",
+            "unitPrice": "0.01",
+            "effectiveFrom": "2026-01-01T00:00:00Z",
+        },
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    )
+    assert response.status_code in (200, 201), response.text
+
+
 def event(
     team_id: str,
     sku: str,

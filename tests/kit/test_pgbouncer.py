@@ -27,7 +27,14 @@ from billfold.kit.db import make_engine, make_sessionmaker
 from billfold.metering import scheduler
 from billfold.migrate import upgrade
 from billfold.spend.reader import _SpendReader
-from tests.conftest import OPERATOR_TOKEN, POSTGRES_URL, event, frozen_at, unique_sku
+from tests.conftest import (
+    OPERATOR_TOKEN,
+    POSTGRES_URL,
+    event,
+    frozen_at,
+    put_cent_price,
+    unique_sku,
+)
 from tests.pg_servers import PgBouncer, _with_port
 
 pytestmark = pytest.mark.postgres_only
@@ -73,17 +80,7 @@ def test_the_app_through_pgbouncer(urls: tuple[str, str]) -> None:
     ):
         cache = client.app.state.spend_cache  # type: ignore[attr-defined]
         sku = unique_sku()
-        response = client.put(
-            f"/admin/v1/prices/{sku}",
-            json={
-                "description": "chat",
-                "unitType": "Prompt text tokens",
-                "unitPrice": "0.01",
-                "effectiveFrom": "2026-01-01T00:00:00Z",
-            },
-            headers=OPERATOR,
-        )
-        assert response.status_code in (200, 201), response.text
+        put_cent_price(client, sku)
         teams = []
         for _ in range(4):
             team = client.post("/admin/v1/teams", json={"name": "Acme"}, headers=OPERATOR)

@@ -24,7 +24,14 @@ from billfold.config import Settings
 from billfold.kit.clock import frozen
 from billfold.kit.db import make_engine
 from billfold.migrate import upgrade
-from tests.conftest import IN_CI, OPERATOR_TOKEN, POSTGRES_URL, _postgres_admin_engine, event
+from tests.conftest import (
+    IN_CI,
+    OPERATOR_TOKEN,
+    POSTGRES_URL,
+    _postgres_admin_engine,
+    event,
+    put_cent_price,
+)
 from tests.conftest import unique_sku as new_sku
 from tests.pg_servers import Missing, Replica, _with_port, start_replica
 
@@ -91,17 +98,7 @@ def setup(fresh_postgres_url: str, replica: Replica) -> Iterator[Setup]:
         ).json()
         made.headers = {"Authorization": f"Bearer {key['apiKey']}"}
         made.sku = new_sku()
-        response = client.put(
-            f"/admin/v1/prices/{made.sku}",
-            json={
-                "description": "chat",
-                "unitType": "Prompt text tokens",
-                "unitPrice": "0.01",
-                "effectiveFrom": "2026-01-01T00:00:00Z",
-            },
-            headers=OPERATOR,
-        )
-        assert response.status_code in (200, 201), response.text
+        put_cent_price(client, made.sku)
         try:
             yield made
         finally:
