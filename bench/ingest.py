@@ -56,6 +56,7 @@ import orjson
 import psycopg
 
 from billfold.metering.events import property_set_id
+from billfold.metering.partitions import EVENTS, KEYS, ROLLUP_TABLES
 from procfs import RssSampler, machine  # bench/procfs.py
 from served import create_database, drop_database, start_server, upgrade_database  # bench/served.py
 
@@ -656,18 +657,9 @@ def disk_per_million(db: str, events: int) -> str:
             ).fetchone()
             return int(row[0]) if row else 0
 
-        raw = size(("usage_events",))
-        keys = size(("usage_event_keys",))
-        rollups = size(
-            (
-                "usage_rollups",
-                "usage_rollups_by_version",
-                "usage_rollups_hourly",
-                "usage_rollups_hourly_by_version",
-                "usage_rollups_daily",
-                "usage_rollups_daily_by_version",
-            )
-        )
+        raw = size((EVENTS,))
+        keys = size((KEYS,))
+        rollups = size(ROLLUP_TABLES)
     per = max(events, 1) / 1e6
     return (
         f"{events:,} events stored: usage_events {raw / per / 2**20:,.0f} MiB, usage_event_keys "
