@@ -42,6 +42,7 @@ import random
 import secrets
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -56,10 +57,10 @@ import orjson
 import psycopg
 
 from billfold.metering.events import property_set_id
-from billfold.metering.partitions import EVENTS, KEYS, ROLLUP_TABLES
-from procfs import RssSampler, machine  # bench/procfs.py
-from served import create_database, drop_database, start_server, upgrade_database  # bench/served.py
+from procfs import RssSampler, libpq_url, machine  # bench/procfs.py
+from served import start_server  # bench/served.py
 
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 API_KEYS = [f"key-{i}" for i in range(5)]
@@ -156,6 +157,10 @@ def cpu_by_kind(
     return kinds
 
 
+def database_url(base: str, name: str) -> str:
+    return libpq_url(base).rsplit("/", 1)[0] + "/" + name
+
+
 # --- the workload -----------------------------------------------------------------------------
 
 
@@ -210,16 +215,9 @@ def make_events(
 
 
 def build_workload(
-    big_team: str,
-    small_team: str,
-    events: int,
-    small_events: int,
-    batch_size: int,
-    seed: int = 20261125,
+    big_team: str, small_team: str, events: int, small_events: int, batch_size: int
 ) -> Workload:
-    # A fixed seed: every run on a fresh database sends the same events; a run on a stored base
-    # (--database) offsets it by the events stored, so its ids are new.
-    rng = random.Random(seed)
+    rng = random.Random(20261125)  # a fixed seed: every run sends the same events
     window = event_window(datetime.now(UTC))
     rows: list[tuple[str, str, datetime, str, int, str]] = []
     bodies: list[bytes] = []
@@ -294,27 +292,13 @@ async def send_all(
 # --- setup through the operator API -----------------------------------------------------------
 
 
-def setup(http: httpx.Client, db: str) -> tuple[str, str, dict[str, str]]:
-    """The two teams, their keys and the prices; on a stored base (--database) the teams and
-    prices found there, with new keys."""
-    with psycopg.connect(db) as conn:
-        found: dict[str, str] = dict(
-            conn.execute(
-                "SELECT name, id::text FROM teams WHERE name IN ('Bench big', 'Bench small')"
-            ).fetchall()
-        )
-        priced = {sku for (sku,) in conn.execute("SELECT DISTINCT sku FROM price_versions")}
+def setup(http: httpx.Client) -> tuple[str, str, dict[str, str]]:
     teams = []
     for name in ("Bench big", "Bench small"):
-        if name in found:
-            teams.append(found[name])
-            continue
         response = http.post("/admin/v1/teams", json={"name": name})
         response.raise_for_status()
         teams.append(response.json()["teamId"])
     for sku, (description, price) in PRICES.items():
-        if sku in priced:
-            continue
         response = http.put(
             f"/admin/v1/prices/{sku}",
             json={
@@ -336,38 +320,11 @@ def setup(http: httpx.Client, db: str) -> tuple[str, str, dict[str, str]]:
 # --- checks and read latencies ----------------------------------------------------------------
 
 
-def stored_quantities(db: str, teams: list[str], column: str = "quantity") -> dict[str, int]:
-    """Each team's stored quantity (or ``column="events"``: event count), from its daily
-    rollups by version (cheap at any volume)."""
-    with psycopg.connect(db) as conn:
-        return {
-            team: int(
-                conn.execute(  # type: ignore[index]
-                    f"SELECT coalesce(sum({column}), 0) FROM usage_rollups_daily_by_version"
-                    " WHERE team_id = %s",
-                    [team],
-                ).fetchone()[0]
-            )
-            for team in teams
-        }
-
-
-def stored_events(db: str) -> int:
-    """Events stored (the daily rollups' counts: a count(*) would read every row)."""
-    with psycopg.connect(db) as conn:
-        row = conn.execute(
-            "SELECT coalesce(sum(events), 0) FROM usage_rollups_daily_by_version"
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-
-def check_consistency(db: str, workload: Workload, before: dict[str, int]) -> list[str]:
-    """Events, rollups, cycle lines and the cycle's spend agree with what was sent (on top of
-    what was stored before: ``before``, quantity per team)."""
+def check_consistency(db: str, workload: Workload) -> list[str]:
+    """Events, rollups, cycle lines and the cycle's spend agree with what was sent."""
     problems = []
     with psycopg.connect(db) as conn:
-        for team, sent in workload.total_quantity.items():
-            expected = before.get(team, 0) + sent
+        for team, expected in workload.total_quantity.items():
             events = conn.execute(
                 "SELECT coalesce(sum(quantity), 0) FROM usage_events WHERE team_id = %s", [team]
             ).fetchone()
@@ -441,14 +398,8 @@ def time_reads(http: httpx.Client, reads: list[Read], runs: int) -> list[str]:
 
 
 def read_latencies(
-    http: httpx.Client,
-    workload: Workload,
-    keys: dict[str, str],
-    runs: int,
-    base: dict[str, int] | None = None,
+    http: httpx.Client, workload: Workload, keys: dict[str, str], runs: int
 ) -> list[str]:
-    """``base``: events each team had stored before the run (for the labels)."""
-    base = base or {}
     start, _ = workload.window
     month = start.replace(day=1, hour=0, minute=0, second=0)
     next_month = (month + timedelta(days=32)).replace(day=1)
@@ -469,7 +420,7 @@ def read_latencies(
     # keep the properties (5 keys x 2 models x 2 clusters here)
     by_key = {"analyticsRequest": {**analytics["analyticsRequest"], "groupBy": ["api_key_id"]}}
     teams = [
-        (f"{workload.events[team] + base.get(team, 0):>9,} events", team)
+        (f"{workload.events[team]:>9,} events", team)
         for team in (workload.big_team, workload.small_team)
     ]
     reads = [
@@ -576,163 +527,6 @@ def raw_copy(db: str, workload: Workload, runs: int) -> tuple[list[float], float
     return bare, keyed, stored
 
 
-def volume_copy(db: str, workload: Workload) -> float:
-    """Seconds of a binary COPY of the workload's rows, under new ids, into Billfold's own tables
-    as they stand (usage_event_keys -- with the shadow keys ingestion writes -- and usage_events,
-    at the stored volume), in one transaction that is then rolled back: "a COPY into a table with
-    the same key at the same volume". The rolled-back rows stay as dead tuples until vacuum
-    (VACUUM runs right after)."""
-    from billfold.metering.partitions import event_key_rows
-
-    with psycopg.connect(db) as conn:
-        version_ids = {
-            sku: int(version_id)
-            for sku, version_id in conn.execute("SELECT sku, id FROM price_versions").fetchall()
-        }
-    set_ids: dict[str, bytes] = {}
-    events = []
-    for team, event_id, ts, sku, quantity, properties in workload.rows:
-        set_id = set_ids.get(properties)
-        if set_id is None:
-            set_id = set_ids[properties] = property_set_id(orjson.loads(properties))
-        events.append((team, "ref_" + event_id, ts, sku, quantity, version_ids[sku], set_id))
-    events.sort(key=lambda e: (e[1], e[0]))
-    keys = event_key_rows(events)  # type: ignore[arg-type]
-    teams = {team: uuid.UUID(team).bytes for team in {e[0] for e in events}}
-    now = datetime.now(UTC)
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-    with psycopg.connect(db) as conn:
-        started = time.perf_counter()
-        cursor = conn.cursor()
-        with cursor.copy(
-            "COPY usage_event_keys (id_digest, month, ts) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(("bytea", "date", "timestamptz"))
-            for digest, month, ts, _ in keys:
-                copy.write_row((digest, month, ts))
-        with cursor.copy(
-            f"COPY usage_events ({STORED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(("bytea", "text", "timestamptz", "int8", "int8", "bytea", "timestamptz"))
-            for team, event_id, ts, _, quantity, version, set_id in events:
-                copy.write_row((teams[team], event_id, ts, quantity, version, set_id, now))
-        conn.execute("SELECT 1")  # both COPYs done
-        seconds = time.perf_counter() - started
-        conn.rollback()
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("VACUUM usage_events, usage_event_keys")
-    return seconds
-
-
-SETTINGS = (
-    "shared_buffers",
-    "max_wal_size",
-    "checkpoint_timeout",
-    "wal_compression",
-    "synchronous_commit",
-    "autovacuum",
-)
-
-
-def postgres_settings(db: str) -> str:
-    with psycopg.connect(db) as conn:
-        return ", ".join(
-            f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
-            for name in SETTINGS
-        )
-
-
-def disk_per_million(db: str, events: int) -> str:
-    """On-disk size of the raw events and their keys (heap + indexes, every partition), and of
-    the rollups, per million stored events."""
-    with psycopg.connect(db) as conn:
-
-        def size(tables: tuple[str, ...]) -> int:
-            row = conn.execute(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
-                " JOIN pg_inherits i ON i.inhrelid = c.oid"
-                " WHERE i.inhparent = ANY(CAST(%s AS regclass[]))",
-                [list(tables)],
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        raw = size((EVENTS,))
-        keys = size((KEYS,))
-        rollups = size(ROLLUP_TABLES)
-    per = max(events, 1) / 1e6
-    return (
-        f"{events:,} events stored: usage_events {raw / per / 2**20:,.0f} MiB, usage_event_keys "
-        f"{keys / per / 2**20:,.0f} MiB, rollups {rollups / per / 2**20:,.1f} MiB per million"
-    )
-
-
-def retention_month(db: str, rows: int) -> str:
-    """A month of ``rows`` events (and their keys) made straight in a month of 2001, then dropped
-    the way retention does it: the drop's seconds."""
-    from sqlalchemy import create_engine
-
-    from billfold.metering import partitions
-
-    engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        partitions.create_months(engine, [(2001, 1)])
-        with psycopg.connect(db) as conn:
-            conn.execute(
-                "INSERT INTO usage_events (team_id, event_id, ts, quantity, price_version_id,"
-                " property_set_id, ingested_at)"
-                " SELECT '00000000-0000-4000-8000-000000000001', 'old_' || n,"
-                " '2001-01-01'::timestamptz + (n %% 2678400) * interval '1 second', 1, 1,"
-                " '00000000-0000-4000-8000-000000000002', now()"
-                " FROM generate_series(1, %s) n",
-                [rows],
-            )
-            conn.execute(
-                "INSERT INTO usage_event_keys (id_digest, month, ts)"
-                " SELECT md5(uuid_send(team_id) || convert_to(event_id, 'UTF8'))::uuid,"
-                " '2001-01-01', ts FROM usage_events_p200101"
-            )
-            conn.commit()
-            conn.execute("ANALYZE usage_events_p200101")
-            conn.commit()
-        started = time.perf_counter()
-        dropped, estimate = partitions.drop_months_before(engine, datetime(2001, 2, 1, tzinfo=UTC))
-        seconds = time.perf_counter() - started
-    finally:
-        engine.dispose()
-    return (
-        f"dropped {len(dropped)} month(s), ~{estimate:,} events and their keys, in {seconds:.3f} s"
-    )
-
-
-def fill(
-    base_url: str,
-    token: str,
-    db: str,
-    big: str,
-    target: int,
-    chunk: int,
-    batch_size: int,
-    concurrency: int,
-) -> None:
-    """Ingest through Billfold (the big team, this month) until ``target`` events are stored,
-    ``chunk`` at a time, printing each chunk's rate: the stored base a staged run resumes."""
-    stored = stored_events(db)
-    while stored < target:
-        count = min(chunk, target - stored)
-        workload = build_workload(big, big, count, 0, batch_size, seed=1_000_003 + stored)
-        load = asyncio.run(
-            send_all(base_url, token, workload.bodies, workload.batch_sizes, concurrency)
-        )
-        stored += load.accepted
-        print(
-            f"fill:     {load.accepted:,} events in {load.seconds:.1f} s = "
-            f"{load.accepted / load.seconds:,.0f} events/s; {stored:,} stored"
-        )
-        if load.accepted == 0:
-            raise SystemExit("fill: nothing accepted")
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -749,25 +543,6 @@ def main() -> None:
     )
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument(
-        "--database",
-        help="run in stages on a stored base: use this database (created and migrated if it does "
-        "not exist), keep it afterwards, and resume from the events it holds",
-    )
-    parser.add_argument(
-        "--stored",
-        type=int,
-        default=0,
-        help="before the measured run, ingest (through Billfold) until this many events are "
-        "stored: e.g. 10000000, then 50000000, then 100000000 on the same --database",
-    )
-    parser.add_argument("--fill-chunk", type=int, default=1_000_000, help="events per fill step")
-    parser.add_argument(
-        "--retention-month",
-        type=int,
-        default=0,
-        help="also time retention dropping a month of this many events (made in 2001)",
-    )
-    parser.add_argument(
         "--server-command",
         help="for experiments only: start the server with this command instead of billfold "
         "serve ({port} and {workers} are filled in; the database must already be migrated, "
@@ -775,13 +550,21 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    keep = args.keep_database or args.database is not None
-    database = create_database("billfold_bench_", args.database)
-    base, name, db, pg_version = database.base, database.name, database.url, database.pg_version
+    base = os.environ.get("BILLFOLD_BENCH_POSTGRES_URL", DEFAULT_URL)
+    name = f"billfold_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        pg_version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    db = database_url(base, name)
     token = "bench-" + secrets.token_hex(16)
     server = None
     try:
-        upgrade_database(db)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("billfold")), "db", "upgrade"],
+            env={**os.environ, "BILLFOLD_DATABASE_URL": db},
+            check=True,
+            capture_output=True,
+        )
         server, command = start_server(
             args.workers,
             {"BILLFOLD_DATABASE_URL": db, "BILLFOLD_ADMIN_TOKEN": token},
@@ -789,37 +572,13 @@ def main() -> None:
         )
         processes = server_processes(server.process.pid)
         print(f"machine:  {machine()}; PostgreSQL {pg_version}")
-        print(f"settings: {postgres_settings(db)}")
         print(f"server:   {' '.join(command[1:])} (pids {sorted(processes)}), database {name}")
         with httpx.Client(
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300
         ) as http:
-            big, small, keys = setup(http, db)
-        if args.stored:
-            fill(
-                server.base_url,
-                token,
-                db,
-                big,
-                args.stored,
-                args.fill_chunk,
-                args.batch_size,
-                args.concurrency,
-            )
-        base_events = stored_events(db)
-        before = stored_quantities(db, [big, small])
-        base_counts = stored_quantities(db, [big, small], "events")
-        if base_events:
-            print(f"base:     {base_events:,} events stored before the measured run")
+            big, small, keys = setup(http)
         prepared = time.perf_counter()
-        workload = build_workload(
-            big,
-            small,
-            args.events,
-            args.small_events,
-            args.batch_size,
-            seed=20261125 + base_events,
-        )
+        workload = build_workload(big, small, args.events, args.small_events, args.batch_size)
         sent_events = sum(workload.batch_sizes)
         print(
             f"workload: {sent_events:,} events in {len(workload.bodies)} batches of up to "
@@ -880,7 +639,7 @@ def main() -> None:
         over = [pid for pid, mb in rss.peak.items() if mb >= 200]
         print(f"rss peak: {rss_line} (limit 200 MB each{': EXCEEDED' if over else ''})")
 
-        problems = check_consistency(db, workload, before)
+        problems = check_consistency(db, workload)
         with psycopg.connect(db) as conn:
             rollup_rows = conn.execute(
                 "SELECT count(*) FROM usage_rollups WHERE team_id = %s", [workload.big_team]
@@ -912,7 +671,7 @@ def main() -> None:
         print()
         print("reads (after the load):")
         with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            for line in read_latencies(http, workload, keys, args.read_runs, base_counts):
+            for line in read_latencies(http, workload, keys, args.read_runs):
                 print(line)
 
         server.stop()  # the COPY reference gets the machine to itself, as the ingest run did not
@@ -940,15 +699,6 @@ def main() -> None:
             f"{stored:.2f} s = {rows / stored:,.0f} rows/s; billfold = "
             f"{rate / (rows / stored):.0%} of it"
         )
-        at_volume = volume_copy(db, workload)
-        print(
-            f"          into Billfold's own keys and events at the stored volume "
-            f"({base_events + load.accepted:,}; rolled back) in {at_volume:.2f} s = "
-            f"{rows / at_volume:,.0f} rows/s; billfold = {rate / (rows / at_volume):.0%} of it"
-        )
-        print(f"disk:     {disk_per_million(db, base_events + load.accepted)}")
-        if args.retention_month:
-            print(f"retention: {retention_month(db, args.retention_month)}")
         print()
         print(
             "reproduce: "
@@ -959,8 +709,9 @@ def main() -> None:
         if server is not None:
             server.stop()
             server.log.unlink(missing_ok=True)
-        if not keep:
-            drop_database(database)
+        if not args.keep_database:
+            with psycopg.connect(libpq_url(base), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -22,13 +22,7 @@ def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     # The sandbox payment provider keeps its own tables; they are not Billfold's schema.
-    if type_ == "table" and name is not None and name.startswith("sandbox_"):
-        return False
-    # PostgreSQL only (migration 0023): the month partitions of the usage tables and the
-    # de-duplication key table, which SQLite does not have (metering/partitions.py).
-    from billfold.metering.partitions import KEYS, is_partition
-
-    return not (type_ == "table" and name is not None and (name == KEYS or is_partition(name)))
+    return not (type_ == "table" and name is not None and name.startswith("sandbox_"))
 
 
 def alembic_config() -> Config:

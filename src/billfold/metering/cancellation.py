@@ -59,7 +59,6 @@ from billfold.config import Settings
 from billfold.cycles.models import BillingCycle, CycleLine
 from billfold.cycles.periods import closed_months, lock_month_exclusive
 from billfold.kit.clock import utc_now
-from billfold.kit.db import is_postgres
 from billfold.kit.errors import BadRequest, Conflict
 from billfold.kit.money import Pico
 from billfold.metering import rebuild
@@ -70,7 +69,6 @@ from billfold.metering.models import (
     UsageEvent,
     UsagePropertySet,
 )
-from billfold.metering.partitions import event_times
 from billfold.metering.service import Rejection, metering_service
 from billfold.metering.writers import sum_accepted
 from billfold.pricing.models import PriceVersion
@@ -135,21 +133,13 @@ def _pages(ids: list[str]) -> Iterator[list[str]]:
 def _stored(session: Session, keys: Sequence[EventKey]) -> dict[EventKey, _Stored]:
     e = UsageEvent
     found: dict[EventKey, _Stored] = {}
-    postgres = is_postgres(session)
     for team_id, ids in sorted(_by_team(keys).items()):
         for page in _pages(ids):
-            stmt = (
+            rows = session.execute(
                 select(e.event_id, e.ts, e.price_version_id, e.quantity, e.ingested_at)
                 .add_columns(e.canceled_at, e.property_set_id)
                 .where(e.team_id == team_id, e.event_id.in_(page))
             )
-            if postgres:
-                # No index by event id on the partitioned table: the keys give the times, read
-                # by its index (team_id, ts) (migration 0023, docs/scale.md).
-                stmt = stmt.where(e.ts.in_(event_times(session, team_id, page)))
-            rows = session.execute(stmt.order_by(e.ts))
-            # The same id in two months is two events on PostgreSQL (docs/scale.md): the
-            # newest is the one an id names here.
             for event_id, ts, version_id, quantity, ingested_at, canceled_at, set_id in rows:
                 found[(team_id, event_id)] = _Stored(
                     ts,
@@ -304,7 +294,7 @@ class CancellationService:
 
         # 3. Marked and recorded.
         now = utc_now()
-        self._mark(session, wanted, now)
+        self._mark(session, list(wanted), now)
         session.execute(
             insert(UsageCancellation),
             [
@@ -362,15 +352,13 @@ class CancellationService:
         result.canceled = len(wanted)
 
     @staticmethod
-    def _mark(session: Session, events: dict[EventKey, _Stored], now: datetime) -> None:
+    def _mark(session: Session, keys: list[EventKey], now: datetime) -> None:
         e = UsageEvent
-        for team_id, ids in sorted(_by_team(list(events)).items()):
+        for team_id, ids in sorted(_by_team(keys).items()):
             for page in _pages(ids):
-                # by time too: the same id in two months is two events on PostgreSQL
-                pairs = [(event_id, events[(team_id, event_id)].ts) for event_id in page]
                 session.execute(
                     update(e)
-                    .where(e.team_id == team_id, tuple_(e.event_id, e.ts).in_(pairs))
+                    .where(e.team_id == team_id, e.event_id.in_(page))
                     .values(canceled_at=now)
                     .execution_options(synchronize_session=False)
                 )

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -45,8 +45,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from sqlalchemy import Engine, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
 
 from billfold.config import get_settings
 from billfold.kit.cli import JsonOpt, bad_input, console, fail, parse_team_id, print_json
@@ -54,7 +53,7 @@ from billfold.kit.cli import transaction as cli_transaction
 from billfold.kit.clock import rfc3339, utc_now
 from billfold.kit.db import make_engine, make_sessionmaker, transaction
 from billfold.kit.errors import BillfoldError
-from billfold.metering import cancellation, partitions, rebuild, retention
+from billfold.metering import cancellation, rebuild, retention
 from billfold.metering.events import storable
 from billfold.metering.importing import (
     DirectSink,
@@ -217,9 +216,7 @@ def compact_events(
 
     Ingestion refuses events older than the window, so none can be counted twice.
 
-    One transaction per batch: safe to stop and run again. On PostgreSQL whole months of raw
-    events are dropped instead, each month once all of it is past the cutoff (docs/scale.md);
-    the count is PostgreSQL's estimate.
+    One transaction per batch: safe to stop and run again.
     """
     settings = get_settings()
     older_than = retention.cutoff(settings, utc_now())
@@ -227,10 +224,24 @@ def compact_events(
     sessions = make_sessionmaker(engine)
     deleted = 0
     try:
-        if engine.dialect.name == "postgresql":
-            deleted = _drop_months(engine, older_than, dry_run)
-        else:
-            deleted = _compact_rows(sessions, older_than, batch_size, dry_run)
+        with transaction(sessions) as session:
+            teams = list(retention.team_ids(session))
+        with Progress(console=_progress_console, transient=True) as progress:
+            task = progress.add_task("compacting", total=len(teams))
+            for team_id in teams:
+                if dry_run:
+                    with transaction(sessions) as session:
+                        deleted += (
+                            session.scalar(
+                                select(func.count()).where(
+                                    UsageEvent.team_id == team_id, UsageEvent.ts < older_than
+                                )
+                            )
+                            or 0
+                        )
+                else:
+                    deleted += retention.compact_team(sessions, team_id, older_than, batch_size)
+                progress.advance(task)
     finally:
         engine.dispose()
     if as_json:
@@ -243,52 +254,6 @@ def compact_events(
     else:
         verb = "would delete" if dry_run else "deleted"
         console.print(f"{verb} {deleted} raw usage events older than {older_than:%Y-%m-%d %H:%M}Z")
-
-
-def _drop_months(engine: Engine, older_than: datetime, dry_run: bool) -> int:
-    if not dry_run:
-        return partitions.drop_months_before(engine, older_than)[1]
-    with engine.connect() as connection:
-        months = partitions.partition_months(connection, partitions.EVENTS)
-        doomed = [
-            partitions.partition_name(partitions.EVENTS, m)
-            for m in months
-            if partitions.month_start(partitions.next_month(m)) <= older_than
-        ]
-        return int(
-            connection.execute(
-                text(
-                    "SELECT coalesce(sum(greatest(reltuples, 0)), 0)::bigint FROM pg_class"
-                    " WHERE oid = ANY(CAST(:names AS regclass[]))"
-                ),
-                {"names": doomed},
-            ).scalar_one()
-        )
-
-
-def _compact_rows(
-    sessions: sessionmaker[Session], older_than: datetime, batch_size: int, dry_run: bool
-) -> int:
-    deleted = 0
-    with transaction(sessions) as session:
-        teams = list(retention.team_ids(session))
-    with Progress(console=_progress_console, transient=True) as progress:
-        task = progress.add_task("compacting", total=len(teams))
-        for team_id in teams:
-            if dry_run:
-                with transaction(sessions) as session:
-                    deleted += (
-                        session.scalar(
-                            select(func.count()).where(
-                                UsageEvent.team_id == team_id, UsageEvent.ts < older_than
-                            )
-                        )
-                        or 0
-                    )
-            else:
-                deleted += retention.compact_team(sessions, team_id, older_than, batch_size)
-            progress.advance(task)
-    return deleted
 
 
 def _utc_day(value: str | None, option: str) -> date | None:

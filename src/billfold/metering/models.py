@@ -71,10 +71,6 @@ class UsageEvent(Base):
         PrimaryKeyConstraint("event_id", "team_id", name="usage_events_pkey"),
         Index("ix_usage_events_team_ts", "team_id", "ts"),
     )
-    # On PostgreSQL (migration 0023) the table is partitioned by month of ts and the key
-    # (event_id, team_id, month) lives in usage_event_keys: the same id in two months is two
-    # events (docs/scale.md). So the ORM tells rows apart by their time too.
-    __mapper_args__ = {"primary_key": ["event_id", "team_id", "ts"]}
 
     team_id: Mapped[uuid.UUID]
     event_id: Mapped[str] = mapped_column(EventId)

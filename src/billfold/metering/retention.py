@@ -17,12 +17,6 @@ Deletes go per team through the index ``(team_id, ts)`` in batches of at most ``
 so each statement is short and bounded; the CLI commits after every batch, so a long compaction
 never holds locks (or SQLite's write lock) for long and can be stopped and resumed at any time.
 
-On PostgreSQL (migration 0023) raw events and their keys are partitioned by month, and
-compaction drops whole months instead (:func:`metering.partitions.drop_months_before`: detach
-and drop, a few milliseconds whatever the row count; no ``DELETE``): every month that ends at or
-before the cutoff. A month only partly past the cutoff is kept until all of it is, so raw events
-(and their ids) are kept at least the window plus the grace. docs/scale.md.
-
 ``usage_property_sets`` are kept: one row per distinct combination of properties, shared by the
 events of every team and time, so a set whose last event was deleted is only found out by a
 scan, and keeping it costs one small row per combination ever seen.
@@ -33,7 +27,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -41,7 +35,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
 from billfold.kit.db import transaction
-from billfold.metering import partitions
 from billfold.metering.models import UsageEvent
 from billfold.teams.models import Team
 
@@ -53,11 +46,7 @@ _TEAM_PAGE = 1_000
 @dataclass
 class Compaction:
     cutoff: datetime
-    # On PostgreSQL: the rows of the dropped months as the planner estimates them (counting
-    # would read them).
     deleted: int = 0
-    # The months dropped (PostgreSQL).
-    months: list[partitions.Month] = field(default_factory=list)
 
 
 def cutoff(settings: Settings, now: datetime) -> datetime:
@@ -126,11 +115,6 @@ def compact_all(
     ``billfold usage compact`` does the same team by team, with a progress bar). ``stop`` set:
     no more batches."""
     done = Compaction(cutoff(settings, now))
-    engine = sessions.kw["bind"]
-    if engine.dialect.name == "postgresql":
-        if stop is None or not stop.is_set():
-            done.months, done.deleted = partitions.drop_months_before(engine, done.cutoff)
-        return done
     with transaction(sessions) as session:
         teams = list(team_ids(session))
     for team_id in teams:

@@ -1,6 +1,4 @@
-"""Automatic compaction of raw usage events (``BILLFOLD_AUTO_COMPACT_EVENTS=true``), and on
-PostgreSQL the month partitions of the usage tables created ahead (every hour, every process:
-idempotent, under an advisory lock; metering/partitions.py).
+"""Automatic compaction of raw usage events (``BILLFOLD_AUTO_COMPACT_EVENTS=true``).
 
 Every serving process then runs :func:`compact_now` once an hour: the same deletions as
 ``billfold usage compact`` (metering/retention.py), one transaction per batch. On PostgreSQL one
@@ -26,14 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.config import Settings
 from billfold.kit.background import periodic
 from billfold.kit.clock import utc_now
-from billfold.metering import partitions, retention
+from billfold.metering import retention
 
 log = logging.getLogger("billfold.scheduler")
 
 COMPACT_INTERVAL_SECONDS = 3600.0
-# PostgreSQL: the month partitions of the usage tables for this month and the next two are
-# created ahead (metering/partitions.py; ingestion creates a missing one too).
-PARTITIONS_INTERVAL_SECONDS = 3600.0
 # An advisory lock of its own (the period locks use 0x42F0).
 _LOCK = {"space": 0x42F1, "key": 1}
 
@@ -77,17 +72,8 @@ async def compaction_tasks(app: FastAPI) -> AsyncIterator[None]:
     def compact(stop: threading.Event) -> None:
         compact_now(app.state.sessionmaker, settings, stop)
 
-    def create_ahead(stop: threading.Event) -> None:
-        made = partitions.ensure_ahead(app.state.sessionmaker.kw["bind"], utc_now())
-        if made:
-            log.info("created usage partitions for %s", ", ".join(f"{y}-{m:02d}" for y, m in made))
-
     enabled = settings.auto_compact_events
-    postgres = app.state.sessionmaker.kw["bind"].dialect.name == "postgresql"
-    async with (
-        periodic(
-            app, "partitions", PARTITIONS_INTERVAL_SECONDS, create_ahead, log, enabled=postgres
-        ),
-        periodic(app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log, enabled=enabled),
+    async with periodic(
+        app, "auto_compact", COMPACT_INTERVAL_SECONDS, compact, log, enabled=enabled
     ):
         yield

@@ -85,7 +85,6 @@ from billfold.metering.events import (
 from billfold.metering.models import (
     ROLLUP_WIDTHS,
 )
-from billfold.metering.partitions import ensure_for_batch
 from billfold.metering.schemas import WireEvent
 from billfold.metering.writers import (
     BatchSums,
@@ -257,9 +256,6 @@ class MeteringService:
         unique = self._first_occurrences(rated)
         result.duplicates = len(rated) - len(unique)
 
-        if is_postgres(session):
-            # Month partitions (migration 0023) for a month that has none yet.
-            ensure_for_batch(session, unique)
         writer = self.writer(session)
         # The events' property sets first (by id: see Writer), then the events.
         sets = {e[6][2]: e[6] for e in unique}
